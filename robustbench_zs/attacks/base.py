@@ -1,0 +1,86 @@
+"""Threat models and the attack registry. Images are in [0, 1]; eps is in [0, 1] pixel units (1/255 = one level)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from ..errors import ZSBenchError
+from ..registry import Registry
+
+NORMS = ("linf", "l2")
+
+
+def fmt255(v: float) -> str:
+    """0.0039215... -> '1', 0.5/255 -> '0.5' (display only; records keep floats)."""
+    x = round(v * 255, 6)
+    return f"{x:g}"
+
+
+@dataclass(frozen=True)
+class Threat:
+    """One attack setting. ``name == "clean"`` is the unattacked evaluation.
+
+    Args:
+        name: registry name of the attack (``pgd``) or ``clean``.
+        norm: ``linf`` or ``l2``.
+        eps: radius in [0, 1] pixel units.
+        steps: attack iterations.
+        step_size: step in [0, 1] pixel units (L-inf: per coordinate; L2: Euclidean length of a step).
+        random_start: start from a uniform random point of the eps-ball.
+        precision: dtype of the attack's forward and gradient (``fp32``).
+    """
+
+    name: str = "clean"
+    norm: str = "linf"
+    eps: float = 0.0
+    steps: int = 0
+    step_size: float = 0.0
+    random_start: bool = True
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise ZSBenchError(f"unknown norm {self.norm!r}; choose one of {', '.join(NORMS)}")
+        if not (0.0 <= self.eps <= 1.0):
+            raise ZSBenchError(f"eps {self.eps} is outside [0, 1] (pixel units; 1/255 = 0.00392)")
+
+    @property
+    def is_clean(self) -> bool:
+        return self.name == "clean"
+
+    @property
+    def label(self) -> str:
+        if self.is_clean:
+            return "Clean"
+        norm = {"linf": "L∞", "l2": "L2"}[self.norm]
+        return f"{self.name.upper()}-{self.steps} {norm} ε={fmt255(self.eps)}/255"
+
+    @property
+    def slug(self) -> str:
+        if self.is_clean:
+            return "clean"
+        return f"{self.name}-{self.norm}-eps{fmt255(self.eps)}-steps{self.steps}"
+
+    def settings(self) -> dict:
+        """Everything that defines the attack, for the records."""
+        if self.is_clean:
+            return {"name": "clean"}
+        d = asdict(self)
+        d["eps_255"] = round(self.eps * 255, 6)
+        d["step_size_255"] = round(self.step_size * 255, 6)
+        d.update(ATTACKS.get(self.name).fixed_settings)
+        return d
+
+
+@dataclass(frozen=True)
+class AttackEntry:
+    """A registered attack: ``run(model, x, y, threats, seeds) -> {threat: robust mask}`` plus its fixed settings."""
+
+    name: str
+    description: str
+    run: Callable
+    fixed_settings: dict
+
+
+ATTACKS: Registry[AttackEntry] = Registry("attack")

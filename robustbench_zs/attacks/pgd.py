@@ -1,0 +1,119 @@
+"""Projected gradient descent (Madry et al., ICLR 2018), L-inf and L2, several eps in one call.
+
+Differences from the official PMG-AFT/TeCoA test attack, by design (protocol.md section 4):
+gradients are taken in fp32 (autocast off) on the per-sample *summed* cross-entropy, so no sample's gradient is
+scaled by 1/batch and nothing underflows; the random start of each image comes from a generator seeded by
+(seed, image index), so results do not depend on the batch size or order; and a point counts as robust only if the
+model classifies it correctly on its clean image and at every PGD iterate (the worst iterate is kept, as APGD does).
+With eps = 0 the iterates equal the clean image, so robust accuracy equals clean accuracy exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import ATTACKS, AttackEntry, Threat
+
+
+@contextlib.contextmanager
+def eval_mode_no_param_grad(model: nn.Module):
+    """Put ``model`` in eval mode with frozen parameters; restore both on exit."""
+    was_training = model.training
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, f in flags:
+            p.requires_grad_(f)
+        model.train(was_training)
+
+
+def unit_noise(shape: tuple[int, ...], seeds: torch.Tensor, device: torch.device, norm: str) -> torch.Tensor:
+    """One noise sample per image, each from its own generator: uniform in [-1, 1]^d (linf) or in the unit L2 ball."""
+    out = torch.empty((len(seeds), *shape), device=device)
+    gen = torch.Generator(device=device)
+    d = int(torch.tensor(shape).prod())
+    for i, s in enumerate(seeds.tolist()):
+        gen.manual_seed(int(s))
+        if norm == "linf":
+            out[i].uniform_(-1.0, 1.0, generator=gen)
+        else:
+            v = torch.randn(shape, device=device, generator=gen)
+            r = torch.rand((), device=device, generator=gen) ** (1.0 / d)
+            out[i] = v / v.norm().clamp_min(1e-12) * r
+    return out
+
+
+def _project(delta: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    if norm == "linf":
+        delta = delta.clamp(-eps, eps)
+    else:
+        n = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (delta.dim() - 1)))
+        delta = delta * torch.clamp(eps / n, max=1.0)
+    return (x + delta).clamp(0.0, 1.0) - x
+
+
+def pgd_single(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat, noise: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attack one batch at one eps. Returns (x_adv, robust) with robust[i] = correct at every iterate."""
+    eps, norm = threat.eps, threat.norm
+    delta = torch.zeros_like(x)
+    if threat.random_start and noise is not None and eps > 0:
+        delta = _project(noise * eps, x, eps, norm)
+    robust = torch.ones(len(x), dtype=torch.bool, device=x.device)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        for _ in range(threat.steps):
+            delta.requires_grad_(True)
+            logits = model(x + delta)
+            robust &= logits.argmax(dim=1) == y
+            loss = F.cross_entropy(logits.float(), y, reduction="sum")
+            (grad,) = torch.autograd.grad(loss, delta)
+            with torch.no_grad():
+                if norm == "linf":
+                    step = threat.step_size * grad.sign()
+                else:
+                    g = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
+                    step = threat.step_size * grad / g
+                delta = _project(delta.detach() + step, x, eps, norm)
+        with torch.no_grad():
+            x_adv = x + delta
+            robust &= model(x_adv).argmax(dim=1) == y
+    return x_adv.detach(), robust
+
+
+def run_pgd(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, threats: list[Threat], seeds: torch.Tensor
+) -> dict[Threat, torch.Tensor]:
+    """PGD at every threat (eps) for one batch; ``seeds`` (one int per image) drive the random starts."""
+    out = {}
+    with eval_mode_no_param_grad(model):
+        noise = {norm: unit_noise(tuple(x.shape[1:]), seeds, x.device, norm) for norm in {t.norm for t in threats}}
+        for t in threats:
+            _, out[t] = pgd_single(model, x.float(), y, t, noise[t.norm])
+    return out
+
+
+ATTACKS.add(
+    "pgd",
+    AttackEntry(
+        name="pgd",
+        description="projected gradient descent, CE loss, uniform random start, L-inf or L2 (ours, fp32)",
+        run=run_pgd,
+        fixed_settings={
+            "loss": "ce",
+            "loss_reduction": "sum",
+            "restarts": 1,
+            "random_start_seed": "per image: seed * 1000003 + index",
+            "robust_if": "correct on the clean image and at every iterate",
+            "implementation": "robustbench_zs.attacks.pgd",
+        },
+    ),
+)

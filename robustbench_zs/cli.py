@@ -1,0 +1,255 @@
+"""The ``zsbench`` command line. ``main(argv)`` takes a list, so tests drive it in process."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import warnings
+from pathlib import Path
+
+from . import __version__
+from .errors import ZSBenchError
+
+EXIT_USAGE = 2
+
+#: ``--preset smoke``: offline, tiny random-weight model, generated data, clean + PGD at two eps, ~1 minute on 2 cores.
+PRESETS = {
+    "smoke": {
+        "methods": "clip",
+        "datasets": "synthetic",
+        "arch": "zsbench-tiny",
+        "pretrained": "random",
+        "attack": "pgd",
+        "eps": "1,4",
+        "steps": 10,
+        "device": "cpu",
+        "out": "results/smoke",
+        "batch_size": 128,
+    }
+}
+
+DEFAULTS = {
+    "methods": "clip",
+    "datasets": "cifar10,cifar100,tinyimagenet",
+    "arch": "ViT-B-32",
+    "pretrained": "openai",
+    "attack": "pgd",
+    "eps": "1",
+    "steps": 10,
+    "step_size": None,
+    "norm": "linf",
+    "n": None,
+    "seed": 0,
+    "device": "auto",
+    "batch_size": 128,
+    "workers": 0,
+    "normalization": "clip",
+    "logit_scale": "100",
+    "out": None,
+    "data_root": None,
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line and exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _split(value: str, what: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise ZSBenchError(f"--{what} is empty; give a comma-separated list")
+    return items
+
+
+def parse_eps(value: str) -> list[float]:
+    """'1,2,4' (units of 1/255) -> [1/255, 2/255, 4/255], each checked to be a number in [0, 255]."""
+    out = []
+    for item in _split(value, "eps"):
+        try:
+            v = float(item)
+        except ValueError:
+            raise ZSBenchError(f"--eps {item!r} is not a number; give eps in units of 1/255, e.g. --eps 1,2,4") from None
+        if not math.isfinite(v) or v < 0:
+            raise ZSBenchError(f"--eps {item} is negative or not finite; eps is a radius in units of 1/255, >= 0")
+        if v > 255:
+            raise ZSBenchError(f"--eps {item} is over 255; eps is in units of 1/255 (255 = the whole pixel range)")
+        out.append(v / 255)
+    return sorted(set(out))
+
+
+def _positive_int(name: str, value, minimum: int = 1) -> int | None:
+    if value is None:
+        return None
+    try:
+        v = int(value)
+    except (TypeError, ValueError):
+        raise ZSBenchError(f"--{name} {value!r} is not an integer") from None
+    if v < minimum:
+        raise ZSBenchError(f"--{name} {v} must be at least {minimum}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="zsbench", description="Benchmark of adversarially robust zero-shot CLIP.")
+    p.add_argument("--version", action="version", version=f"robustbench_zs {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    r = sub.add_parser("run", help="evaluate methods on datasets, clean and under attack; write records + leaderboard")
+    r.add_argument("--preset", choices=sorted(PRESETS), help="a named set of defaults (smoke: offline, ~1 min on CPU)")
+    r.add_argument("--methods", help=f"comma-separated method ids (default {DEFAULTS['methods']}; see zsbench list methods)")
+    r.add_argument("--datasets", help=f"comma-separated dataset ids (default {DEFAULTS['datasets']})")
+    r.add_argument("--arch", help="open_clip architecture (default ViT-B-32)")
+    r.add_argument("--pretrained", help="open_clip pretrained tag (default openai), a checkpoint file, or 'random'")
+    r.add_argument("--attack", help="attack id, or 'none' for clean accuracy only (default pgd)")
+    r.add_argument("--eps", help="comma-separated radii in units of 1/255 (default 1)")
+    r.add_argument("--norm", choices=["linf", "l2"], help="threat norm (default linf)")
+    r.add_argument("--steps", help="attack iterations (default 10)")
+    r.add_argument(
+        "--step-size", help="attack step in units of 1/255 (default: 1 for linf as in the paper; 2.5*eps/steps for l2)"
+    )
+    r.add_argument("--n", help="evaluate a seeded random subset of N images per dataset (default: the full split)")
+    r.add_argument("--seed", help="seed of the subset and of the attacks' random starts (default 0)")
+    r.add_argument("--normalization", choices=["clip", "imagenet"], help="pixel normalization (default clip)")
+    r.add_argument("--logit-scale", choices=["100", "1", "learned"], help="logit scale tau (default 100)")
+    r.add_argument("--data-root", help="dataset root (default $ZSBENCH_DATA or ./datasets)")
+    r.add_argument("--out", help="results folder (default $ZSBENCH_RESULTS or ./results)")
+    r.add_argument("--device", help="cpu, cuda, cuda:N or auto (default auto)")
+    r.add_argument("--batch-size", help="evaluation batch size (default 128)")
+    r.add_argument("--workers", help="data-loading worker processes (default 0)")
+    r.add_argument("--force", action="store_true", help="recompute records that already exist")
+    r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bars (default: on a terminal)")
+
+    ls = sub.add_parser("list", help="list the registered methods, datasets or attacks")
+    ls.add_argument("what", choices=["methods", "datasets", "attacks"])
+
+    lb = sub.add_parser("leaderboard", help="rebuild leaderboard.md and leaderboard.csv from the records")
+    lb.add_argument("--out", help="results folder (default $ZSBENCH_RESULTS or ./results)")
+    return p
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .attacks import ATTACKS, Threat
+    from .engine.runner import RunConfig, run
+    from .leaderboard import write_leaderboard
+    from .models import HeadKnobs, ModelSpec
+    from .provenance import default_cache_dir, default_data_root, default_results_dir
+
+    opts = dict(DEFAULTS)
+    if args.preset:
+        opts.update(PRESETS[args.preset])
+    opts.update({k: v for k, v in vars(args).items() if k in DEFAULTS and v is not None})
+
+    methods = _split(opts["methods"], "methods")
+    datasets = _split(opts["datasets"], "datasets")
+    from .datasets import DATASETS
+    from .methods import METHODS
+
+    for m in methods:
+        METHODS.get(m)
+    for d in datasets:
+        DATASETS.get(d)
+    steps = _positive_int("steps", opts["steps"])
+    n = _positive_int("n", opts["n"])
+    seed = _positive_int("seed", opts["seed"], minimum=0)
+    batch_size = _positive_int("batch-size", opts["batch_size"])
+    workers = _positive_int("workers", opts["workers"], minimum=0)
+    threats: list[Threat] = []
+    if opts["attack"] != "none":
+        ATTACKS.get(opts["attack"])
+        for eps in parse_eps(opts["eps"]):
+            if opts["step_size"] is not None:
+                step = parse_eps(opts["step_size"])[0]
+                if step == 0:
+                    raise ZSBenchError("--step-size must be positive")
+            else:
+                step = 1 / 255 if opts["norm"] == "linf" else 2.5 * eps / steps
+            threats.append(Threat(opts["attack"], opts["norm"], eps, steps, step))
+    out = Path(opts["out"]) if opts["out"] else default_results_dir()
+    cfg = RunConfig(
+        methods=tuple(methods),
+        datasets=tuple(datasets),
+        model=ModelSpec(opts["arch"], opts["pretrained"]),
+        threats=tuple(threats),
+        data_root=Path(opts["data_root"]) if opts["data_root"] else default_data_root(),
+        out_dir=out,
+        knobs=HeadKnobs(normalization=opts["normalization"], logit_scale=opts["logit_scale"]),
+        n=n,
+        seed=seed,
+        cache_dir=default_cache_dir(),
+        device=opts["device"],
+        batch_size=batch_size,
+        workers=workers,
+        force=args.force,
+        progress=args.progress,
+    )
+    if args.preset == "smoke":
+        print("smoke preset: tiny random-weight CLIP on generated data; accuracies sit near chance (10%).")
+    try:
+        summary = run(cfg)
+    finally:
+        # whatever finished is on disk; the leaderboard reflects it even after an interruption
+        paths = write_leaderboard(out) if (out / "records").is_dir() else {}
+    print(f"records: {out / 'records'} ({len(summary.written)} written, {len(summary.skipped)} already there)")
+    if paths:
+        print(f"leaderboard: {paths['markdown']} and {paths['csv']}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    if args.what == "methods":
+        from .methods import METHODS
+
+        rows = [[k, m.summary] for k, m in METHODS.items()]
+    elif args.what == "datasets":
+        from .datasets import DATASETS
+
+        rows = [[k, s.name, s.num_classes, s.eval_split, s.layout] for k, s in DATASETS.items()]
+    else:
+        from .attacks import ATTACKS
+
+        rows = [["none", "no attack: clean accuracy only"], *[[k, a.description] for k, a in ATTACKS.items()]]
+    headers = {
+        "methods": ["method", "summary"],
+        "datasets": ["dataset", "name", "classes", "split", "layout under the data root"],
+        "attacks": ["attack", "description"],
+    }[args.what]
+    print(tabulate(rows, headers=headers, tablefmt="simple"))
+    return 0
+
+
+def _leaderboard(args: argparse.Namespace) -> int:
+    from .leaderboard import write_leaderboard
+    from .provenance import default_results_dir
+
+    out = Path(args.out) if args.out else default_results_dir()
+    if not (out / "records").is_dir():
+        raise ZSBenchError(f"no records under {out / 'records'}; run `zsbench run --out {out}` first")
+    paths = write_leaderboard(out)
+    print(paths["markdown"].read_text(encoding="utf-8"))
+    print(f"leaderboard: {paths['markdown']} and {paths['csv']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {"run": _run, "list": _list, "leaderboard": _leaderboard}[args.command]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            return handler(args)
+    except ZSBenchError as e:
+        print(f"zsbench: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("zsbench: interrupted; every record finished so far is kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Seeded evaluation subsets, identified by the hash of their indices."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Subset:
+    """Which images of a split are evaluated.
+
+    Attributes:
+        indices: sorted image indices into the split.
+        n_total: size of the split.
+        seed: seed that drew the subset (None for the full split).
+        sha256: hash of ``indices`` as little-endian int64 (also set for the full split).
+    """
+
+    indices: np.ndarray
+    n_total: int
+    seed: int | None
+    sha256: str
+
+    @property
+    def n(self) -> int:
+        return len(self.indices)
+
+    @property
+    def is_full(self) -> bool:
+        return self.n == self.n_total
+
+    def to_dict(self) -> dict:
+        return {"n": self.n, "n_total": self.n_total, "seed": self.seed, "indices_sha256": self.sha256}
+
+
+def indices_sha256(indices: np.ndarray) -> str:
+    return hashlib.sha256(np.asarray(indices, dtype="<i8").tobytes()).hexdigest()
+
+
+def select_subset(n_total: int, n: int | None, seed: int) -> Subset:
+    """The full split when ``n`` is None or >= ``n_total``, else ``n`` indices drawn without replacement."""
+    if n is None or n >= n_total:
+        idx = np.arange(n_total, dtype=np.int64)
+        return Subset(idx, n_total, None, indices_sha256(idx))
+    idx = np.sort(np.random.default_rng(seed).permutation(n_total)[:n]).astype(np.int64)
+    return Subset(idx, n_total, seed, indices_sha256(idx))

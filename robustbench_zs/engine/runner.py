@@ -1,0 +1,217 @@
+"""``zsbench run``: plan (method x dataset x threat), skip what exists, evaluate the rest, write records."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from ..attacks import Threat
+from ..datasets import DATASETS, DatasetSpec, ImageDataset, select_subset
+from ..errors import ZSBenchError
+from ..methods import METHODS
+from ..models import NORMALIZATIONS, HeadKnobs, LoadedModel, ModelSpec, ZeroShotClassifier, build_text_head
+from ..models.loader import RANDOM, resolve_spec
+from ..models.text_head import text_weights_sha256
+from ..provenance import device_description, sha256_file, software
+from ..results import RecordStore, ensure_writable, record_key, result_block
+from .evaluator import evaluate
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything ``zsbench run`` needs. ``threats`` excludes the clean evaluation, which always runs."""
+
+    methods: tuple[str, ...]
+    datasets: tuple[str, ...]
+    model: ModelSpec
+    threats: tuple[Threat, ...]
+    data_root: Path
+    out_dir: Path
+    knobs: HeadKnobs = field(default_factory=HeadKnobs)
+    prompts: str = "paper"
+    n: int | None = None
+    seed: int = 0
+    cache_dir: Path | None = None
+    device: str = "auto"
+    batch_size: int = 128
+    workers: int = 0
+    force: bool = False
+    progress: bool | None = None
+
+
+@dataclass
+class RunSummary:
+    written: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    leaderboard: dict[str, Path] = field(default_factory=dict)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ZSBenchError(f"--device {name}: no CUDA GPU is visible to torch; use --device cpu")
+        return torch.device(name)
+    if name == "cpu":
+        return torch.device("cpu")
+    raise ZSBenchError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto")
+
+
+def model_identity(spec: ModelSpec) -> dict:
+    """What identifies the weights, computable without building the model."""
+    kind, _ = resolve_spec(spec)
+    if kind == "random":
+        return {"arch": spec.arch, "weights": f"{RANDOM}(seed={spec.init_seed})"}
+    if kind == "tag":
+        return {"arch": spec.arch, "weights": f"open_clip:{spec.pretrained}"}
+    return {"arch": spec.arch, "weights": f"sha256:{sha256_file(spec.pretrained)}"}
+
+
+def prompt_set(spec: DatasetSpec, data: ImageDataset, prompts: str) -> tuple[list[str], list[str]]:
+    if prompts != "paper":
+        raise ZSBenchError(f"unknown prompt set {prompts!r}; available: paper")
+    return spec.prompt_classnames(data.classnames), list(spec.templates)
+
+
+def _profile(knobs: HeadKnobs, prompts: str, classnames: list[str], templates: list[str]) -> dict:
+    mean, std = NORMALIZATIONS[knobs.normalization]
+    return {
+        **knobs.to_dict(),
+        "mean": list(mean),
+        "std": list(std),
+        "input_resolution": "native (resized inside the model)",
+        "prompts": prompts,
+        "templates": templates,
+        "classnames_sha256": hashlib.sha256(json.dumps(classnames).encode()).hexdigest(),
+    }
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def load_datasets(cfg: RunConfig) -> dict[str, tuple[DatasetSpec, ImageDataset]]:
+    """Load every requested dataset up front so a missing one fails before any model work."""
+    out = {}
+    for ds_id in cfg.datasets:
+        spec = DATASETS.get(ds_id)
+        data = spec.loader(Path(cfg.data_root), spec.eval_split)
+        if len(data.classnames) != spec.num_classes:
+            raise ZSBenchError(f"{spec.name}: {len(data.classnames)} class names for {spec.num_classes} classes")
+        out[ds_id] = (spec, data)
+    return out
+
+
+def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
+    """Evaluate every (method, dataset, threat) of ``cfg`` that has no record yet; returns what was written."""
+    for m in cfg.methods:
+        METHODS.get(m)
+    for d in cfg.datasets:
+        DATASETS.get(d)
+    ensure_writable(cfg.out_dir)
+    device = resolve_device(cfg.device)
+    model_id = model_identity(cfg.model)
+    datasets = load_datasets(cfg)
+    store = RecordStore(cfg.out_dir)
+    summary = RunSummary()
+    threats = (Threat(), *cfg.threats)
+
+    for method_id in cfg.methods:
+        method = METHODS.get(method_id)
+        loaded: LoadedModel | None = None
+        text_sha: str | None = None
+        for ds_id, (spec, data) in datasets.items():
+            subset = select_subset(len(data), cfg.n, cfg.seed)
+            classnames, templates = prompt_set(spec, data, cfg.prompts)
+            profile = _profile(cfg.knobs, cfg.prompts, classnames, templates)
+            dataset_block = {
+                "id": ds_id,
+                "name": spec.name,
+                "split": spec.eval_split,
+                "n_requested": cfg.n,
+                **subset.to_dict(),
+            }
+            plan = []
+            for t in threats:
+                identity = {
+                    "method": method_id,
+                    "model": model_id,
+                    "dataset": {k: dataset_block[k] for k in ("id", "split", "n", "n_total", "indices_sha256")},
+                    "attack": t.settings(),
+                    "profile": profile,
+                    "seed": cfg.seed,
+                }
+                key = record_key(identity)
+                path = store.path_for(method_id, ds_id, t.slug, key)
+                if store.exists(path) and not cfg.force:
+                    summary.skipped.append(path)
+                else:
+                    plan.append((t, key, path))
+            if not plan:
+                echo(f"{method_id} / {ds_id}: all {len(threats)} records exist, skipped (--force recomputes)")
+                continue
+            if loaded is None:
+                loaded = method.load(cfg.model, device, None)
+                text_sha = text_weights_sha256(loaded.model)
+            head, head_info = build_text_head(
+                loaded.model, loaded.tokenizer, classnames, templates, cfg.cache_dir, text_sha=text_sha
+            )
+            scale = cfg.knobs.resolve_logit_scale(loaded.model)
+            mean, std = NORMALIZATIONS[cfg.knobs.normalization]
+            classifier = ZeroShotClassifier(
+                loaded.model.visual, head, loaded.image_size, mean, std, scale, resize=cfg.knobs.resize
+            )
+            todo = [t for t, _, _ in plan if not t.is_clean]
+            started = _now()
+            t0 = time.perf_counter()
+            result = evaluate(
+                classifier,
+                data,
+                todo,
+                subset=subset,
+                batch_size=cfg.batch_size,
+                seed=cfg.seed,
+                workers=cfg.workers,
+                progress=cfg.progress,
+                desc=f"{method_id}/{ds_id}",
+            )
+            total = time.perf_counter() - t0
+            parts = []
+            for t, key, path in plan:
+                correct = result.clean if t.is_clean else result.robust[t]
+                record = {
+                    "schema_version": 1,
+                    "record_key": key,
+                    "created_utc": _now(),
+                    "software": software(),
+                    "method": method_id,
+                    "model": {**loaded.provenance(), "label": cfg.model.label},
+                    "dataset": dataset_block,
+                    "attack": t.settings(),
+                    "threat_label": t.label,
+                    "profile": {**profile, "logit_scale_value": scale, "text_head_key": head_info["key"]},
+                    "seed": cfg.seed,
+                    "run": {
+                        "started_utc": started,
+                        "wall_time_s": round(result.seconds[t.slug], 4),
+                        "evaluation_wall_time_s": round(total, 4),
+                        "device": device_description(device),
+                        "batch_size": cfg.batch_size,
+                        "text_head_cache_hit": head_info["cache_hit"],
+                    },
+                    "result": result_block(correct, None if t.is_clean else result.clean),
+                }
+                store.write(path, record)
+                summary.written.append(path)
+                lo, hi = record["result"]["ci95"]
+                parts.append(f"{t.label} {100 * record['result']['accuracy']:.2f}% [{100 * lo:.1f}, {100 * hi:.1f}]")
+            echo(f"{method_id} / {ds_id} (n={subset.n}): " + " | ".join(parts))
+    return summary

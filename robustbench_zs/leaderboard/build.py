@@ -1,0 +1,209 @@
+"""Markdown and CSV leaderboards from the records: methods as rows, datasets as columns plus the average.
+
+One table per threat and protocol: records whose attack settings, profile knobs, subset size or seed differ never
+share a table, so no cell is ranked against a number measured differently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tabulate import tabulate
+
+from ..results import RecordStore
+
+_PROTOCOL_KEYS = ("normalization", "logit_scale", "resize", "prompts")
+
+
+def _dataset_order() -> list[str]:
+    from ..datasets import DATASETS  # the leaderboard needs only the order, not the loaders
+
+    return DATASETS.names()
+
+
+def _method_order() -> list[str]:
+    from ..methods import METHODS
+
+    return METHODS.names()
+
+
+def records_frame(out_dir: Path) -> pd.DataFrame:
+    """One row per valid record, with the fields that place it in a table."""
+    rows = []
+    for path, r in RecordStore(out_dir).iter_records():
+        attack = {k: v for k, v in r["attack"].items()}
+        profile = r["profile"]
+        n_req = r["dataset"].get("n_requested")
+        protocol = {
+            "attack": attack,
+            "profile": {k: profile.get(k) for k in _PROTOCOL_KEYS},
+            "n_requested": n_req,
+            "seed": r["seed"] if n_req is not None or attack.get("name") != "clean" else None,
+        }
+        lo, hi = r["result"]["ci95"]
+        rows.append(
+            {
+                "table": r.get("threat_label", attack.get("name")),
+                "protocol": json.dumps(protocol, sort_keys=True),
+                "method": r["method"],
+                "model": r["model"].get("label") or r["model"].get("arch"),
+                "weights": r["model"].get("checkpoint_sha256") or r["model"].get("weights_sha256"),
+                "dataset": r["dataset"]["id"],
+                "dataset_name": r["dataset"].get("name", r["dataset"]["id"]),
+                "split": r["dataset"]["split"],
+                "n": r["result"]["n"],
+                "n_total": r["dataset"]["n_total"],
+                "indices_sha256": r["dataset"]["indices_sha256"],
+                "accuracy": 100.0 * r["result"]["accuracy"],
+                "ci95_low": 100.0 * lo,
+                "ci95_high": 100.0 * hi,
+                "eps_255": attack.get("eps_255", 0.0),
+                "created_utc": r["created_utc"],
+                "record": str(path),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _row_labels(df: pd.DataFrame) -> pd.Series:
+    label = df["method"] + " · " + df["model"]
+    # the same label for different weights (a checkpoint replaced under the same name) must not merge
+    clash = df.groupby(label)["weights"].transform("nunique") > 1
+    return label.where(~clash, label + " @" + df["weights"].str[:8])
+
+
+def _protocol_line(protocol: str) -> str:
+    p = json.loads(protocol)
+    a, prof = p["attack"], p["profile"]
+    parts = [
+        f"normalization {prof['normalization']}",
+        f"logit scale {prof['logit_scale']}",
+        f"prompts {prof['prompts']}",
+        f"{prof['resize']} resize at native resolution",
+    ]
+    if a.get("name") != "clean":
+        parts.append(
+            f"{a['name']} {a['norm']} eps {a['eps_255']:g}/255, {a['steps']} steps of {a['step_size_255']:g}/255, "
+            f"{'random start' if a.get('random_start') else 'no random start'}, {a.get('precision', 'fp32')}"
+        )
+    n = p["n_requested"]
+    parts.append("full test splits" if n is None else f"a seeded subset of up to {n} images per dataset (seed {p['seed']})")
+    return "; ".join(parts)
+
+
+def build_tables(df: pd.DataFrame) -> list[dict]:
+    """Each table: title, protocol line, wide frame (rows: methods; columns: datasets, Average), image counts."""
+    if df.empty:
+        return []
+    df = df.copy()
+    df["row"] = _row_labels(df)
+    datasets = _dataset_order()
+    methods = _method_order()
+    tables = []
+    groups = sorted(
+        df.groupby(["table", "protocol"], sort=False),
+        key=lambda g: (g[0][0] != "Clean", g[1]["eps_255"].iloc[0], g[0][0], g[0][1]),
+    )
+    for (title, protocol), g in groups:
+        # newest record wins if a cell was measured twice under the same protocol (e.g. --force)
+        g = g.sort_values("created_utc").drop_duplicates(["row", "dataset"], keep="last")
+        cols = sorted(g["dataset"].unique(), key=lambda d: (datasets.index(d) if d in datasets else len(datasets), d))
+        wide = g.pivot(index="row", columns="dataset", values="accuracy").reindex(columns=cols)
+        lo = g.pivot(index="row", columns="dataset", values="ci95_low").reindex(columns=cols)
+        hi = g.pivot(index="row", columns="dataset", values="ci95_high").reindex(columns=cols)
+        complete = wide.notna().all(axis=1)
+        wide["Average"] = wide[cols].mean(axis=1).where(complete)
+        method_of = g.drop_duplicates("row").set_index("row")["method"]
+        order = sorted(
+            wide.index, key=lambda r: (methods.index(method_of[r]) if method_of[r] in methods else len(methods), r)
+        )
+        names = g.drop_duplicates("dataset").set_index("dataset")["dataset_name"]
+        counts = g.groupby("dataset")["n"].agg(lambda s: "/".join(str(v) for v in sorted(set(s))))
+        tables.append(
+            {
+                "title": title,
+                "protocol": protocol,
+                "protocol_line": _protocol_line(protocol),
+                "accuracy": wide.loc[order],
+                "ci95_low": lo.loc[order],
+                "ci95_high": hi.loc[order],
+                "dataset_names": [names[c] for c in cols],
+                "counts": [counts[c] for c in cols],
+                "incomplete": [r for r in order if not complete[r]],
+            }
+        )
+    return tables
+
+
+def _cell(acc: float, lo: float, hi: float) -> str:
+    if np.isnan(acc):
+        return "—"
+    return f"{acc:.2f} ({lo:.1f}–{hi:.1f})"
+
+
+def render_markdown(tables: list[dict]) -> str:
+    lines = [
+        "# Leaderboard",
+        "",
+        "Top-1 zero-shot accuracy (%) with its Wilson 95% interval in brackets. A point counts as robust only if it is",
+        "classified correctly on its clean image and under the attack. *Average* is the mean over the table's",
+        "datasets, shown only for rows that have all of them. Generated by `zsbench leaderboard` from the records.",
+        "",
+    ]
+    if not tables:
+        lines.append("No records yet: run `zsbench run` first.")
+    for t in tables:
+        acc, lo, hi = t["accuracy"], t["ci95_low"], t["ci95_high"]
+        cols = list(acc.columns[:-1])
+        body = []
+        for r in acc.index:
+            cells = [_cell(acc.at[r, c], lo.at[r, c], hi.at[r, c]) for c in cols]
+            avg = acc.at[r, "Average"]
+            body.append([r, *cells, "—" if np.isnan(avg) else f"{avg:.2f}"])
+        body.append(["*images*", *t["counts"], ""])
+        lines += [f"## {t['title']}", "", f"Protocol: {t['protocol_line']}.", ""]
+        lines.append(tabulate(body, headers=["Method", *t["dataset_names"], "Average"], tablefmt="github", disable_numparse=True))
+        if t["incomplete"]:
+            lines += ["", f"No average for rows missing a dataset: {', '.join(t['incomplete'])}."]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def wide_frame(tables: list[dict]) -> pd.DataFrame:
+    frames = []
+    for t in tables:
+        w = t["accuracy"].copy()
+        w.columns = [*t["dataset_names"], "Average"]
+        w.insert(0, "protocol", t["protocol_line"])
+        w.insert(0, "table", t["title"])
+        frames.append(w.rename_axis("method").reset_index())
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_leaderboard(out_dir: Path) -> dict[str, Path]:
+    """Write ``leaderboard.md``, ``leaderboard.csv`` (the wide tables) and ``records.csv`` (one row per record)."""
+    out_dir = Path(out_dir)
+    df = records_frame(out_dir)
+    tables = build_tables(df)
+    paths = {
+        "markdown": out_dir / "leaderboard.md",
+        "csv": out_dir / "leaderboard.csv",
+        "records_csv": out_dir / "records.csv",
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_text(paths["markdown"], render_markdown(tables))
+    _write_text(paths["csv"], wide_frame(tables).to_csv(index=False))
+    _write_text(paths["records_csv"], df.to_csv(index=False))
+    return paths

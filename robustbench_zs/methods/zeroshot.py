@@ -1,0 +1,18 @@
+"""``clip``: the pre-trained model as it is, evaluated zero-shot."""
+
+from __future__ import annotations
+
+from ..models.loader import load_model
+from .base import METHODS, MethodSpec
+
+METHODS.add(
+    "clip",
+    MethodSpec(
+        id="clip",
+        name="CLIP",
+        summary="zero-shot CLIP, no fine-tuning (the --arch/--pretrained weights as they are)",
+        paper="Radford et al., Learning Transferable Visual Models From Natural Language Supervision, ICML 2021",
+        trains="nothing",
+        load=load_model,
+    ),
+)

@@ -1,0 +1,98 @@
+"""The zero-shot classifier that every evaluation and attack sees: pixels in [0, 1] in, logits out."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ZSBenchError
+
+#: Normalization constants, by name (protocol.md section 4: PMG-AFT's code uses ImageNet's, the others CLIP's).
+NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+#: Logit-scale choices: a fixed value, or the model's learned temperature.
+LOGIT_SCALES = ("100", "1", "learned")
+
+
+@dataclass(frozen=True)
+class HeadKnobs:
+    """The knobs of the zero-shot head that change the numbers; stored in every record."""
+
+    normalization: str = "clip"
+    logit_scale: str = "100"
+    resize: str = "bicubic"
+
+    def __post_init__(self) -> None:
+        if self.normalization not in NORMALIZATIONS:
+            raise ZSBenchError(
+                f"unknown normalization {self.normalization!r}; choose one of {', '.join(NORMALIZATIONS)}"
+            )
+        if self.logit_scale not in LOGIT_SCALES:
+            raise ZSBenchError(f"unknown logit scale {self.logit_scale!r}; choose one of {', '.join(LOGIT_SCALES)}")
+
+    def resolve_logit_scale(self, model: nn.Module) -> float:
+        if self.logit_scale == "learned":
+            scale = getattr(model, "logit_scale", None)
+            if scale is None:
+                raise ZSBenchError("--logit-scale learned: this model has no learned logit scale; use 100 or 1")
+            return float(scale.detach().exp().item())
+        return float(self.logit_scale)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ZeroShotClassifier(nn.Module):
+    """logits = tau * cos(f(normalize(resize(x))), T_c).
+
+    Args:
+        visual: the image tower; maps normalized images (B, 3, H, W) to embeddings (B, D).
+        head: text embeddings of the classes, (C, D), L2-normalized; kept as a constant buffer.
+        image_size: the tower's input size; inputs of another size are resized (bicubic) inside ``forward``,
+            so attacks always perturb the image at its native resolution.
+        mean, std: normalization constants applied inside ``forward``.
+        logit_scale: tau.
+
+    ``forward`` takes images in [0, 1], shape (B, 3, h, w), any h, w, and returns logits (B, C).
+    """
+
+    def __init__(
+        self,
+        visual: nn.Module,
+        head: torch.Tensor,
+        image_size: tuple[int, int],
+        mean: tuple[float, float, float],
+        std: tuple[float, float, float],
+        logit_scale: float,
+        resize: str = "bicubic",
+    ) -> None:
+        super().__init__()
+        self.visual = visual
+        self.register_buffer("head", head.detach().clone(), persistent=False)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.image_size = tuple(image_size)
+        self.logit_scale = float(logit_scale)
+        self.resize = resize
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.head.shape[0])
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) != self.image_size:
+            down = x.shape[-2] > self.image_size[0] or x.shape[-1] > self.image_size[1]
+            x = F.interpolate(x, size=self.image_size, mode=self.resize, align_corners=False, antialias=down)
+        return (x - self.mean) / self.std
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.visual(self.preprocess(x)), dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logit_scale * self.features(x) @ self.head.to(x.dtype).T

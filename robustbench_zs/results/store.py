@@ -1,0 +1,82 @@
+"""Records on disk: ``<out>/records/<method>/<dataset>/<threat>-<key12>.json``, written atomically."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..errors import ZSBenchError
+from .schema import validate
+
+
+def ensure_writable(folder: Path) -> Path:
+    """Create ``folder`` and prove it can be written, or raise a one-line ZSBenchError."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        reason = os.strerror(e.errno) if e.errno else str(e)
+        raise ZSBenchError(f"cannot write to output directory {folder}: {reason}; pass --out DIR with a writable folder") from None
+    return folder
+
+
+def atomic_write_json(path: Path, obj: object) -> None:
+    """Write JSON to a temporary file beside ``path``, fsync it, then rename: readers see all or nothing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=1, ensure_ascii=False, allow_nan=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        if e.errno == errno.ENOSPC:
+            raise ZSBenchError(f"no space left on device while writing {path}") from None
+        raise
+
+
+class RecordStore:
+    """The records folder of one results directory."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = Path(out_dir)
+        self.root = self.out_dir / "records"
+
+    def path_for(self, method: str, dataset: str, slug: str, key: str) -> Path:
+        return self.root / method / dataset / f"{slug}-{key[:12]}.json"
+
+    def exists(self, path: Path) -> bool:
+        if not path.is_file():
+            return False
+        try:
+            validate(json.loads(path.read_text(encoding="utf-8")))
+            return True
+        except (ValueError, OSError):
+            return False  # unreadable or invalid: recompute and overwrite
+
+    def write(self, path: Path, record: dict) -> None:
+        atomic_write_json(path, validate(record))
+
+    def iter_records(self) -> Iterator[tuple[Path, dict]]:
+        """Every valid record; invalid files are skipped with a warning naming them."""
+        if not self.root.is_dir():
+            return
+        for path in sorted(self.root.rglob("*.json")):
+            try:
+                record = validate(json.loads(path.read_text(encoding="utf-8")))
+            except (ValueError, OSError, UnicodeDecodeError) as e:
+                warnings.warn(f"skipping invalid record {path}: {e}", stacklevel=2)
+                continue
+            yield path, record
