@@ -72,7 +72,9 @@ def parse_eps(value: str) -> list[float]:
         try:
             v = float(item)
         except ValueError:
-            raise ZSBenchError(f"--eps {item!r} is not a number; give eps in units of 1/255, e.g. --eps 1,2,4") from None
+            raise ZSBenchError(
+                f"--eps {item!r} is not a number; give eps in units of 1/255, e.g. --eps 1,2,4"
+            ) from None
         if not math.isfinite(v) or v < 0:
             raise ZSBenchError(f"--eps {item} is negative or not finite; eps is a radius in units of 1/255, >= 0")
         if v > 255:
@@ -100,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="evaluate methods on datasets, clean and under attack; write records + leaderboard")
     r.add_argument("--preset", choices=sorted(PRESETS), help="a named set of defaults (smoke: offline, ~1 min on CPU)")
-    r.add_argument("--methods", help=f"comma-separated method ids (default {DEFAULTS['methods']}; see zsbench list methods)")
+    r.add_argument(
+        "--methods", help=f"comma-separated method ids (default {DEFAULTS['methods']}; see zsbench list methods)"
+    )
     r.add_argument("--datasets", help=f"comma-separated dataset ids (default {DEFAULTS['datasets']})")
     r.add_argument("--arch", help="open_clip architecture (default ViT-B-32)")
     r.add_argument("--pretrained", help="open_clip pretrained tag (default openai), a checkpoint file, or 'random'")
@@ -121,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", help="evaluation batch size (default 128)")
     r.add_argument("--workers", help="data-loading worker processes (default 0)")
     r.add_argument("--force", action="store_true", help="recompute records that already exist")
-    r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bars (default: on a terminal)")
+    r.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bars (default: on a terminal)"
+    )
 
     ls = sub.add_parser("list", help="list the registered methods, datasets or attacks")
     ls.add_argument("what", choices=["methods", "datasets", "attacks"])

@@ -18,6 +18,7 @@ _ALLOWED = {
     ("numpy", "dtype"),
     ("numpy.core.multiarray", "scalar"),
     ("numpy._core.multiarray", "scalar"),
+    ("_codecs", "encode"),  # how Python 3 writes bytes in protocol 2 (files re-saved after download)
 }
 
 
@@ -36,13 +37,37 @@ def _load_pickle(path: Path) -> dict:
         raise ZSBenchError(f"corrupt CIFAR file {path}: {e}; delete the folder and download it again") from None
 
 
-def _get(d: dict, key: str):
+def _get(d: object, key: str):
+    if not isinstance(d, dict):
+        return None
     return d.get(key, d.get(key.encode()))
+
+
+def _read_batch(path: Path, label_key: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 3, 32, 32) uint8 and labels (N,) of one batch file, or a one-line error naming the file."""
+    batch = _load_pickle(path)
+    data, lab = _get(batch, "data"), _get(batch, label_key)
+    if data is None or lab is None:
+        raise ZSBenchError(f"corrupt CIFAR file {path}: no 'data' or '{label_key}' entry")
+    try:
+        data = np.asarray(data, dtype=np.uint8)
+        y = np.asarray(lab, dtype=np.int64)
+    except (ValueError, TypeError) as e:
+        raise ZSBenchError(f"corrupt CIFAR file {path}: {e}") from None
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) == 0:
+        raise ZSBenchError(f"corrupt CIFAR file {path}: 'data' has shape {data.shape}, expected (N > 0, 3072)")
+    if y.shape != (len(data),):
+        raise ZSBenchError(f"corrupt CIFAR file {path}: {len(data)} images but {y.size} labels")
+    if y.min() < 0 or y.max() >= num_classes:
+        raise ZSBenchError(f"corrupt CIFAR file {path}: labels outside [0, {num_classes})")
+    return data.reshape(-1, 3, 32, 32), y
 
 
 def _loader(folder: str, files: dict[str, list[str]], meta: str, label_key: str, spec_id: str):
     def load(data_root: Path, split: str) -> TensorImageDataset:
         spec = DATASETS.get(spec_id)
+        if split not in files:
+            raise ZSBenchError(f"{spec.name} has no split {split!r}; splits: {', '.join(spec.splits)}")
         base = Path(data_root) / folder
         needed = [*files[split], meta]
         missing = [n for n in needed if not (base / n).is_file()]
@@ -51,21 +76,13 @@ def _loader(folder: str, files: dict[str, list[str]], meta: str, label_key: str,
                 f"{spec.name} not found: {base} lacks {', '.join(missing)}; expected layout: {spec.layout}; "
                 f"get it with: {spec.source}"
             )
-        images, labels = [], []
-        for name in files[split]:
-            batch = _load_pickle(base / name)
-            data, lab = _get(batch, "data"), _get(batch, label_key)
-            if data is None or lab is None:
-                raise ZSBenchError(f"corrupt CIFAR file {base / name}: no 'data' or '{label_key}' entry")
-            images.append(np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32))
-            labels.append(np.asarray(lab, dtype=np.int64))
+        parts = [_read_batch(base / name, label_key, spec.num_classes) for name in files[split]]
         names = _get(_load_pickle(base / meta), "fine_label_names" if label_key == "fine_labels" else "label_names")
         if names is None or len(names) != spec.num_classes:
             raise ZSBenchError(f"corrupt CIFAR meta file {base / meta}: expected {spec.num_classes} class names")
-        y = np.concatenate(labels)
-        if y.min() < 0 or y.max() >= spec.num_classes:
-            raise ZSBenchError(f"corrupt CIFAR file in {base}: labels outside [0, {spec.num_classes})")
-        return TensorImageDataset(np.concatenate(images), y, list(spec.classnames), root=base)
+        images = np.concatenate([x for x, _ in parts])
+        labels = np.concatenate([y for _, y in parts])
+        return TensorImageDataset(images, labels, list(spec.classnames), root=base)
 
     return load
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ METADATA = Path(__file__).resolve().parent / "metadata"
 GENERIC_TEMPLATE = "This is a photo of a {}"
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_metadata(name: str) -> dict:
     with open(METADATA / f"{name}.json", encoding="utf-8") as f:
         return json.load(f)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ZSBenchError
 from .spec import DATASETS, GENERIC_TEMPLATE, DatasetSpec, TensorImageDataset
 
 CLASSNAMES = ("apple", "bicycle", "cloud", "dolphin", "engine", "forest", "guitar", "house", "island", "jacket")
@@ -30,7 +31,9 @@ def make_synthetic(
     return (np.clip(x, 0, 1) * 255).round().astype(np.uint8), labels.astype(np.int64)
 
 
-def load_synthetic(data_root: Path, split: str) -> TensorImageDataset:
+def load_synthetic(data_root: Path | None, split: str) -> TensorImageDataset:
+    if split not in SIZES:
+        raise ZSBenchError(f"Synthetic has no split {split!r}; splits: {', '.join(SIZES)}")
     images, labels = make_synthetic(SIZES[split], len(CLASSNAMES), seed={"test": 1, "train": 2}[split])
     return TensorImageDataset(images, labels, list(CLASSNAMES), root=None)
 

@@ -78,7 +78,9 @@ def load_tinyimagenet(data_root: Path, split: str) -> FileImageDataset:
             samples.append((img_dir / parts[0], index[parts[1]]))
         absent = [p for p, _ in samples if not p.is_file()]
         if absent:
-            raise _missing(spec, base, f"{len(absent)} images listed in val_annotations.txt are missing, e.g. {absent[0]}")
+            raise _missing(
+                spec, base, f"{len(absent)} images listed in val_annotations.txt are missing, e.g. {absent[0]}"
+            )
     elif split == "train":
         for w in wnids:
             d = base / "train" / w / "images"

@@ -92,7 +92,9 @@ def _protocol_line(protocol: str) -> str:
             f"{'random start' if a.get('random_start') else 'no random start'}, {a.get('precision', 'fp32')}"
         )
     n = p["n_requested"]
-    parts.append("full test splits" if n is None else f"a seeded subset of up to {n} images per dataset (seed {p['seed']})")
+    parts.append(
+        "full test splits" if n is None else f"a seeded subset of up to {n} images per dataset (seed {p['seed']})"
+    )
     return "; ".join(parts)
 
 
@@ -167,7 +169,9 @@ def render_markdown(tables: list[dict]) -> str:
             body.append([r, *cells, "—" if np.isnan(avg) else f"{avg:.2f}"])
         body.append(["*images*", *t["counts"], ""])
         lines += [f"## {t['title']}", "", f"Protocol: {t['protocol_line']}.", ""]
-        lines.append(tabulate(body, headers=["Method", *t["dataset_names"], "Average"], tablefmt="github", disable_numparse=True))
+        lines.append(
+            tabulate(body, headers=["Method", *t["dataset_names"], "Average"], tablefmt="github", disable_numparse=True)
+        )
         if t["incomplete"]:
             lines += ["", f"No average for rows missing a dataset: {', '.join(t['incomplete'])}."]
         lines.append("")

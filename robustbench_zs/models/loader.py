@@ -97,8 +97,12 @@ def _image_size(model: nn.Module) -> tuple[int, int]:
 def resolve_spec(spec: ModelSpec) -> tuple[str, dict]:
     """Check that the architecture and weights exist; returns (kind, tag config) with kind in tag/file/random."""
     if spec.arch not in open_clip.list_models():
-        known = ", ".join(m for m in open_clip.list_models() if m.startswith(("ViT-B", "ViT-L", "RN50")) or m in TINY_ARCHS)
-        raise ZSBenchError(f"unknown architecture {spec.arch!r}; some known ones: {known} (see open_clip.list_models())")
+        known = ", ".join(
+            m for m in open_clip.list_models() if m.startswith(("ViT-B", "ViT-L", "RN50")) or m in TINY_ARCHS
+        )
+        raise ZSBenchError(
+            f"unknown architecture {spec.arch!r}; some known ones: {known} (see open_clip.list_models())"
+        )
     if spec.pretrained == RANDOM:
         return "random", {}
     tag_cfg = open_clip.get_pretrained_cfg(spec.arch, spec.pretrained)

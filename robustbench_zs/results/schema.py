@@ -44,7 +44,11 @@ def result_block(correct: np.ndarray, clean_correct: np.ndarray | None = None) -
         "accuracy": k / n if n else float("nan"),
         "ci95": [lo, hi],
         "ci_method": "wilson",
-        "per_example": {"encoding": "packbits-little-base64", "order": "subset indices, ascending", "data": pack_bools(correct)},
+        "per_example": {
+            "encoding": "packbits-little-base64",
+            "order": "subset indices, ascending",
+            "data": pack_bools(correct),
+        },
     }
     if clean_correct is not None:
         out["clean_correct"] = int(np.asarray(clean_correct, dtype=bool).sum())

@@ -24,7 +24,9 @@ def ensure_writable(folder: Path) -> Path:
         os.unlink(probe)
     except OSError as e:
         reason = os.strerror(e.errno) if e.errno else str(e)
-        raise ZSBenchError(f"cannot write to output directory {folder}: {reason}; pass --out DIR with a writable folder") from None
+        raise ZSBenchError(
+            f"cannot write to output directory {folder}: {reason}; pass --out DIR with a writable folder"
+        ) from None
     return folder
 
 

@@ -1,0 +1,49 @@
+"""Shared fixtures: a tiny random-weight CLIP, generated data, and a classifier that PGD has something to attack."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from robustbench_zs.datasets import DATASETS
+from robustbench_zs.models import NORMALIZATIONS, ModelSpec, ZeroShotClassifier, load_model
+
+TINY = ModelSpec("zsbench-tiny", "random", init_seed=0)
+DEVICE = torch.device(os.environ.get("ZSBENCH_TEST_DEVICE", "cpu"))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path, monkeypatch):
+    """No test reads or writes the user's cache, data or results folders."""
+    monkeypatch.setenv("ZSBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("ZSBENCH_DATA", str(tmp_path / "no-data-here"))
+    monkeypatch.setenv("ZSBENCH_RESULTS", str(tmp_path / "results"))
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    return load_model(TINY, DEVICE)
+
+
+@pytest.fixture(scope="session")
+def synthetic_test():
+    return DATASETS.get("synthetic").loader(None, "test")
+
+
+@pytest.fixture(scope="session")
+def centroid_classifier(tiny):
+    """The tiny model's image tower with a nearest-centroid head fitted on the synthetic train split.
+
+    Random text weights give chance accuracy; class-mean image embeddings give a classifier that is accurate on
+    clean images, so attacks have accuracy to remove.
+    """
+    train = DATASETS.get("synthetic").loader(None, "train")
+    mean, std = NORMALIZATIONS["clip"]
+    probe = ZeroShotClassifier(tiny.model.visual, torch.zeros(10, 32), tiny.image_size, mean, std, 1.0)
+    with torch.no_grad():
+        feats = probe.features(train.images.float().div(255).to(DEVICE))
+    head = torch.stack([feats[train.labels == c].mean(0) for c in range(10)])
+    head = torch.nn.functional.normalize(head, dim=-1)
+    return ZeroShotClassifier(tiny.model.visual, head, tiny.image_size, mean, std, 100.0).to(DEVICE)

@@ -1,0 +1,72 @@
+"""Model loading (random, checkpoint file), weight hashes, and the classifier's resize / normalize / scale."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from robustbench_zs.errors import ZSBenchError
+from robustbench_zs.models import NORMALIZATIONS, HeadKnobs, ModelSpec, ZeroShotClassifier, load_model
+from robustbench_zs.provenance import sha256_file
+
+
+def test_random_weights_are_seeded_and_hashed(tiny):
+    again = load_model(ModelSpec("zsbench-tiny", "random", init_seed=0))
+    other = load_model(ModelSpec("zsbench-tiny", "random", init_seed=1))
+    assert again.weights_sha256 == tiny.weights_sha256 != other.weights_sha256
+    assert tiny.checkpoint_sha256 is None and tiny.source == "random"
+    assert tiny.image_size == (32, 32) and not tiny.model.training
+
+
+def test_checkpoint_file_round_trip(tiny, tmp_path):
+    path = tmp_path / "tiny.pt"
+    torch.save(tiny.model.state_dict(), path)
+    loaded = load_model(ModelSpec("zsbench-tiny", str(path)))
+    assert loaded.checkpoint_sha256 == sha256_file(path)
+    assert loaded.weights_sha256 == tiny.weights_sha256
+    assert loaded.source.startswith("file:") and loaded.provenance()["checkpoint_sha256"] == sha256_file(path)
+
+
+def test_truncated_checkpoint_is_one_clear_error(tiny, tmp_path):
+    path = tmp_path / "tiny.pt"
+    torch.save(tiny.model.state_dict(), path)
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ZSBenchError, match="could not load"):
+        load_model(ModelSpec("zsbench-tiny", str(path)))
+
+
+def test_unknown_tag_and_arch():
+    with pytest.raises(ZSBenchError, match="tags for ViT-B-32: .*openai"):
+        load_model(ModelSpec("ViT-B-32", "no-such-tag"))
+    with pytest.raises(ZSBenchError, match="unknown architecture"):
+        load_model(ModelSpec("ViT-Nope", "random"))
+
+
+def test_classifier_resizes_and_normalizes_inside_forward(tiny):
+    mean, std = NORMALIZATIONS["imagenet"]
+    head = F.normalize(torch.randn(5, 32), dim=-1)
+    clf = ZeroShotClassifier(tiny.model.visual, head, tiny.image_size, mean, std, 1.0)
+    x = torch.rand(2, 3, 64, 64)
+    manual = F.interpolate(x, size=(32, 32), mode="bicubic", align_corners=False, antialias=True)
+    manual = (manual - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = F.normalize(tiny.model.visual(manual), dim=-1) @ head.T
+        torch.testing.assert_close(clf(x), expected)
+        # at the native size nothing is resized
+        x32 = torch.rand(2, 3, 32, 32)
+        norm32 = (x32 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+        torch.testing.assert_close(clf(x32), F.normalize(tiny.model.visual(norm32), dim=-1) @ head.T)
+    # logits are cosines times the scale
+    assert clf(x).abs().max() <= 1.0 + 1e-5
+
+
+def test_logit_scale_knobs(tiny):
+    assert HeadKnobs(logit_scale="100").resolve_logit_scale(tiny.model) == 100.0
+    assert HeadKnobs(logit_scale="1").resolve_logit_scale(tiny.model) == 1.0
+    learned = HeadKnobs(logit_scale="learned").resolve_logit_scale(tiny.model)
+    assert learned == pytest.approx(tiny.model.logit_scale.exp().item())
+    with pytest.raises(ZSBenchError, match="unknown normalization"):
+        HeadKnobs(normalization="nope")
+    with pytest.raises(ZSBenchError, match="unknown logit scale"):
+        HeadKnobs(logit_scale="7")

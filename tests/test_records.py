@@ -1,0 +1,120 @@
+"""Records: every traceability field, round-trip of per-example results, skip / force, Wilson intervals."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from robustbench_zs.attacks import Threat
+from robustbench_zs.engine.runner import RunConfig, run
+from robustbench_zs.models import HeadKnobs, ModelSpec
+from robustbench_zs.results import RecordStore, per_example, validate, wilson_interval
+from robustbench_zs.results.stats import pack_bools, unpack_bools
+
+TINY = ModelSpec("zsbench-tiny", "random", init_seed=0)
+
+
+def _cfg(tmp_path, **kw) -> RunConfig:
+    base = dict(
+        methods=("clip",),
+        datasets=("synthetic",),
+        model=TINY,
+        threats=(Threat("pgd", "linf", 1 / 255, 3, 1 / 255), Threat("pgd", "linf", 4 / 255, 3, 1 / 255)),
+        data_root=tmp_path / "data",
+        out_dir=tmp_path / "out",
+        cache_dir=tmp_path / "cache",
+        n=96,
+        seed=1,
+        device="cpu",
+        batch_size=48,
+        progress=False,
+    )
+    base.update(kw)
+    return RunConfig(**base)
+
+
+@pytest.fixture
+def records(tmp_path):
+    summary = run(_cfg(tmp_path), echo=lambda s: None)
+    return tmp_path, summary, [json.loads(p.read_text()) for p in summary.written]
+
+
+def test_one_record_per_threat_with_every_field(records):
+    _, summary, recs = records
+    assert len(recs) == 3
+    by = {r["attack"]["name"] + str(r["attack"].get("eps_255", "")): r for r in recs}
+    assert set(by) == {"clean", "pgd1.0", "pgd4.0"}
+    for r in recs:
+        validate(r)
+        assert r["software"]["robustbench_zs"] and r["software"]["torch"] and "git_sha" in r["software"]
+        assert r["method"] == "clip"
+        m = r["model"]
+        assert m["arch"] == "zsbench-tiny" and m["pretrained"] == "random" and m["init_seed"] == 0
+        assert len(m["weights_sha256"]) == 64 and m["checkpoint_sha256"] is None  # random weights have no file
+        d = r["dataset"]
+        assert d["id"] == "synthetic" and d["split"] == "test" and d["n"] == 96 and d["n_total"] == 512
+        assert d["seed"] == 1 and len(d["indices_sha256"]) == 64 and d["n_requested"] == 96
+        p = r["profile"]
+        assert p["normalization"] == "clip" and p["logit_scale"] == "100" and p["logit_scale_value"] == 100.0
+        assert p["prompts"] == "paper" and p["templates"] == ["This is a photo of a {}"] and p["resize"] == "bicubic"
+        assert r["seed"] == 1 and r["run"]["wall_time_s"] >= 0 and r["run"]["batch_size"] == 48
+        res = r["result"]
+        assert res["n"] == 96 and res["accuracy"] == res["correct"] / 96
+        assert res["ci95"] == list(wilson_interval(res["correct"], 96))
+        assert per_example(r).sum() == res["correct"] and per_example(r).size == 96
+    pgd = by["pgd1.0"]["attack"]
+    assert pgd["norm"] == "linf" and pgd["steps"] == 3 and pgd["step_size"] == pytest.approx(1 / 255)
+    assert pgd["random_start"] is True and pgd["precision"] == "fp32" and pgd["loss"] == "ce"
+    assert by["pgd4.0"]["result"]["clean_correct"] == by["clean"]["result"]["correct"]
+    # a robust example is always a clean-correct one
+    clean = per_example(by["clean"])
+    assert not np.any(per_example(by["pgd4.0"]) & ~clean)
+
+
+def test_rerun_skips_existing_and_force_recomputes(records):
+    tmp_path, first, _ = records
+    again = run(_cfg(tmp_path), echo=lambda s: None)
+    assert again.written == [] and sorted(again.skipped) == sorted(first.written)
+    forced = run(_cfg(tmp_path, force=True), echo=lambda s: None)
+    assert sorted(forced.written) == sorted(first.written)
+    # a new eps adds one record and reuses the rest
+    more = run(_cfg(tmp_path, threats=(Threat("pgd", "linf", 2 / 255, 3, 1 / 255),)), echo=lambda s: None)
+    assert len(more.written) == 1 and len(more.skipped) == 1
+    assert not list((tmp_path / "out").rglob("*.tmp")), "no temporary files may be left behind"
+
+
+def test_different_knobs_or_subsets_make_different_records(records):
+    tmp_path, first, _ = records
+    other = run(_cfg(tmp_path, knobs=HeadKnobs(normalization="imagenet", logit_scale="1")), echo=lambda s: None)
+    assert len(other.written) == 3 and not set(other.written) & set(first.written)
+    sub = run(_cfg(tmp_path, n=64), echo=lambda s: None)
+    assert len(sub.written) == 3
+
+
+def test_invalid_record_files_are_recomputed_and_skipped_by_readers(records):
+    tmp_path, first, _ = records
+    broken = first.written[0]
+    broken.write_text("{ not json")
+    with pytest.warns(UserWarning, match="skipping invalid record"):
+        assert len(list(RecordStore(tmp_path / "out").iter_records())) == 2
+    again = run(_cfg(tmp_path), echo=lambda s: None)
+    assert again.written == [broken]
+
+
+def test_wilson_interval_worked_example():
+    # Newcombe (1998), Statistics in Medicine 17:857, table I: 81/263 -> 0.2553 to 0.3662
+    lo, hi = wilson_interval(81, 263)
+    assert lo == pytest.approx(0.2553, abs=1e-4) and hi == pytest.approx(0.3662, abs=1e-4)
+    lo, hi = wilson_interval(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)
+    assert wilson_interval(10, 10)[1] == 1.0
+    assert not math.isnan(wilson_interval(0, 1)[0])
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 1000])
+def test_per_example_bits_round_trip(n):
+    mask = np.random.default_rng(n).random(n) > 0.5
+    np.testing.assert_array_equal(unpack_bools(pack_bools(mask), n), mask)
