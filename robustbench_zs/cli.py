@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 import warnings
@@ -43,7 +44,7 @@ DEFAULTS = {
     "seed": 0,
     "device": "auto",
     "batch_size": 128,
-    "workers": 0,
+    "workers": None,
     "normalization": "clip",
     "logit_scale": "100",
     "out": None,
@@ -65,25 +66,39 @@ def _split(value: str, what: str) -> list[str]:
     return items
 
 
-def parse_eps(value: str) -> list[float]:
+def parse_eps(value: str, flag: str = "eps") -> list[float]:
     """'1,2,4' (units of 1/255) -> [1/255, 2/255, 4/255], each checked to be a number in [0, 255]."""
+    items = [v.strip() for v in str(value).split(",")]
+    if not any(items):
+        raise ZSBenchError(f"--{flag} is empty; give values in units of 1/255, e.g. --{flag} 1,2,4")
     out = []
-    for item in _split(value, "eps"):
+    for item in items:
         try:
+            if not item or "_" in item:
+                raise ValueError
             v = float(item)
         except ValueError:
             raise ZSBenchError(
-                f"--eps {item!r} is not a number; give eps in units of 1/255, e.g. --eps 1,2,4"
+                f"--{flag} {item!r} is not a number; give values in units of 1/255, e.g. --{flag} 1,2,4"
             ) from None
         if not math.isfinite(v) or v < 0:
-            raise ZSBenchError(f"--eps {item} is negative or not finite; eps is a radius in units of 1/255, >= 0")
+            raise ZSBenchError(f"--{flag} {item} is negative or not finite; it is in units of 1/255, >= 0")
         if v > 255:
-            raise ZSBenchError(f"--eps {item} is over 255; eps is in units of 1/255 (255 = the whole pixel range)")
+            raise ZSBenchError(f"--{flag} {item} is over 255; it is in units of 1/255 (255 = the whole pixel range)")
         out.append(v / 255)
     return sorted(set(out))
 
 
-def _positive_int(name: str, value, minimum: int = 1) -> int | None:
+def parse_step_size(value: str) -> float:
+    (step, *rest) = parse_eps(value, "step-size")
+    if rest or "," in str(value):
+        raise ZSBenchError("--step-size takes one value (units of 1/255)")
+    if step == 0:
+        raise ZSBenchError("--step-size must be positive")
+    return step
+
+
+def _positive_int(name: str, value, minimum: int = 1, maximum: int | None = None) -> int | None:
     if value is None:
         return None
     try:
@@ -92,6 +107,8 @@ def _positive_int(name: str, value, minimum: int = 1) -> int | None:
         raise ZSBenchError(f"--{name} {value!r} is not an integer") from None
     if v < minimum:
         raise ZSBenchError(f"--{name} {v} must be at least {minimum}")
+    if maximum is not None and v > maximum:
+        raise ZSBenchError(f"--{name} {v} must be at most {maximum}")
     return v
 
 
@@ -123,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="results folder (default $ZSBENCH_RESULTS or ./results)")
     r.add_argument("--device", help="cpu, cuda, cuda:N or auto (default auto)")
     r.add_argument("--batch-size", help="evaluation batch size (default 128)")
-    r.add_argument("--workers", help="data-loading worker processes (default 0)")
+    r.add_argument("--workers", help="data-loading worker processes (default: 0 on the CPU, up to 8 with a GPU)")
     r.add_argument("--force", action="store_true", help="recompute records that already exist")
     r.add_argument(
         "--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bars (default: on a terminal)"
@@ -160,19 +177,19 @@ def _run(args: argparse.Namespace) -> int:
         DATASETS.get(d)
     steps = _positive_int("steps", opts["steps"])
     n = _positive_int("n", opts["n"])
-    seed = _positive_int("seed", opts["seed"], minimum=0)
+    seed = _positive_int("seed", opts["seed"], minimum=0, maximum=2**31 - 1)
     batch_size = _positive_int("batch-size", opts["batch_size"])
     workers = _positive_int("workers", opts["workers"], minimum=0)
     threats: list[Threat] = []
-    if opts["attack"] != "none":
+    if opts["attack"] == "none":
+        given = [f for f in ("eps", "step_size", "steps", "norm") if getattr(args, f) is not None]
+        if given:
+            raise ZSBenchError(f"--{given[0].replace('_', '-')} has no effect with --attack none; drop one of them")
+    else:
         ATTACKS.get(opts["attack"])
+        fixed_step = parse_step_size(opts["step_size"]) if opts["step_size"] is not None else None
         for eps in parse_eps(opts["eps"]):
-            if opts["step_size"] is not None:
-                step = parse_eps(opts["step_size"])[0]
-                if step == 0:
-                    raise ZSBenchError("--step-size must be positive")
-            else:
-                step = 1 / 255 if opts["norm"] == "linf" else 2.5 * eps / steps
+            step = fixed_step or (1 / 255 if opts["norm"] == "linf" else 2.5 * eps / steps)
             threats.append(Threat(opts["attack"], opts["norm"], eps, steps, step))
     out = Path(opts["out"]) if opts["out"] else default_results_dir()
     cfg = RunConfig(
@@ -196,9 +213,13 @@ def _run(args: argparse.Namespace) -> int:
         print("smoke preset: tiny random-weight CLIP on generated data; accuracies sit near chance (10%).")
     try:
         summary = run(cfg)
-    finally:
-        # whatever finished is on disk; the leaderboard reflects it even after an interruption
-        paths = write_leaderboard(out) if (out / "records").is_dir() else {}
+    except BaseException:
+        # whatever finished is on disk; the leaderboard reflects it even after an interruption or an error
+        if (out / "records").is_dir():
+            with contextlib.suppress(Exception):
+                write_leaderboard(out)
+        raise
+    paths = write_leaderboard(out) if (out / "records").is_dir() else {}
     print(f"records: {out / 'records'} ({len(summary.written)} written, {len(summary.skipped)} already there)")
     if paths:
         print(f"leaderboard: {paths['markdown']} and {paths['csv']}")
@@ -242,15 +263,29 @@ def _leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def one_line(error: BaseException) -> str:
+    """The user-facing line of an error, also when a DataLoader worker wrapped it in its traceback."""
+    text = str(error).strip()
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"zsbench: warning: {message}", file=file or sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"run": _run, "list": _list, "leaderboard": _leaderboard}[args.command]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
+            warnings.showwarning = _show_warning
             return handler(args)
     except ZSBenchError as e:
-        print(f"zsbench: error: {e}", file=sys.stderr)
+        print(f"zsbench: error: {one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("zsbench: interrupted; every record finished so far is kept", file=sys.stderr)

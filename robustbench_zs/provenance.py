@@ -7,7 +7,6 @@ import hashlib
 import os
 import platform
 import subprocess
-import sys
 from pathlib import Path
 
 import torch
@@ -99,7 +98,6 @@ def software() -> dict[str, object]:
         "torchvision": _version("torchvision"),
         "numpy": _version("numpy"),
         "platform": f"{platform.system()}-{platform.machine()}",
-        "argv0": Path(sys.argv[0]).name if sys.argv else None,
     }
 
 

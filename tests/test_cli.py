@@ -88,6 +88,10 @@ def _bad(tmp_path):
     (data / "tiny-imagenet-200").mkdir(parents=True)
     afile = tmp_path / "a-file"
     afile.write_text("")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x80\x04garbage")
+    text = tmp_path / "text.pt"
+    text.write_text("hi\n")
     base = ["run", "--n", "8", "--out", str(tmp_path / "out"), *TINY_ARGS]
     return {
         "unknown method": ([*base, "--methods", "nope"], "known methods: clip"),
@@ -118,6 +122,30 @@ def _bad(tmp_path):
         ),
         "bad choice": (["run", "--norm", "l3"], "invalid choice"),
         "no records": (["leaderboard", "--out", str(tmp_path / "empty")], "no records under"),
+        "empty eps item": ([*base, "--datasets", "synthetic", "--eps", "1,,2"], "--eps '' is not a number"),
+        "eps underscore": ([*base, "--datasets", "synthetic", "--eps", "1_0"], "not a number"),
+        "bad step size": ([*base, "--datasets", "synthetic", "--step-size", "abc"], "--step-size 'abc'"),
+        "two step sizes": ([*base, "--datasets", "synthetic", "--step-size", "1,2"], "takes one value"),
+        "eps without attack": ([*base, "--datasets", "synthetic", "--attack", "none", "--eps", "2"], "no effect"),
+        "huge seed": ([*base, "--datasets", "synthetic", "--seed", "99999999999999999999"], "at most 2147483647"),
+        "garbage checkpoint": (
+            [
+                "run",
+                "--datasets",
+                "synthetic",
+                "--arch",
+                "zsbench-tiny",
+                "--pretrained",
+                str(garbage),
+                "--device",
+                "cpu",
+            ],
+            "expected an open_clip checkpoint",
+        ),
+        "text checkpoint": (
+            ["run", "--datasets", "synthetic", "--arch", "zsbench-tiny", "--pretrained", str(text), "--device", "cpu"],
+            "expected an open_clip checkpoint",
+        ),
     }
 
 
@@ -138,6 +166,14 @@ CASE_NAMES = [
     "unknown arch",
     "bad choice",
     "no records",
+    "empty eps item",
+    "eps underscore",
+    "bad step size",
+    "two step sizes",
+    "eps without attack",
+    "huge seed",
+    "garbage checkpoint",
+    "text checkpoint",
 ]
 
 
@@ -189,7 +225,9 @@ def test_bad_input_through_the_real_process(tmp_path):
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "known methods" in proc.stderr
 
 
-def test_interrupted_run_keeps_finished_records(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("stop_at", [2, 3])
+def test_interrupted_run_keeps_finished_records(tmp_path, monkeypatch, capsys, stop_at):
+    """Records are written per threat: an interruption loses only the evaluation in progress."""
     from robustbench_zs.engine import runner
 
     write_cifar10(tmp_path / "data", n_test=16)
@@ -198,7 +236,7 @@ def test_interrupted_run_keeps_finished_records(tmp_path, monkeypatch, capsys):
 
     def flaky(*a, **k):
         calls["n"] += 1
-        if calls["n"] == 2:
+        if calls["n"] == stop_at:
             raise KeyboardInterrupt
         return real(*a, **k)
 
@@ -208,8 +246,29 @@ def test_interrupted_run_keeps_finished_records(tmp_path, monkeypatch, capsys):
     argv += ["--data-root", str(tmp_path / "data"), "--out", str(out), *TINY_ARGS]
     assert main(argv) == 130
     assert "interrupted" in capsys.readouterr().err
-    assert {p.parent.name for p in (out / "records").rglob("*.json")} == {"synthetic"}
+    kept = sorted(p.relative_to(out / "records") for p in (out / "records").rglob("*.json"))
+    assert len(kept) == stop_at - 1 and all(p.parts[1] == "synthetic" for p in kept)
     assert "Synthetic" in (out / "leaderboard.md").read_text()
     monkeypatch.setattr(runner, "evaluate", real)
     assert main(argv) == 0
-    assert "2 written, 2 already there" in capsys.readouterr().out
+    assert f"{5 - stop_at} written, {stop_at - 1} already there" in capsys.readouterr().out
+
+
+def test_unwritable_text_head_cache(tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("ZSBENCH_CACHE", str(blocker))
+    assert main(["run", "--datasets", "synthetic", "--out", str(tmp_path / "out"), *TINY_ARGS]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "ZSBENCH_CACHE" in err
+
+
+def test_corrupt_image_in_a_loader_worker_is_one_line(tmp_path, capsys):
+    data = tmp_path / "data"
+    write_tinyimagenet(data)
+    bad = data / "tiny-imagenet-200" / "val" / "images" / "val_5.JPEG"
+    bad.write_bytes(b"garbage")
+    argv = ["run", "--datasets", "tinyimagenet", "--data-root", str(data), "--out", str(tmp_path / "out")]
+    assert main([*argv, "--attack", "none", "--workers", "1", *TINY_ARGS]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot decode image" in err and "val_5.JPEG" in err

@@ -13,7 +13,7 @@ from robustbench_zs.leaderboard import write_leaderboard
 from robustbench_zs.models import HeadKnobs, ModelSpec
 
 
-def _run(tmp_path, model: ModelSpec, **kw):
+def _run(tmp_path, model: ModelSpec, n_override: int | None = 64, **kw):
     cfg = RunConfig(
         methods=("clip",),
         datasets=kw.pop("datasets", ("synthetic",)),
@@ -22,7 +22,7 @@ def _run(tmp_path, model: ModelSpec, **kw):
         data_root=tmp_path / "data",
         out_dir=tmp_path / "out",
         cache_dir=tmp_path / "cache",
-        n=64,
+        n=n_override,
         device="cpu",
         progress=False,
         **kw,
@@ -96,3 +96,24 @@ def test_hand_edited_invalid_record_is_skipped(board):
     with pytest.warns(UserWarning, match="skipping invalid record"):
         paths = write_leaderboard(out)
     assert len(pd.read_csv(paths["records_csv"])) == 5
+
+
+def test_rows_on_different_images_never_share_a_column(tmp_path):
+    _run(tmp_path, ModelSpec("zsbench-tiny", "random"))  # n=64
+    _run(tmp_path, ModelSpec("zsbench-tiny", "random", init_seed=1), n_override=None)  # all 512 images
+    paths = write_leaderboard(tmp_path / "out")
+    wide = pd.read_csv(paths["csv"])
+    clean = wide[wide["table"] == "Clean"].set_index("method")
+    cols = [c for c in clean.columns if c.startswith("Synthetic")]
+    assert len(cols) == 2 and any("64 of 512 images" in c for c in cols) and any("512 images" in c for c in cols)
+    for _, row in clean.iterrows():
+        assert row[cols].notna().sum() == 1
+    assert clean["Average"].isna().all()
+    assert "No averages: rows were evaluated on different images of Synthetic" in paths["markdown"].read_text()
+
+
+def test_attack_seed_is_in_the_protocol_line(tmp_path):
+    _run(tmp_path, ModelSpec("zsbench-tiny", "random"), seed=0)
+    _run(tmp_path, ModelSpec("zsbench-tiny", "random"), seed=1)
+    md = write_leaderboard(tmp_path / "out")["markdown"].read_text()
+    assert "attack seed 0" in md and "attack seed 1" in md

@@ -70,3 +70,38 @@ def test_logit_scale_knobs(tiny):
         HeadKnobs(normalization="nope")
     with pytest.raises(ZSBenchError, match="unknown logit scale"):
         HeadKnobs(logit_scale="7")
+
+
+def test_offline_tag_download_is_one_clear_error(monkeypatch):
+    import open_clip
+
+    def offline(*a, **k):
+        raise OSError("We couldn't connect to the hub")
+
+    monkeypatch.setattr(open_clip, "download_pretrained", offline)
+    with pytest.raises(ZSBenchError, match="could not fetch the weights of ViT-B-32/openai.*--pretrained PATH"):
+        load_model(ModelSpec("ViT-B-32", "openai"))
+
+
+@pytest.mark.network
+def test_vit_b32_openai_loads_with_its_learned_scale():
+    loaded = load_model(ModelSpec("ViT-B-32", "openai"))
+    assert loaded.image_size == (224, 224) and len(loaded.checkpoint_sha256) == 64
+    assert HeadKnobs(logit_scale="learned").resolve_logit_scale(loaded.model) == pytest.approx(100.0)
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_pickle_payload_checkpoint_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({"visual.conv1.weight": _Payload(marker)}, path)
+    with pytest.raises(ZSBenchError, match="refusing .*arbitrary unpickling"):
+        load_model(ModelSpec("zsbench-tiny", str(path)))
+    assert not marker.exists()

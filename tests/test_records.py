@@ -56,7 +56,7 @@ def test_one_record_per_threat_with_every_field(records):
         assert len(m["weights_sha256"]) == 64 and m["checkpoint_sha256"] is None  # random weights have no file
         d = r["dataset"]
         assert d["id"] == "synthetic" and d["split"] == "test" and d["n"] == 96 and d["n_total"] == 512
-        assert d["seed"] == 1 and len(d["indices_sha256"]) == 64 and d["n_requested"] == 96
+        assert d["seed"] == 1 and len(d["indices_sha256"]) == 64 and len(d["content_sha256"]) == 64
         p = r["profile"]
         assert p["normalization"] == "clip" and p["logit_scale"] == "100" and p["logit_scale_value"] == 100.0
         assert p["prompts"] == "paper" and p["templates"] == ["This is a photo of a {}"] and p["resize"] == "bicubic"
@@ -118,3 +118,41 @@ def test_wilson_interval_worked_example():
 def test_per_example_bits_round_trip(n):
     mask = np.random.default_rng(n).random(n) > 0.5
     np.testing.assert_array_equal(unpack_bools(pack_bools(mask), n), mask)
+
+
+def test_full_split_clean_record_is_shared_across_seeds(tmp_path):
+    full = run(_cfg(tmp_path, n=None, seed=0), echo=lambda s: None)
+    other = run(_cfg(tmp_path, n=None, seed=5), echo=lambda s: None)
+    clean = [p for p in full.written if p.name.startswith("clean")]
+    assert len(clean) == 1 and clean[0] in other.skipped, "a full clean pass does not depend on the seed"
+    assert len(other.written) == 2, "the attacks' random starts do"
+    assert json.loads(clean[0].read_text())["seed"] is None
+
+
+def test_n_at_or_above_the_split_size_is_the_full_split(tmp_path):
+    msgs = []
+    first = run(_cfg(tmp_path, n=600), echo=msgs.append)
+    assert any("evaluating all of them" in m for m in msgs)
+    again = run(_cfg(tmp_path, n=None), echo=lambda s: None)
+    assert again.written == [] and sorted(again.skipped) == sorted(first.written)
+
+
+def test_changed_dataset_content_is_recomputed(tmp_path):
+    from robustbench_zs.datasets.fixtures import write_cifar10
+
+    write_cifar10(tmp_path / "data", n_test=16, seed=0)
+    cfg = _cfg(tmp_path, datasets=("cifar10",), n=None, threats=())
+    first = run(cfg, echo=lambda s: None)
+    write_cifar10(tmp_path / "data", n_test=16, seed=1)  # same size, other images
+    second = run(cfg, echo=lambda s: None)
+    assert len(second.written) == 1 and second.written != first.written
+
+
+def test_skip_requires_the_full_key(records):
+    tmp_path, first, _ = records
+    path = first.written[0]
+    rec = json.loads(path.read_text())
+    rec["record_key"] = rec["record_key"][:12] + "0" * 52  # same file name, other key
+    path.write_text(json.dumps(rec))
+    again = run(_cfg(tmp_path), echo=lambda s: None)
+    assert again.written == [path]

@@ -9,6 +9,7 @@ from ..errors import ZSBenchError
 from ..registry import Registry
 
 NORMS = ("linf", "l2")
+PRECISIONS = ("fp32",)
 
 
 def fmt255(v: float) -> str:
@@ -44,6 +45,10 @@ class Threat:
             raise ZSBenchError(f"unknown norm {self.norm!r}; choose one of {', '.join(NORMS)}")
         if not (0.0 <= self.eps <= 1.0):
             raise ZSBenchError(f"eps {self.eps} is outside [0, 1] (pixel units; 1/255 = 0.00392)")
+        if self.steps < 0 or self.step_size < 0:
+            raise ZSBenchError(f"steps ({self.steps}) and step size ({self.step_size}) must not be negative")
+        if self.precision not in PRECISIONS:
+            raise ZSBenchError(f"unknown attack precision {self.precision!r}; available: {', '.join(PRECISIONS)}")
 
     @property
     def is_clean(self) -> bool:

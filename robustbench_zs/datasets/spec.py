@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,6 +46,10 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def fingerprint(self) -> str:  # pragma: no cover - abstract
+        """sha256 identifying the split's content, so records never outlive a change of the files."""
+        raise NotImplementedError
+
 
 class TensorImageDataset(ImageDataset):
     """A split held in memory as uint8 arrays (CIFAR, synthetic)."""
@@ -62,6 +67,15 @@ class TensorImageDataset(ImageDataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.images[i], int(self.labels[i])
+
+    def fingerprint(self) -> str:
+        """sha256 of the decoded images and labels."""
+        if not hasattr(self, "_fingerprint"):
+            h = hashlib.sha256(f"{tuple(self.images.shape)}|".encode())
+            h.update(self.images.numpy().tobytes())
+            h.update(self.labels.numpy().astype("<i8").tobytes())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,15 @@ class FileImageDataset(ImageDataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[i]
         return decode_image(path), label
+
+    def fingerprint(self) -> str:
+        """sha256 of every (file name, size in bytes, label): cheap, and it changes when a file is replaced."""
+        if not hasattr(self, "_fingerprint"):
+            h = hashlib.sha256()
+            for path, label in self.samples:
+                h.update(f"{path.relative_to(self.root)}|{path.stat().st_size}|{label}\n".encode())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
 
 
 def _missing(spec: DatasetSpec, base: Path, what: str) -> DatasetNotFoundError:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -20,7 +20,7 @@ from ..models import NORMALIZATIONS, HeadKnobs, LoadedModel, ModelSpec, ZeroShot
 from ..models.loader import RANDOM, resolve_spec
 from ..models.text_head import text_weights_sha256
 from ..provenance import device_description, sha256_file, software
-from ..results import RecordStore, ensure_writable, record_key, result_block
+from ..results import SCHEMA_VERSION, RecordStore, ensure_writable, record_key, result_block
 from .evaluator import evaluate
 
 
@@ -41,7 +41,7 @@ class RunConfig:
     cache_dir: Path | None = None
     device: str = "auto"
     batch_size: int = 128
-    workers: int = 0
+    workers: int | None = None  # None: 0 on the CPU, up to 8 loader processes with a GPU
     force: bool = False
     progress: bool | None = None
 
@@ -111,13 +111,17 @@ def load_datasets(cfg: RunConfig) -> dict[str, tuple[DatasetSpec, ImageDataset]]
 
 
 def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
-    """Evaluate every (method, dataset, threat) of ``cfg`` that has no record yet; returns what was written."""
+    """Evaluate every (method, dataset, threat) of ``cfg`` that has no record yet; returns what was written.
+
+    Each record is written as soon as its threat is done, so an interruption loses at most the threat in progress.
+    """
     for m in cfg.methods:
         METHODS.get(m)
     for d in cfg.datasets:
         DATASETS.get(d)
     ensure_writable(cfg.out_dir)
     device = resolve_device(cfg.device)
+    workers = cfg.workers if cfg.workers is not None else (0 if device.type == "cpu" else min(8, os.cpu_count() or 1))
     model_id = model_identity(cfg.model)
     datasets = load_datasets(cfg)
     store = RecordStore(cfg.out_dir)
@@ -130,13 +134,17 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
         text_sha: str | None = None
         for ds_id, (spec, data) in datasets.items():
             subset = select_subset(len(data), cfg.n, cfg.seed)
+            if cfg.n is not None and subset.is_full:
+                echo(
+                    f"note: --n {cfg.n} >= the {len(data)} images of {ds_id}/{spec.eval_split}; evaluating all of them"
+                )
             classnames, templates = prompt_set(spec, data, cfg.prompts)
             profile = _profile(cfg.knobs, cfg.prompts, classnames, templates)
             dataset_block = {
                 "id": ds_id,
                 "name": spec.name,
                 "split": spec.eval_split,
-                "n_requested": cfg.n,
+                "content_sha256": data.fingerprint(),
                 **subset.to_dict(),
             }
             plan = []
@@ -144,17 +152,18 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
                 identity = {
                     "method": method_id,
                     "model": model_id,
-                    "dataset": {k: dataset_block[k] for k in ("id", "split", "n", "n_total", "indices_sha256")},
+                    "dataset": {k: v for k, v in dataset_block.items() if k != "name"},
                     "attack": t.settings(),
                     "profile": profile,
-                    "seed": cfg.seed,
+                    # the seed draws the subset and the attacks' random starts; a full clean pass uses neither
+                    "seed": None if t.is_clean and subset.is_full else cfg.seed,
                 }
                 key = record_key(identity)
                 path = store.path_for(method_id, ds_id, t.slug, key)
-                if store.exists(path) and not cfg.force:
+                if store.exists(path, key) and not cfg.force:
                     summary.skipped.append(path)
                 else:
-                    plan.append((t, key, path))
+                    plan.append((t, key, path, identity["seed"]))
             if not plan:
                 echo(f"{method_id} / {ds_id}: all {len(threats)} records exist, skipped (--force recomputes)")
                 continue
@@ -169,26 +178,23 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
             classifier = ZeroShotClassifier(
                 loaded.model.visual, head, loaded.image_size, mean, std, scale, resize=cfg.knobs.resize
             )
-            todo = [t for t, _, _ in plan if not t.is_clean]
-            started = _now()
-            t0 = time.perf_counter()
-            result = evaluate(
-                classifier,
-                data,
-                todo,
-                subset=subset,
-                batch_size=cfg.batch_size,
-                seed=cfg.seed,
-                workers=cfg.workers,
-                progress=cfg.progress,
-                desc=f"{method_id}/{ds_id}",
-            )
-            total = time.perf_counter() - t0
             parts = []
-            for t, key, path in plan:
+            for t, key, path, seed in plan:
+                started = _now()
+                result = evaluate(
+                    classifier,
+                    data,
+                    [] if t.is_clean else [t],
+                    subset=subset,
+                    batch_size=cfg.batch_size,
+                    seed=cfg.seed,
+                    workers=workers,
+                    progress=cfg.progress,
+                    desc=f"{method_id}/{ds_id} {t.label}",
+                )
                 correct = result.clean if t.is_clean else result.robust[t]
                 record = {
-                    "schema_version": 1,
+                    "schema_version": SCHEMA_VERSION,
                     "record_key": key,
                     "created_utc": _now(),
                     "software": software(),
@@ -198,13 +204,14 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
                     "attack": t.settings(),
                     "threat_label": t.label,
                     "profile": {**profile, "logit_scale_value": scale, "text_head_key": head_info["key"]},
-                    "seed": cfg.seed,
+                    "seed": seed,
                     "run": {
                         "started_utc": started,
                         "wall_time_s": round(result.seconds[t.slug], 4),
-                        "evaluation_wall_time_s": round(total, 4),
+                        "clean_pass_wall_time_s": round(result.seconds["clean"], 4),
                         "device": device_description(device),
                         "batch_size": cfg.batch_size,
+                        "workers": workers,
                         "text_head_cache_hit": head_info["cache_hit"],
                     },
                     "result": result_block(correct, None if t.is_clean else result.clean),

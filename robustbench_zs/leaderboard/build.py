@@ -36,14 +36,14 @@ def records_frame(out_dir: Path) -> pd.DataFrame:
     """One row per valid record, with the fields that place it in a table."""
     rows = []
     for path, r in RecordStore(out_dir).iter_records():
-        attack = {k: v for k, v in r["attack"].items()}
+        attack = dict(r["attack"])
         profile = r["profile"]
-        n_req = r["dataset"].get("n_requested")
+        d = r["dataset"]
+        # a table holds one threat under one set of knobs; robust tables also one attack seed (random starts)
         protocol = {
             "attack": attack,
             "profile": {k: profile.get(k) for k in _PROTOCOL_KEYS},
-            "n_requested": n_req,
-            "seed": r["seed"] if n_req is not None or attack.get("name") != "clean" else None,
+            "attack_seed": None if attack.get("name") == "clean" else r["seed"],
         }
         lo, hi = r["result"]["ci95"]
         rows.append(
@@ -51,14 +51,15 @@ def records_frame(out_dir: Path) -> pd.DataFrame:
                 "table": r.get("threat_label", attack.get("name")),
                 "protocol": json.dumps(protocol, sort_keys=True),
                 "method": r["method"],
-                "model": r["model"].get("label") or r["model"].get("arch"),
-                "weights": r["model"].get("checkpoint_sha256") or r["model"].get("weights_sha256"),
-                "dataset": r["dataset"]["id"],
-                "dataset_name": r["dataset"].get("name", r["dataset"]["id"]),
-                "split": r["dataset"]["split"],
+                "model": r["model"]["label"],
+                "weights": r["model"].get("checkpoint_sha256") or r["model"].get("weights_sha256") or "",
+                "dataset": d["id"],
+                "dataset_name": d["name"],
+                "split": d["split"],
                 "n": r["result"]["n"],
-                "n_total": r["dataset"]["n_total"],
-                "indices_sha256": r["dataset"]["indices_sha256"],
+                "n_total": d["n_total"],
+                "indices_sha256": d["indices_sha256"],
+                "content_sha256": d.get("content_sha256", ""),
                 "accuracy": 100.0 * r["result"]["accuracy"],
                 "ci95_low": 100.0 * lo,
                 "ci95_high": 100.0 * hi,
@@ -77,6 +78,10 @@ def _row_labels(df: pd.DataFrame) -> pd.Series:
     return label.where(~clash, label + " @" + df["weights"].str[:8])
 
 
+def _images(n: int, n_total: int) -> str:
+    return str(n) if n == n_total else f"{n} of {n_total}"
+
+
 def _protocol_line(protocol: str) -> str:
     p = json.loads(protocol)
     a, prof = p["attack"], p["profile"]
@@ -89,21 +94,23 @@ def _protocol_line(protocol: str) -> str:
     if a.get("name") != "clean":
         parts.append(
             f"{a['name']} {a['norm']} eps {a['eps_255']:g}/255, {a['steps']} steps of {a['step_size_255']:g}/255, "
-            f"{'random start' if a.get('random_start') else 'no random start'}, {a.get('precision', 'fp32')}"
+            f"{'random start' if a.get('random_start') else 'no random start'}, {a.get('precision', 'fp32')}, "
+            f"attack seed {p['attack_seed']}"
         )
-    n = p["n_requested"]
-    parts.append(
-        "full test splits" if n is None else f"a seeded subset of up to {n} images per dataset (seed {p['seed']})"
-    )
     return "; ".join(parts)
 
 
 def build_tables(df: pd.DataFrame) -> list[dict]:
-    """Each table: title, protocol line, wide frame (rows: methods; columns: datasets, Average), image counts."""
+    """Each table: title, protocol line, wide frames (rows: methods; columns: datasets, Average), image counts.
+
+    A column is one dataset evaluated on one set of images (subset hash and content hash): rows measured on other
+    images of the same dataset get a column of their own, so no two numbers on different images are compared.
+    """
     if df.empty:
         return []
     df = df.copy()
     df["row"] = _row_labels(df)
+    df["column"] = df["dataset"] + "|" + df["indices_sha256"] + "|" + df["content_sha256"]
     datasets = _dataset_order()
     methods = _method_order()
     tables = []
@@ -113,19 +120,36 @@ def build_tables(df: pd.DataFrame) -> list[dict]:
     )
     for (title, protocol), g in groups:
         # newest record wins if a cell was measured twice under the same protocol (e.g. --force)
-        g = g.sort_values("created_utc").drop_duplicates(["row", "dataset"], keep="last")
-        cols = sorted(g["dataset"].unique(), key=lambda d: (datasets.index(d) if d in datasets else len(datasets), d))
-        wide = g.pivot(index="row", columns="dataset", values="accuracy").reindex(columns=cols)
-        lo = g.pivot(index="row", columns="dataset", values="ci95_low").reindex(columns=cols)
-        hi = g.pivot(index="row", columns="dataset", values="ci95_high").reindex(columns=cols)
-        complete = wide.notna().all(axis=1)
+        g = g.sort_values("created_utc").drop_duplicates(["row", "column"], keep="last")
+        info = g.drop_duplicates("column").set_index("column")
+        cols = sorted(
+            info.index,
+            key=lambda c: (
+                datasets.index(info.at[c, "dataset"]) if info.at[c, "dataset"] in datasets else len(datasets),
+                info.at[c, "dataset"],
+                -info.at[c, "n"],
+                c,
+            ),
+        )
+        variants = info["dataset"].value_counts()
+        labels = []
+        for c in cols:
+            name = info.at[c, "dataset_name"]
+            if variants[info.at[c, "dataset"]] > 1:
+                name += (
+                    f" [{_images(info.at[c, 'n'], info.at[c, 'n_total'])} images, {info.at[c, 'indices_sha256'][:6]}]"
+                )
+            labels.append(name)
+        wide = g.pivot(index="row", columns="column", values="accuracy").reindex(columns=cols)
+        lo = g.pivot(index="row", columns="column", values="ci95_low").reindex(columns=cols)
+        hi = g.pivot(index="row", columns="column", values="ci95_high").reindex(columns=cols)
+        mixed = sorted(info.loc[info["dataset"].map(variants) > 1, "dataset_name"].unique())
+        complete = wide.notna().all(axis=1) & (not mixed)
         wide["Average"] = wide[cols].mean(axis=1).where(complete)
         method_of = g.drop_duplicates("row").set_index("row")["method"]
         order = sorted(
             wide.index, key=lambda r: (methods.index(method_of[r]) if method_of[r] in methods else len(methods), r)
         )
-        names = g.drop_duplicates("dataset").set_index("dataset")["dataset_name"]
-        counts = g.groupby("dataset")["n"].agg(lambda s: "/".join(str(v) for v in sorted(set(s))))
         tables.append(
             {
                 "title": title,
@@ -134,9 +158,10 @@ def build_tables(df: pd.DataFrame) -> list[dict]:
                 "accuracy": wide.loc[order],
                 "ci95_low": lo.loc[order],
                 "ci95_high": hi.loc[order],
-                "dataset_names": [names[c] for c in cols],
-                "counts": [counts[c] for c in cols],
-                "incomplete": [r for r in order if not complete[r]],
+                "dataset_names": labels,
+                "counts": [_images(info.at[c, "n"], info.at[c, "n_total"]) for c in cols],
+                "incomplete": [] if mixed else [r for r in order if not complete[r]],
+                "mixed": mixed,
             }
         )
     return tables
@@ -174,6 +199,8 @@ def render_markdown(tables: list[dict]) -> str:
         )
         if t["incomplete"]:
             lines += ["", f"No average for rows missing a dataset: {', '.join(t['incomplete'])}."]
+        if t["mixed"]:
+            lines += ["", f"No averages: rows were evaluated on different images of {', '.join(t['mixed'])}."]
         lines.append("")
     return "\n".join(lines)
 
@@ -193,6 +220,8 @@ def _write_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 

@@ -6,6 +6,8 @@ import contextlib
 import io
 import logging
 import os
+import pickle
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -145,11 +147,20 @@ def load_model(spec: ModelSpec, device: torch.device | str = "cpu", cache_dir: s
         checkpoint_sha = sha256_file(path)
         try:
             # open_clip logs at INFO and prints warnings for harmless key renames; keep the console clean
-            with contextlib.redirect_stdout(io.StringIO()):
+            with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch.load's pickle-protocol notes; errors still raise
                 model = open_clip.create_model(spec.arch, pretrained=spec.pretrained, device="cpu", **kwargs)
-        except (RuntimeError, KeyError, ValueError, OSError) as e:
-            msg = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
-            raise ZSBenchError(f"could not load {spec.pretrained} into {spec.arch}: {msg}") from None
+        except pickle.UnpicklingError:
+            raise ZSBenchError(
+                f"refusing {spec.pretrained}: it is not a plain tensor state dict (loading it would need arbitrary "
+                f"unpickling, which can run code); expected an open_clip checkpoint of {spec.arch} saved as a state dict"
+            ) from None
+        except Exception as e:  # torch.load and load_state_dict raise many types; the user needs one line
+            msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+            raise ZSBenchError(
+                f"could not load {spec.pretrained} into {spec.arch} ({type(e).__name__}: {msg}); expected an open_clip "
+                f"checkpoint of {spec.arch} (a state dict saved with torch.save or safetensors)"
+            ) from None
     model = model.float().eval().to(device)
     tokenizer = open_clip.get_tokenizer(spec.arch)
     logging.getLogger(__name__).debug("loaded %s from %s", spec.arch, source)

@@ -14,10 +14,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..errors import ZSBenchError
 from ..provenance import sha256_tensors
+
+#: Bumped whenever the way a head is computed changes, so old cache entries are never reused.
+HEAD_FORMAT = "mean-of-normalized-templates/v1"
 
 #: How many times a head was computed (not read from the cache) in this process; tests read it.
 ENCODE_CALLS = {"count": 0}
@@ -31,7 +36,13 @@ def text_weights_sha256(model: nn.Module) -> str:
 
 def head_key(text_sha: str, classnames: list[str], templates: list[str], tokenizer_id: str) -> str:
     payload = json.dumps(
-        {"text_weights": text_sha, "classnames": classnames, "templates": templates, "tokenizer": tokenizer_id},
+        {
+            "format": HEAD_FORMAT,
+            "text_weights": text_sha,
+            "classnames": classnames,
+            "templates": templates,
+            "tokenizer": tokenizer_id,
+        },
         sort_keys=True,
         ensure_ascii=False,
     )
@@ -79,16 +90,23 @@ def build_text_head(
     path = Path(cache_dir) / "text_heads" / f"{key}.safetensors" if cache_dir is not None else None
     if path is not None and path.is_file():
         try:
+            with safe_open(str(path), framework="pt") as f:
+                stored_key = (f.metadata() or {}).get("key")
             head = load_file(str(path))["head"]
-            if head.shape[0] == len(classnames):
+            if stored_key == key and head.shape[0] == len(classnames) and torch.isfinite(head).all():
                 info["cache_hit"] = True
                 return head.to(device), info
         except Exception:  # a corrupt cache entry is recomputed and overwritten
             pass
     head = encode_head(model, tokenizer, list(classnames), list(templates))
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        except OSError as e:
+            raise ZSBenchError(
+                f"cannot write the text-head cache {path.parent}: {e.strerror or e}; set ZSBENCH_CACHE to a writable folder"
+            ) from None
         os.close(fd)
         try:
             save_file({"head": head.cpu().contiguous()}, tmp, metadata={"key": key})

@@ -69,6 +69,18 @@ def validate(record: object) -> dict:
         raise ValueError(f"missing fields: {', '.join(missing)}")
     if record["schema_version"] != SCHEMA_VERSION:
         raise ValueError(f"schema_version {record['schema_version']} (this version reads {SCHEMA_VERSION})")
+    nested = {
+        "dataset": ("id", "name", "split", "n", "n_total", "indices_sha256"),
+        "model": ("arch", "label"),
+        "attack": ("name",),
+        "profile": ("normalization", "logit_scale", "resize", "prompts"),
+        "software": ("robustbench_zs",),
+    }
+    for block, keys in nested.items():
+        if not isinstance(record[block], dict) or not set(keys) <= set(record[block]):
+            raise ValueError(f"'{block}' lacks one of {', '.join(keys)}")
+    if not isinstance(record["method"], str):
+        raise ValueError("'method' is not a string")
     res = record["result"]
     if not isinstance(res, dict) or not {"n", "correct", "accuracy", "ci95"} <= set(res):
         raise ValueError("result block lacks n/correct/accuracy/ci95")

@@ -59,14 +59,14 @@ class RecordStore:
     def path_for(self, method: str, dataset: str, slug: str, key: str) -> Path:
         return self.root / method / dataset / f"{slug}-{key[:12]}.json"
 
-    def exists(self, path: Path) -> bool:
+    def exists(self, path: Path, key: str) -> bool:
+        """True if ``path`` holds a valid record with exactly this key (else it is recomputed and overwritten)."""
         if not path.is_file():
             return False
         try:
-            validate(json.loads(path.read_text(encoding="utf-8")))
-            return True
-        except (ValueError, OSError):
-            return False  # unreadable or invalid: recompute and overwrite
+            return validate(json.loads(path.read_text(encoding="utf-8")))["record_key"] == key
+        except (ValueError, OSError, UnicodeDecodeError):
+            return False
 
     def write(self, path: Path, record: dict) -> None:
         atomic_write_json(path, validate(record))
