@@ -47,6 +47,8 @@ DEFAULTS = {
     "workers": None,
     "normalization": "clip",
     "logit_scale": "100",
+    "prompts": "paper",
+    "prompt_overrides": None,
     "out": None,
     "data_root": None,
 }
@@ -136,6 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", help="seed of the subset and of the attacks' random starts (default 0)")
     r.add_argument("--normalization", choices=["clip", "imagenet"], help="pixel normalization (default clip)")
     r.add_argument("--logit-scale", choices=["100", "1", "learned"], help="logit scale tau (default 100)")
+    r.add_argument("--prompts", choices=["paper", "ensemble"], help="prompt set (default paper: the official code's)")
+    r.add_argument(
+        "--prompt-overrides",
+        help='JSON file {"<dataset>": {"classnames": [...], "templates": [...]}} replacing parts of the prompt set',
+    )
     r.add_argument("--data-root", help="dataset root (default $ZSBENCH_DATA or ./datasets)")
     r.add_argument("--out", help="results folder (default $ZSBENCH_RESULTS or ./results)")
     r.add_argument("--device", help="cpu, cuda, cuda:N or auto (default auto)")
@@ -156,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     from .attacks import ATTACKS, Threat
+    from .datasets.prompts import load_overrides
     from .engine.runner import RunConfig, run
     from .leaderboard import write_leaderboard
     from .models import HeadKnobs, ModelSpec
@@ -200,6 +208,8 @@ def _run(args: argparse.Namespace) -> int:
         data_root=Path(opts["data_root"]) if opts["data_root"] else default_data_root(),
         out_dir=out,
         knobs=HeadKnobs(normalization=opts["normalization"], logit_scale=opts["logit_scale"]),
+        prompts=opts["prompts"],
+        prompt_overrides=load_overrides(opts["prompt_overrides"]),
         n=n,
         seed=seed,
         cache_dir=default_cache_dir(),

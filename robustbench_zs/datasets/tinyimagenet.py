@@ -101,7 +101,9 @@ def load_tinyimagenet(data_root: Path, split: str) -> FileImageDataset:
         raise ZSBenchError(f"{spec.name} has no split {split!r}; splits: {', '.join(spec.splits)}")
     if not samples:
         raise _missing(spec, base, f"no images in the {split} split")
-    return FileImageDataset(samples, [table[w] for w in wnids], root=base)
+    data = FileImageDataset(samples, [table[w] for w in wnids], root=base)
+    data.wnids = wnids
+    return data
 
 
 DATASETS.add(

@@ -14,6 +14,7 @@ import torch
 
 from ..attacks import Threat
 from ..datasets import DATASETS, DatasetSpec, ImageDataset, select_subset
+from ..datasets.prompts import prompt_set
 from ..errors import ZSBenchError
 from ..methods import METHODS
 from ..models import NORMALIZATIONS, HeadKnobs, LoadedModel, ModelSpec, ZeroShotClassifier, build_text_head
@@ -36,6 +37,7 @@ class RunConfig:
     out_dir: Path
     knobs: HeadKnobs = field(default_factory=HeadKnobs)
     prompts: str = "paper"
+    prompt_overrides: dict | None = None
     n: int | None = None
     seed: int = 0
     cache_dir: Path | None = None
@@ -73,12 +75,6 @@ def model_identity(spec: ModelSpec) -> dict:
     if kind == "tag":
         return {"arch": spec.arch, "weights": f"open_clip:{spec.pretrained}"}
     return {"arch": spec.arch, "weights": f"sha256:{sha256_file(spec.pretrained)}"}
-
-
-def prompt_set(spec: DatasetSpec, data: ImageDataset, prompts: str) -> tuple[list[str], list[str]]:
-    if prompts != "paper":
-        raise ZSBenchError(f"unknown prompt set {prompts!r}; available: paper")
-    return spec.prompt_classnames(data.classnames), list(spec.templates)
 
 
 def _profile(knobs: HeadKnobs, prompts: str, classnames: list[str], templates: list[str]) -> dict:
@@ -138,8 +134,8 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
                 echo(
                     f"note: --n {cfg.n} >= the {len(data)} images of {ds_id}/{spec.eval_split}; evaluating all of them"
                 )
-            classnames, templates = prompt_set(spec, data, cfg.prompts)
-            profile = _profile(cfg.knobs, cfg.prompts, classnames, templates)
+            classnames, templates, prompts = prompt_set(spec, data, cfg.prompts, cfg.prompt_overrides)
+            profile = _profile(cfg.knobs, prompts, classnames, templates)
             dataset_block = {
                 "id": ds_id,
                 "name": spec.name,

@@ -1,0 +1,94 @@
+"""Prompt sets: which class names and templates build the zero-shot head, chosen per run and recorded.
+
+- ``paper``: the single prompt and the class-name clean-up of the official PMG-AFT code (protocol.md section 5).
+- ``ensemble``: CLIP_benchmark's curated class names and template ensembles where it has them; for TinyImageNet
+  (which it lacks) the curated ImageNet-1k names of each wnid with the ImageNet-1k ensemble.
+
+A user override file (JSON ``{"<dataset id>": {"classnames": [...], "templates": [...]}}``, either key optional)
+replaces names or templates of the chosen set; the set is then recorded as ``<set>+override``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from ..errors import ZSBenchError
+from .spec import DatasetSpec, ImageDataset, load_metadata
+
+PROMPT_SETS = ("paper", "ensemble")
+
+#: dataset id -> (CLIP_benchmark template key, CLIP_benchmark class-name key or None for the dataset's own names)
+_ENSEMBLE_KEYS: dict[str, tuple[str, str | None]] = {
+    "cifar10": ("cifar10", None),
+    "cifar100": ("cifar100", None),
+    "tinyimagenet": ("imagenet1k", "imagenet1k-by-wnid"),
+    "synthetic": ("cifar10", None),
+}
+
+
+def _cb() -> dict:
+    return load_metadata("clip_benchmark_en")
+
+
+def _imagenet_curated(wnids: list[str]) -> list[str]:
+    """Curated ImageNet-1k names of the given wnids (ImageNet's class index is the position in the sorted wnids)."""
+    order = {w: i for i, w in enumerate(sorted(load_metadata("imagenet_wnid_to_name")["names"]))}
+    curated = _cb()["classnames"]["imagenet1k"]
+    return [curated[order[w]] for w in wnids]
+
+
+def prompt_set(
+    spec: DatasetSpec, data: ImageDataset, name: str, overrides: dict | None = None
+) -> tuple[list[str], list[str], str]:
+    """(class names, templates, recorded set name) for ``spec`` under prompt set ``name``."""
+    if name not in PROMPT_SETS:
+        raise ZSBenchError(f"unknown prompt set {name!r}; available: {', '.join(PROMPT_SETS)}")
+    if name == "paper":
+        names, templates = spec.prompt_classnames(data.classnames), list(spec.templates)
+    else:
+        if spec.id not in _ENSEMBLE_KEYS:
+            raise ZSBenchError(f"no ensemble prompts for {spec.id}; use --prompts paper or an override file")
+        tkey, ckey = _ENSEMBLE_KEYS[spec.id]
+        templates = [t.replace("{c}", "{}") for t in _cb()["templates"][tkey]]
+        if ckey == "imagenet1k-by-wnid":
+            names = _imagenet_curated(list(data.wnids))
+        else:
+            names = [c.replace("_", " ") for c in data.classnames]
+    recorded = name
+    over = (overrides or {}).get(spec.id)
+    if over:
+        if "classnames" in over:
+            if len(over["classnames"]) != spec.num_classes:
+                raise ZSBenchError(
+                    f"override for {spec.id}: {len(over['classnames'])} class names, the dataset has {spec.num_classes}"
+                )
+            names = [str(c) for c in over["classnames"]]
+        if "templates" in over:
+            templates = [str(t) for t in over["templates"]]
+        digest = hashlib.sha256(json.dumps(over, sort_keys=True).encode()).hexdigest()[:8]
+        recorded = f"{name}+override:{digest}"
+    if not templates or any("{}" not in t for t in templates):
+        raise ZSBenchError(f"{spec.id}: every template must contain '{{}}' where the class name goes")
+    return names, templates, recorded
+
+
+def load_overrides(path: str | Path | None) -> dict | None:
+    """Read and check a prompt override file; one-line errors for a missing or malformed file."""
+    if path is None:
+        return None
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ZSBenchError(f"cannot read prompt override file {path}: {e.strerror or e}") from None
+    except json.JSONDecodeError as e:
+        raise ZSBenchError(f"prompt override file {path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict) or not all(
+        isinstance(v, dict) and set(v) <= {"classnames", "templates"} and all(isinstance(x, list) for x in v.values())
+        for v in data.values()
+    ):
+        raise ZSBenchError(
+            f'prompt override file {path}: expected {{"<dataset id>": {{"classnames": [...], "templates": [...]}}}}'
+        )
+    return data
