@@ -156,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list the registered methods, datasets or attacks")
     ls.add_argument("what", choices=["methods", "datasets", "attacks"])
 
+    ds = sub.add_parser("datasets", help="inspect the datasets under a data root")
+    ds_sub = ds.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    chk = ds_sub.add_parser("check", help="which datasets are found, missing or broken, and what to do")
+    chk.add_argument("--data-root", help="dataset root (default $ZSBENCH_DATA or ./datasets)")
+
     lb = sub.add_parser("leaderboard", help="rebuild leaderboard.md and leaderboard.csv from the records")
     lb.add_argument("--out", help="results folder (default $ZSBENCH_RESULTS or ./results)")
     return p
@@ -260,6 +265,28 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _datasets(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from .datasets import DATASETS, DatasetNotFoundError
+    from .provenance import default_data_root
+
+    root = Path(args.data_root) if args.data_root else default_data_root()
+    rows = []
+    for ds_id, spec in DATASETS.items():
+        try:
+            data = spec.loader(root, spec.eval_split)
+            rows.append([ds_id, "found", len(data), len(data.classnames), "-"])
+        except DatasetNotFoundError as e:
+            status = "missing" if spec.folder and not (root / spec.folder).exists() else "wrong layout"
+            rows.append([ds_id, status, "", spec.num_classes, str(e)])
+        except ZSBenchError as e:
+            rows.append([ds_id, "broken", "", spec.num_classes, str(e)])
+    print(f"data root: {root.resolve()}")
+    print(tabulate(rows, headers=["dataset", "status", "images", "classes", "what to do"], tablefmt="simple"))
+    return 0
+
+
 def _leaderboard(args: argparse.Namespace) -> int:
     from .leaderboard import write_leaderboard
     from .provenance import default_results_dir
@@ -288,7 +315,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"run": _run, "list": _list, "leaderboard": _leaderboard}[args.command]
+    handler = {"run": _run, "list": _list, "datasets": _datasets, "leaderboard": _leaderboard}[args.command]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")

@@ -272,3 +272,18 @@ def test_corrupt_image_in_a_loader_worker_is_one_line(tmp_path, capsys):
     assert main([*argv, "--attack", "none", "--workers", "1", *TINY_ARGS]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "cannot decode image" in err and "val_5.JPEG" in err
+
+
+def test_datasets_check_reports_each_dataset(tmp_path, capsys):
+    data = tmp_path / "data"
+    write_cifar10(data, n_test=8)
+    (data / "cifar-100-python").mkdir()
+    assert main(["datasets", "check", "--data-root", str(data)]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[3:]}
+    assert rows["cifar10"].split()[1:4] == ["found", "8", "10"]
+    assert (
+        rows["cifar100"].split()[1:3] == ["wrong", "layout"]
+        and "cifar-100-python/{train,test,meta}" in rows["cifar100"]
+    )
+    assert rows["tinyimagenet"].split()[1] == "missing" and "tiny-imagenet-200.zip" in rows["tinyimagenet"]
+    assert rows["synthetic"].split()[1] == "found"

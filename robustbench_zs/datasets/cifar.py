@@ -97,6 +97,7 @@ DATASETS.add(
         eval_split="test",
         templates=(GENERIC_TEMPLATE,),
         classnames=tuple(load_metadata("cifar10_classnames")["classnames"]),
+        folder="cifar-10-batches-py",
         layout="<data-root>/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta} (torchvision's layout)",
         source=(
             "python -c \"import torchvision; torchvision.datasets.CIFAR10('<data-root>', train=False, download=True)\" "
@@ -122,6 +123,7 @@ DATASETS.add(
         eval_split="test",
         templates=(GENERIC_TEMPLATE,),
         classnames=tuple(load_metadata("cifar100_classnames")["classnames"]),
+        folder="cifar-100-python",
         layout="<data-root>/cifar-100-python/{train,test,meta} (torchvision's layout)",
         source=(
             "python -c \"import torchvision; torchvision.datasets.CIFAR100('<data-root>', train=False, download=True)\" "

@@ -93,6 +93,7 @@ class DatasetSpec:
         source: where the data comes from, for error messages.
         loader: ``loader(data_root, split) -> ImageDataset``; raises DatasetNotFoundError on a bad layout.
         needs_root: False for generated datasets.
+        folder: the dataset's top folder under the data root (None for generated datasets).
     """
 
     id: str
@@ -106,6 +107,7 @@ class DatasetSpec:
     loader: Callable[[Path, str], ImageDataset] = field(repr=False, compare=False)
     classnames: tuple[str, ...] | None = None
     needs_root: bool = True
+    folder: str | None = None
 
     def prompt_classnames(self, raw: list[str]) -> list[str]:
         return [clean_classname(c) for c in raw]

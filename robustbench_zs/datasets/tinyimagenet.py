@@ -115,6 +115,7 @@ DATASETS.add(
         splits=("val", "train"),
         eval_split="val",
         templates=(GENERIC_TEMPLATE,),
+        folder=FOLDER,
         classnames=None,  # from wnids.txt through the ImageNet wnid -> name table
         layout=(
             "<data-root>/tiny-imagenet-200/{wnids.txt, train/<wnid>/images/*.JPEG, val/images/*.JPEG, "
