@@ -10,7 +10,7 @@ from .attacks import ATTACKS
 from .datasets import DATASETS
 from .engine.evaluator import EvalResult, evaluate
 from .methods import METHODS
-from .models import NORMALIZATIONS, HeadKnobs, ModelSpec, ZeroShotClassifier, build_text_head
+from .models import HeadKnobs, ModelSpec, ZeroShotClassifier, build_text_head
 from .provenance import default_cache_dir
 
 __all__ = ["EvalResult", "create_classifier", "evaluate", "list_attacks", "list_datasets", "list_methods"]
@@ -37,16 +37,7 @@ def create_classifier(
     cache = default_cache_dir() if cache_dir == "default" else cache_dir
     loaded = METHODS.get(method).load(model, torch.device(device), None)
     head, _ = build_text_head(loaded.model, loaded.tokenizer, list(classnames), list(templates), cache)
-    mean, std = NORMALIZATIONS[knobs.normalization]
-    return ZeroShotClassifier(
-        loaded.model.visual,
-        head,
-        loaded.image_size,
-        mean,
-        std,
-        knobs.resolve_logit_scale(loaded.model),
-        resize=knobs.resize,
-    )
+    return ZeroShotClassifier.from_model(loaded.model, head, loaded.image_size, knobs)
 
 
 def list_methods() -> list[str]:

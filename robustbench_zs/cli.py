@@ -181,13 +181,6 @@ def _run(args: argparse.Namespace) -> int:
 
     methods = _split(opts["methods"], "methods")
     datasets = _split(opts["datasets"], "datasets")
-    from .datasets import DATASETS
-    from .methods import METHODS
-
-    for m in methods:
-        METHODS.get(m)
-    for d in datasets:
-        DATASETS.get(d)
     steps = _positive_int("steps", opts["steps"])
     n = _positive_int("n", opts["n"])
     seed = _positive_int("seed", opts["seed"], minimum=0, maximum=2**31 - 1)

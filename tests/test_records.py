@@ -156,3 +156,28 @@ def test_skip_requires_the_full_key(records):
     path.write_text(json.dumps(rec))
     again = run(_cfg(tmp_path), echo=lambda s: None)
     assert again.written == [path]
+
+
+def test_clean_pass_runs_once_per_dataset_and_is_reused(tmp_path, monkeypatch):
+    """The clean forward runs once per dataset; a later run with a new eps takes it from the clean record."""
+    from robustbench_zs.engine import runner
+
+    real = runner.evaluate
+    given = []
+
+    def spy(*a, **k):
+        given.append(k.get("clean") is not None)
+        return real(*a, **k)
+
+    monkeypatch.setattr(runner, "evaluate", spy)
+    first = run(_cfg(tmp_path), echo=lambda s: None)
+    assert given == [False, True, True]  # clean, then both eps reuse its mask
+    given.clear()
+    more = run(_cfg(tmp_path, threats=(Threat("pgd", "linf", 2 / 255, 3, 1 / 255),)), echo=lambda s: None)
+    assert given == [True] and len(more.written) == 1
+    # the reused mask gives the same robust-only-if-clean-correct records as a fresh computation
+    fresh = run(_cfg(tmp_path, force=True), echo=lambda s: None)
+    assert sorted(fresh.written) == sorted(first.written)
+    robust = json.loads(more.written[0].read_text())
+    (clean_path,) = [p for p in first.written if p.name.startswith("clean")]
+    assert not np.any(per_example(robust) & ~per_example(json.loads(clean_path.read_text())))

@@ -61,6 +61,7 @@ def evaluate(
     workers: int = 0,
     progress: bool | None = None,
     desc: str = "eval",
+    clean: np.ndarray | None = None,
 ) -> EvalResult:
     """Evaluate ``classifier`` clean and under each threat.
 
@@ -71,6 +72,7 @@ def evaluate(
         subset: which images; the full split by default.
         seed: drives the attacks' random starts (per image, so results do not depend on batching).
         progress: show a progress bar (None: only on a terminal).
+        clean: clean correctness of these images (subset order) from an earlier pass; skips the clean forward.
     """
     device = next(classifier.parameters()).device
     subset = subset or select_subset(len(dataset), None, seed)
@@ -83,6 +85,9 @@ def evaluate(
         pin_memory=device.type == "cuda",
     )
     idx = torch.as_tensor(subset.indices, dtype=torch.long)
+    known = None if clean is None else torch.as_tensor(np.asarray(clean, dtype=bool))
+    if known is not None and len(known) != subset.n:
+        raise ValueError(f"clean has {len(known)} entries for {subset.n} images")
     clean_parts: list[torch.Tensor] = []
     robust_parts: dict[Threat, list[torch.Tensor]] = {t: [] for t in threats}
     seconds = {"clean": 0.0, **{t.slug: 0.0 for t in threats}}
@@ -92,19 +97,22 @@ def evaluate(
             x = images.to(device, non_blocking=True).float().div_(255)
             y = labels.to(device, non_blocking=True)
             seeds = idx[start : start + len(y)] + seed * SEED_STRIDE
+            if known is not None:
+                correct = known[start : start + len(y)].to(device)
+            else:
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    correct = classifier(x).argmax(dim=1) == y
+                _sync(device)
+                seconds["clean"] += time.perf_counter() - t0
             start += len(y)
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                clean = classifier(x).argmax(dim=1) == y
-            _sync(device)
-            seconds["clean"] += time.perf_counter() - t0
-            clean_parts.append(clean.cpu())
+            clean_parts.append(correct.cpu())
             for t in threats:
                 t0 = time.perf_counter()
                 robust = ATTACKS.get(t.name).run(classifier, x, y, [t], seeds)[t]
                 _sync(device)
                 seconds[t.slug] += time.perf_counter() - t0
-                robust_parts[t].append((robust & clean).cpu())
+                robust_parts[t].append((robust & correct).cpu())
     clean_all = torch.cat(clean_parts).numpy() if clean_parts else np.zeros(0, dtype=bool)
     return EvalResult(
         indices=subset.indices,

@@ -21,7 +21,7 @@ from ..models import NORMALIZATIONS, HeadKnobs, LoadedModel, ModelSpec, ZeroShot
 from ..models.loader import RANDOM, resolve_spec
 from ..models.text_head import text_weights_sha256
 from ..provenance import device_description, sha256_file, software
-from ..results import SCHEMA_VERSION, RecordStore, ensure_writable, record_key, result_block
+from ..results import SCHEMA_VERSION, RecordStore, ensure_writable, per_example, record_key, result_block
 from .evaluator import evaluate
 
 
@@ -156,6 +156,8 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
                 }
                 key = record_key(identity)
                 path = store.path_for(method_id, ds_id, t.slug, key)
+                if t.is_clean:
+                    clean_path = path
                 if store.exists(path, key) and not cfg.force:
                     summary.skipped.append(path)
                 else:
@@ -169,12 +171,11 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
             head, head_info = build_text_head(
                 loaded.model, loaded.tokenizer, classnames, templates, cfg.cache_dir, text_sha=text_sha
             )
-            scale = cfg.knobs.resolve_logit_scale(loaded.model)
-            mean, std = NORMALIZATIONS[cfg.knobs.normalization]
-            classifier = ZeroShotClassifier(
-                loaded.model.visual, head, loaded.image_size, mean, std, scale, resize=cfg.knobs.resize
-            )
+            classifier = ZeroShotClassifier.from_model(loaded.model, head, loaded.image_size, cfg.knobs)
+            scale = classifier.logit_scale
             parts = []
+            # the clean pass runs once per dataset; an existing clean record supplies it without any forward
+            clean_mask = per_example(store.read(clean_path)) if clean_path in summary.skipped else None
             for t, key, path, seed in plan:
                 started = _now()
                 result = evaluate(
@@ -187,7 +188,9 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
                     workers=workers,
                     progress=cfg.progress,
                     desc=f"{method_id}/{ds_id} {t.label}",
+                    clean=clean_mask,
                 )
+                clean_mask = result.clean
                 correct = result.clean if t.is_clean else result.robust[t]
                 record = {
                     "schema_version": SCHEMA_VERSION,
@@ -204,7 +207,6 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
                     "run": {
                         "started_utc": started,
                         "wall_time_s": round(result.seconds[t.slug], 4),
-                        "clean_pass_wall_time_s": round(result.seconds["clean"], 4),
                         "device": device_description(device),
                         "batch_size": cfg.batch_size,
                         "workers": workers,

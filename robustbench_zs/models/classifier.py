@@ -81,6 +81,12 @@ class ZeroShotClassifier(nn.Module):
         self.logit_scale = float(logit_scale)
         self.resize = resize
 
+    @classmethod
+    def from_model(cls, model: nn.Module, head: torch.Tensor, image_size: tuple[int, int], knobs: HeadKnobs):
+        """The classifier of an open_clip ``model`` (its image tower) under ``knobs``."""
+        mean, std = NORMALIZATIONS[knobs.normalization]
+        return cls(model.visual, head, image_size, mean, std, knobs.resolve_logit_scale(model), resize=knobs.resize)
+
     @property
     def num_classes(self) -> int:
         return int(self.head.shape[0])

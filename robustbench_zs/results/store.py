@@ -68,6 +68,9 @@ class RecordStore:
         except (ValueError, OSError, UnicodeDecodeError):
             return False
 
+    def read(self, path: Path) -> dict:
+        return validate(json.loads(path.read_text(encoding="utf-8")))
+
     def write(self, path: Path, record: dict) -> None:
         atomic_write_json(path, validate(record))
 
