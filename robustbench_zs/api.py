@@ -8,12 +8,22 @@ import torch
 
 from .attacks import ATTACKS
 from .datasets import DATASETS
+from .datasets.preprocess import PreprocessedDataset, resolve_preprocess
 from .engine.evaluator import EvalResult, evaluate
 from .methods import METHODS
 from .models import HeadKnobs, ModelSpec, ZeroShotClassifier, build_text_head
-from .provenance import default_cache_dir
+from .models.loader import model_preprocess_cfg
+from .provenance import default_cache_dir, default_data_root
 
-__all__ = ["EvalResult", "create_classifier", "evaluate", "list_attacks", "list_datasets", "list_methods"]
+__all__ = [
+    "EvalResult",
+    "create_classifier",
+    "evaluate",
+    "list_attacks",
+    "list_datasets",
+    "list_methods",
+    "load_dataset",
+]
 
 
 def create_classifier(
@@ -38,6 +48,27 @@ def create_classifier(
     loaded = METHODS.get(method).load(model, torch.device(device), None)
     head, _ = build_text_head(loaded.model, loaded.tokenizer, list(classnames), list(templates), cache)
     return ZeroShotClassifier.from_model(loaded.model, head, loaded.image_size, knobs)
+
+
+def load_dataset(
+    name: str,
+    data_root: str | Path | None = None,
+    split: str | None = None,
+    preprocess: str = "paper",
+    model: ModelSpec | None = None,
+    attack_resolution: str = "model",
+) -> PreprocessedDataset:
+    """A dataset ready for :func:`evaluate`: items are (uint8 image (3, H, W) under ``preprocess``, label).
+
+    ``preprocess="paper"`` is the PMG-AFT protocol (CIFAR/STL-10 native, others Resize(256) + CenterCrop(224));
+    ``"standard"`` uses ``model``'s own resize and crop (default ViT-B-32). ``.data`` is the raw split (with its
+    ``classnames``), ``.preprocess`` the pipeline; ``spec.prompt_classnames(ds.data.classnames)`` gives the paper names.
+    """
+    spec = DATASETS.get(name)
+    cfg = model_preprocess_cfg(model or ModelSpec()) if preprocess == "standard" else None
+    pre = resolve_preprocess(preprocess, spec, cfg, attack_resolution)
+    data = spec.loader(Path(data_root) if data_root is not None else default_data_root(), split or spec.eval_split)
+    return PreprocessedDataset(data, pre)
 
 
 def list_methods() -> list[str]:

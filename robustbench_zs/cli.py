@@ -49,6 +49,8 @@ DEFAULTS = {
     "logit_scale": "100",
     "prompts": "paper",
     "prompt_overrides": None,
+    "preprocess": "paper",
+    "attack_resolution": "model",
     "out": None,
     "data_root": None,
 }
@@ -143,6 +145,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--prompt-overrides",
         help='JSON file {"<dataset>": {"classnames": [...], "templates": [...]}} replacing parts of the prompt set',
     )
+    r.add_argument(
+        "--preprocess",
+        choices=["paper", "standard"],
+        help="image preprocessing (default paper: CIFAR/STL-10 native, others Resize(256)+CenterCrop(224); "
+        "standard: the model's own resize and crop)",
+    )
+    r.add_argument(
+        "--attack-resolution",
+        choices=["model", "native"],
+        help="with --preprocess standard: attack at the model's input size (default) or at the native size",
+    )
+    r.add_argument(
+        "--tensor-cache",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep decoded, preprocessed images as memory-mapped uint8 tensors under $ZSBENCH_CACHE/tensors "
+        "so later runs decode nothing (default on)",
+    )
     r.add_argument("--data-root", help="dataset root (default $ZSBENCH_DATA or ./datasets)")
     r.add_argument("--out", help="results folder (default $ZSBENCH_RESULTS or ./results)")
     r.add_argument("--device", help="cpu, cuda, cuda:N or auto (default auto)")
@@ -160,6 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     ds_sub = ds.add_subparsers(dest="action", required=True, parser_class=_Parser)
     chk = ds_sub.add_parser("check", help="which datasets are found, missing or broken, and what to do")
     chk.add_argument("--data-root", help="dataset root (default $ZSBENCH_DATA or ./datasets)")
+    dl = ds_sub.add_parser(
+        "download", help="fetch datasets with torchvision's downloader, or print the exact manual steps"
+    )
+    dl.add_argument("names", help="comma-separated dataset ids (see zsbench list datasets)")
+    dl.add_argument("--data-root", help="dataset root (default $ZSBENCH_DATA or ./datasets)")
 
     lb = sub.add_parser("leaderboard", help="rebuild leaderboard.md and leaderboard.csv from the records")
     lb.add_argument("--out", help="results folder (default $ZSBENCH_RESULTS or ./results)")
@@ -207,6 +232,9 @@ def _run(args: argparse.Namespace) -> int:
         out_dir=out,
         knobs=HeadKnobs(normalization=opts["normalization"], logit_scale=opts["logit_scale"]),
         prompts=opts["prompts"],
+        preprocess=opts["preprocess"],
+        attack_resolution=opts["attack_resolution"],
+        tensor_cache=args.tensor_cache,
         prompt_overrides=load_overrides(opts["prompt_overrides"]),
         n=n,
         seed=seed,
@@ -265,18 +293,44 @@ def _datasets(args: argparse.Namespace) -> int:
     from .provenance import default_data_root
 
     root = Path(args.data_root) if args.data_root else default_data_root()
+    if args.action == "download":
+        return _download(root, _split(args.names, "names"))
     rows = []
     for ds_id, spec in DATASETS.items():
         try:
             data = spec.loader(root, spec.eval_split)
             rows.append([ds_id, "found", len(data), len(data.classnames), "-"])
         except DatasetNotFoundError as e:
-            status = "missing" if spec.folder and not (root / spec.folder).exists() else "wrong layout"
-            rows.append([ds_id, status, "", spec.num_classes, str(e)])
+            if spec.folder and not (root / spec.folder).exists():
+                rows.append([ds_id, "missing", "", spec.num_classes, f"zsbench datasets download {ds_id}"])
+            else:
+                rows.append([ds_id, "wrong layout", "", spec.num_classes, str(e)])
         except ZSBenchError as e:
             rows.append([ds_id, "broken", "", spec.num_classes, str(e)])
     print(f"data root: {root.resolve()}")
     print(tabulate(rows, headers=["dataset", "status", "images", "classes", "what to do"], tablefmt="simple"))
+    return 0
+
+
+def _download(root: Path, names: list[str]) -> int:
+    from .datasets import DATASETS
+
+    specs = [DATASETS.get(n) for n in names]  # unknown names fail before anything is fetched
+    for spec in specs:
+        if not spec.needs_root:
+            print(f"{spec.id}: generated in memory; nothing to download")
+        elif spec.download is None:
+            steps = (spec.manual_steps or "").replace("<data-root>", str(root))
+            print(
+                f"{spec.id}: no automatic download; get it by hand:\n  {steps}\nthen check with: zsbench datasets check --data-root {root}"
+            )
+        else:
+            print(f"{spec.id}: downloading with torchvision into {root} ...", flush=True)
+            spec.download(root)
+            data = spec.loader(root, spec.eval_split)
+            print(
+                f"{spec.id}: ready ({len(data)} images in the {spec.eval_split} split, {len(data.classnames)} classes)"
+            )
     return 0
 
 

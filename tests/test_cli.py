@@ -285,5 +285,8 @@ def test_datasets_check_reports_each_dataset(tmp_path, capsys):
         rows["cifar100"].split()[1:3] == ["wrong", "layout"]
         and "cifar-100-python/{train,test,meta}" in rows["cifar100"]
     )
-    assert rows["tinyimagenet"].split()[1] == "missing" and "tiny-imagenet-200.zip" in rows["tinyimagenet"]
+    assert (
+        rows["tinyimagenet"].split()[1] == "missing"
+        and "zsbench datasets download tinyimagenet" in rows["tinyimagenet"]
+    )
     assert rows["synthetic"].split()[1] == "found"

@@ -271,7 +271,7 @@ def test_tinyimagenet_val_loads(tiny_root: Path) -> None:
 
     assert ds.classnames == [WNID_TABLE[w] for w in wnids]
     assert ds.classnames[wnids.index("n01443537")] == "goldfish"
-    assert spec.prompt_classnames(ds.classnames)[wnids.index("n01484850")] == "great white shark"
+    assert spec.prompt_classnames(ds.classnames)[wnids.index("n02099601")] == "golden retriever"
 
 
 def test_tinyimagenet_train_loads(tiny_root: Path) -> None:

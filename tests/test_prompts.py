@@ -19,7 +19,8 @@ def loaded(tmp_path_factory):
     write_cifar10(root, n_test=4)
     write_cifar100(root, n_test=4)
     write_tinyimagenet(root, n_val_per_class=1)
-    return {d: (DATASETS.get(d), DATASETS.get(d).loader(root, DATASETS.get(d).eval_split)) for d in DATASETS.names()}
+    ids = ("cifar10", "cifar100", "tinyimagenet", "synthetic")
+    return {d: (DATASETS.get(d), DATASETS.get(d).loader(root, DATASETS.get(d).eval_split)) for d in ids}
 
 
 @pytest.mark.parametrize(
@@ -27,7 +28,7 @@ def loaded(tmp_path_factory):
     [
         ("cifar10", "This is a photo of a airplane", "a photo of a airplane.", 18),
         ("cifar100", "This is a photo of a apple", "a photo of a apple.", 18),
-        ("tinyimagenet", "This is a photo of a tench", "a bad photo of a tench.", 80),
+        ("tinyimagenet", "This is a photo of a goldfish", "a bad photo of a goldfish.", 80),
         ("synthetic", "This is a photo of a apple", "a photo of a apple.", 18),
     ],
 )
@@ -42,11 +43,12 @@ def test_first_prompt_of_each_set(loaded, ds, paper, ensemble, n_templates):
 
 def test_tinyimagenet_names_paper_vs_curated(loaded):
     spec, data = loaded["tinyimagenet"]
-    i = data.wnids.index("n01494475")
-    assert prompt_set(spec, data, "paper")[0][i] == "hammerhead"
-    assert prompt_set(spec, data, "ensemble")[0][i] == "hammerhead shark"
-    j = data.wnids.index("n02002556")
-    assert prompt_set(spec, data, "paper")[0][j] == "white stork"
+    i = data.wnids.index("n01629819")
+    assert prompt_set(spec, data, "paper")[0][i] == "european fire salamander"
+    assert prompt_set(spec, data, "ensemble")[0][i] == "fire salamander"
+    j = data.wnids.index("n02106662")
+    assert prompt_set(spec, data, "paper")[0][j] == "german shepherd"
+    assert prompt_set(spec, data, "ensemble")[0][j] == "German Shepherd Dog"
 
 
 def test_cifar100_paper_names_are_cleaned(loaded):

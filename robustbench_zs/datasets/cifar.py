@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatasetNotFoundError, ZSBenchError
+from .files import torchvision_download
 from .spec import DATASETS, GENERIC_TEMPLATE, DatasetSpec, TensorImageDataset, load_metadata
 
 # numpy's array reconstruction is all a CIFAR pickle needs; anything else in the file is refused.
@@ -97,6 +98,10 @@ DATASETS.add(
         eval_split="test",
         templates=(GENERIC_TEMPLATE,),
         classnames=tuple(load_metadata("cifar10_classnames")["classnames"]),
+        native_size=(32, 32),
+        paper_preprocess="native",
+        ensemble_templates="cifar10",
+        download=torchvision_download("CIFAR10", {"train": False}, {"train": True}),
         folder="cifar-10-batches-py",
         layout="<data-root>/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta} (torchvision's layout)",
         source=(
@@ -123,6 +128,10 @@ DATASETS.add(
         eval_split="test",
         templates=(GENERIC_TEMPLATE,),
         classnames=tuple(load_metadata("cifar100_classnames")["classnames"]),
+        native_size=(32, 32),
+        paper_preprocess="native",
+        ensemble_templates="cifar100",
+        download=torchvision_download("CIFAR100", {"train": False}, {"train": True}),
         folder="cifar-100-python",
         layout="<data-root>/cifar-100-python/{train,test,meta} (torchvision's layout)",
         source=(

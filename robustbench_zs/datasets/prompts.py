@@ -19,24 +19,9 @@ from .spec import DatasetSpec, ImageDataset, load_metadata
 
 PROMPT_SETS = ("paper", "ensemble")
 
-#: dataset id -> (CLIP_benchmark template key, CLIP_benchmark class-name key or None for the dataset's own names)
-_ENSEMBLE_KEYS: dict[str, tuple[str, str | None]] = {
-    "cifar10": ("cifar10", None),
-    "cifar100": ("cifar100", None),
-    "tinyimagenet": ("imagenet1k", "imagenet1k-by-wnid"),
-    "synthetic": ("cifar10", None),
-}
-
 
 def _cb() -> dict:
     return load_metadata("clip_benchmark_en")
-
-
-def _imagenet_curated(wnids: list[str]) -> list[str]:
-    """Curated ImageNet-1k names of the given wnids (ImageNet's class index is the position in the sorted wnids)."""
-    order = {w: i for i, w in enumerate(sorted(load_metadata("imagenet_wnid_to_name")["names"]))}
-    curated = _cb()["classnames"]["imagenet1k"]
-    return [curated[order[w]] for w in wnids]
 
 
 def prompt_set(
@@ -48,14 +33,10 @@ def prompt_set(
     if name == "paper":
         names, templates = spec.prompt_classnames(data.classnames), list(spec.templates)
     else:
-        if spec.id not in _ENSEMBLE_KEYS:
+        if spec.ensemble_templates is None:
             raise ZSBenchError(f"no ensemble prompts for {spec.id}; use --prompts paper or an override file")
-        tkey, ckey = _ENSEMBLE_KEYS[spec.id]
-        templates = [t.replace("{c}", "{}") for t in _cb()["templates"][tkey]]
-        if ckey == "imagenet1k-by-wnid":
-            names = _imagenet_curated(list(data.wnids))
-        else:
-            names = [c.replace("_", " ") for c in data.classnames]
+        templates = [t.replace("{c}", "{}") for t in _cb()["templates"][spec.ensemble_templates]]
+        names = list(spec.ensemble_names(data))
     recorded = name
     over = (overrides or {}).get(spec.id)
     if over:

@@ -78,6 +78,20 @@ class TensorImageDataset(ImageDataset):
         return self._fingerprint
 
 
+def clean_names(raw: list[str]) -> list[str]:
+    """The default ``paper`` class names: :func:`clean_classname` of each raw name."""
+    return [clean_classname(c) for c in raw]
+
+
+def underscores_to_spaces(data: ImageDataset) -> list[str]:
+    """The default ``ensemble`` class names: the raw names with ``_`` as a space (CLIP_benchmark's rule)."""
+    return [c.replace("_", " ") for c in data.classnames]
+
+
+#: ``paper_preprocess`` values: attack at the native resolution, or PIL Resize(256) + CenterCrop(224) first.
+PAPER_PREPROCESS = ("native", "resize256_crop224")
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     """Metadata of one evaluation dataset.
@@ -88,12 +102,20 @@ class DatasetSpec:
         num_classes: number of labels.
         splits: splits the loader can read; ``eval_split`` is the one the benchmark evaluates.
         templates: prompt templates of the ``paper`` prompt set (the official code's single prompt).
-        classnames: class names in label order, or None where they come from the files (TinyImageNet's wnids).
         layout: the expected on-disk layout under the data root, for error messages.
         source: where the data comes from, for error messages.
         loader: ``loader(data_root, split) -> ImageDataset``; raises DatasetNotFoundError on a bad layout.
+        classnames: class names in label order, or None where they come from the files.
         needs_root: False for generated datasets.
         folder: the dataset's top folder under the data root (None for generated datasets).
+        paper_names: raw class names (label order) -> the ``paper`` prompt set's names, as the official code made them.
+        ensemble_templates: CLIP_benchmark template key of the ``ensemble`` prompt set (None: no ensemble).
+        ensemble_names: loaded split -> the ``ensemble`` prompt set's class names.
+        native_size: (H, W) shared by every image, or None where sizes vary.
+        paper_preprocess: ``native`` (attacked at native resolution) or ``resize256_crop224`` (protocol.md section 4).
+        download: ``download(data_root)`` fetching the data into ``layout`` (torchvision's downloader), or None.
+        manual_steps: exact steps to get the data by hand, printed by ``zsbench datasets download`` when
+            ``download`` is None.
     """
 
     id: str
@@ -108,9 +130,26 @@ class DatasetSpec:
     classnames: tuple[str, ...] | None = None
     needs_root: bool = True
     folder: str | None = None
+    paper_names: Callable[[list[str]], list[str]] = field(default=clean_names, repr=False, compare=False)
+    ensemble_templates: str | None = None
+    ensemble_names: Callable[[ImageDataset], list[str]] = field(
+        default=underscores_to_spaces, repr=False, compare=False
+    )
+    native_size: tuple[int, int] | None = None
+    paper_preprocess: str = "resize256_crop224"
+    download: Callable[[Path], None] | None = field(default=None, repr=False, compare=False)
+    manual_steps: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.paper_preprocess not in PAPER_PREPROCESS:
+            raise ValueError(f"{self.id}: paper_preprocess must be one of {PAPER_PREPROCESS}")
+        if self.paper_preprocess == "native" and self.native_size is None:
+            raise ValueError(f"{self.id}: native paper preprocessing needs a fixed native_size")
+        if self.needs_root and self.download is None and not self.manual_steps:
+            raise ValueError(f"{self.id}: give a download function or manual_steps")
 
     def prompt_classnames(self, raw: list[str]) -> list[str]:
-        return [clean_classname(c) for c in raw]
+        return self.paper_names(list(raw))
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")

@@ -52,5 +52,8 @@ DATASETS.add(
         source="generated",
         loader=load_synthetic,
         needs_root=False,
+        native_size=(32, 32),
+        paper_preprocess="native",
+        ensemble_templates="cifar10",
     ),
 )

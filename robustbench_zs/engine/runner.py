@@ -14,11 +14,13 @@ import torch
 
 from ..attacks import Threat
 from ..datasets import DATASETS, DatasetSpec, ImageDataset, select_subset
+from ..datasets.cache import TensorCache, worth_caching
+from ..datasets.preprocess import Preprocess, PreprocessedDataset, resolve_preprocess
 from ..datasets.prompts import prompt_set
 from ..errors import ZSBenchError
 from ..methods import METHODS
 from ..models import NORMALIZATIONS, HeadKnobs, LoadedModel, ModelSpec, ZeroShotClassifier, build_text_head
-from ..models.loader import RANDOM, resolve_spec
+from ..models.loader import RANDOM, model_preprocess_cfg, resolve_spec
 from ..models.text_head import text_weights_sha256
 from ..provenance import device_description, sha256_file, software
 from ..results import SCHEMA_VERSION, RecordStore, ensure_writable, per_example, record_key, result_block
@@ -37,6 +39,9 @@ class RunConfig:
     out_dir: Path
     knobs: HeadKnobs = field(default_factory=HeadKnobs)
     prompts: str = "paper"
+    preprocess: str = "paper"
+    attack_resolution: str = "model"
+    tensor_cache: bool = True
     prompt_overrides: dict | None = None
     n: int | None = None
     seed: int = 0
@@ -77,13 +82,13 @@ def model_identity(spec: ModelSpec) -> dict:
     return {"arch": spec.arch, "weights": f"sha256:{sha256_file(spec.pretrained)}"}
 
 
-def _profile(knobs: HeadKnobs, prompts: str, classnames: list[str], templates: list[str]) -> dict:
+def _profile(knobs: HeadKnobs, preprocess: dict, prompts: str, classnames: list[str], templates: list[str]) -> dict:
     mean, std = NORMALIZATIONS[knobs.normalization]
     return {
         **knobs.to_dict(),
         "mean": list(mean),
         "std": list(std),
-        "input_resolution": "native (resized inside the model)",
+        "preprocess": preprocess,
         "prompts": prompts,
         "templates": templates,
         "classnames_sha256": hashlib.sha256(json.dumps(classnames).encode()).hexdigest(),
@@ -94,16 +99,30 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def load_datasets(cfg: RunConfig) -> dict[str, tuple[DatasetSpec, ImageDataset]]:
-    """Load every requested dataset up front so a missing one fails before any model work."""
+def load_datasets(cfg: RunConfig) -> dict[str, tuple[DatasetSpec, ImageDataset, Preprocess]]:
+    """Load every requested dataset and resolve its preprocessing up front, so bad input fails before model work."""
+    model_cfg = model_preprocess_cfg(cfg.model) if cfg.preprocess == "standard" else None
     out = {}
     for ds_id in cfg.datasets:
         spec = DATASETS.get(ds_id)
+        pre = resolve_preprocess(cfg.preprocess, spec, model_cfg, cfg.attack_resolution)
         data = spec.loader(Path(cfg.data_root), spec.eval_split)
         if len(data.classnames) != spec.num_classes:
             raise ZSBenchError(f"{spec.name}: {len(data.classnames)} class names for {spec.num_classes} classes")
-        out[ds_id] = (spec, data)
+        out[ds_id] = (spec, data, pre)
     return out
+
+
+def eval_dataset(cfg: RunConfig, spec: DatasetSpec, data: ImageDataset, pre: Preprocess, indices, workers: int):
+    """The images the attacks see: from the decoded-tensor cache when it pays, else preprocessed on the fly.
+
+    Returns (dataset, loader workers to use, cache info or None).
+    """
+    if cfg.tensor_cache and worth_caching(data, pre) and pre.output_size(spec) is not None:
+        cache = TensorCache(Path(cfg.cache_dir or ".") / "tensors")
+        cached, info = cache.prepare(spec, spec.eval_split, data, pre, indices, workers=workers, progress=cfg.progress)
+        return cached, 0, info  # rows come straight from the memory map; worker processes would only add overhead
+    return PreprocessedDataset(data, pre), workers, None
 
 
 def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
@@ -128,14 +147,14 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
         method = METHODS.get(method_id)
         loaded: LoadedModel | None = None
         text_sha: str | None = None
-        for ds_id, (spec, data) in datasets.items():
+        for ds_id, (spec, data, pre) in datasets.items():
             subset = select_subset(len(data), cfg.n, cfg.seed)
             if cfg.n is not None and subset.is_full:
                 echo(
                     f"note: --n {cfg.n} >= the {len(data)} images of {ds_id}/{spec.eval_split}; evaluating all of them"
                 )
             classnames, templates, prompts = prompt_set(spec, data, cfg.prompts, cfg.prompt_overrides)
-            profile = _profile(cfg.knobs, prompts, classnames, templates)
+            profile = _profile(cfg.knobs, pre.describe(spec), prompts, classnames, templates)
             dataset_block = {
                 "id": ds_id,
                 "name": spec.name,
@@ -172,6 +191,7 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
                 loaded.model, loaded.tokenizer, classnames, templates, cfg.cache_dir, text_sha=text_sha
             )
             classifier = ZeroShotClassifier.from_model(loaded.model, head, loaded.image_size, cfg.knobs)
+            images, eval_workers, cache_info = eval_dataset(cfg, spec, data, pre, subset.indices, workers)
             scale = classifier.logit_scale
             parts = []
             # the clean pass runs once per dataset; an existing clean record supplies it without any forward
@@ -180,12 +200,12 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
                 started = _now()
                 result = evaluate(
                     classifier,
-                    data,
+                    images,
                     [] if t.is_clean else [t],
                     subset=subset,
                     batch_size=cfg.batch_size,
                     seed=cfg.seed,
-                    workers=workers,
+                    workers=eval_workers,
                     progress=cfg.progress,
                     desc=f"{method_id}/{ds_id} {t.label}",
                     clean=clean_mask,
@@ -209,8 +229,9 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
                         "wall_time_s": round(result.seconds[t.slug], 4),
                         "device": device_description(device),
                         "batch_size": cfg.batch_size,
-                        "workers": workers,
+                        "workers": eval_workers,
                         "text_head_cache_hit": head_info["cache_hit"],
+                        "tensor_cache": cache_info,
                     },
                     "result": result_block(correct, None if t.is_clean else result.clean),
                 }

@@ -42,7 +42,7 @@ def records_frame(out_dir: Path) -> pd.DataFrame:
         # a table holds one threat under one set of knobs; robust tables also one attack seed (random starts)
         protocol = {
             "attack": attack,
-            "profile": {k: profile.get(k) for k in _PROTOCOL_KEYS},
+            "profile": {**{k: profile.get(k) for k in _PROTOCOL_KEYS}, "preprocess": _preprocess_label(profile)},
             "attack_seed": None if attack.get("name") == "clean" else r["seed"],
         }
         lo, hi = r["result"]["ci95"]
@@ -71,6 +71,18 @@ def records_frame(out_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _preprocess_label(profile: dict) -> str:
+    """The preprocessing profile, without the per-dataset resolution it implies (one table spans all datasets)."""
+    pre = profile.get("preprocess")
+    if not isinstance(pre, dict):
+        return "native resolution"
+    if pre.get("profile") == "paper":
+        return "paper preprocessing (CIFAR/STL-10 native, others Resize(256) + CenterCrop(224))"
+    if pre.get("mode") == "native":
+        return "standard preprocessing, attacked at native resolution"
+    return f"standard preprocessing (model's {pre.get('interpolation')} {pre.get('mode')} resize and crop)"
+
+
 def _row_labels(df: pd.DataFrame) -> pd.Series:
     label = df["method"] + " · " + df["model"]
     # the same label for different weights (a checkpoint replaced under the same name) must not merge
@@ -89,7 +101,8 @@ def _protocol_line(protocol: str) -> str:
         f"normalization {prof['normalization']}",
         f"logit scale {prof['logit_scale']}",
         f"prompts {prof['prompts']}",
-        f"{prof['resize']} resize at native resolution",
+        prof.get("preprocess", "native resolution"),
+        f"{prof['resize']} resize to the model's input inside the model",
     ]
     if a.get("name") != "clean":
         parts.append(

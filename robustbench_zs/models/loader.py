@@ -119,6 +119,24 @@ def resolve_spec(spec: ModelSpec) -> tuple[str, dict]:
     )
 
 
+def model_preprocess_cfg(spec: ModelSpec) -> dict:
+    """The model's own input preprocessing, known without loading weights: image size, interpolation, resize mode.
+
+    From open_clip's architecture config and pretrained-tag metadata (open_clip's defaults, bicubic and shortest-side
+    resize, for checkpoint files and random weights).
+    """
+    resolve_spec(spec)
+    cfg = open_clip.get_model_config(spec.arch) or {}
+    size = cfg.get("vision_cfg", {}).get("image_size", 224)
+    size = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    tag_cfg = open_clip.get_pretrained_cfg(spec.arch, spec.pretrained) if spec.pretrained != RANDOM else {}
+    return {
+        "image_size": size,
+        "interpolation": (tag_cfg or {}).get("interpolation") or "bicubic",
+        "resize_mode": (tag_cfg or {}).get("resize_mode") or "shortest",
+    }
+
+
 def load_model(spec: ModelSpec, device: torch.device | str = "cpu", cache_dir: str | None = None) -> LoadedModel:
     """Build the model in fp32 on ``device`` in eval mode, with every weight hashed for the records."""
     kind, tag_cfg = resolve_spec(spec)

@@ -1,0 +1,217 @@
+"""Decoded-tensor cache: each (dataset, split, preprocessing) stored once as memory-mapped uint8 tensors.
+
+Evaluating several methods and eps on the same images would otherwise decode and resize the same JPEGs again for
+every (method, threat). The cache holds one ``(N, 3, H, W)`` uint8 array per (content fingerprint, split,
+preprocessing), filled lazily: only the images a run needs are decoded (a ``--n`` subset fills just those rows), and
+later runs read the rows straight from the memory map without opening an image file.
+
+Layout: ``<cache>/tensors/<key[:24]>/{meta.json, images.u8, labels.npy, filled.npy}``. ``images.u8`` is a sparse file
+(rows not yet decoded take no disk space). ``filled.npy`` is rewritten atomically after each flushed chunk, so an
+interrupted fill keeps every finished row and never marks an unwritten one. The key is the sha256 of the format
+version, dataset id, split, content fingerprint, preprocessing description and output shape; ``meta.json`` repeats
+it and a mismatch (or a damaged file) rebuilds the entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Subset as TorchSubset
+from tqdm.auto import tqdm
+
+from ..errors import ZSBenchError
+from .files import FileImageDataset
+from .preprocess import Preprocess, PreprocessedDataset
+from .spec import DatasetSpec, ImageDataset
+
+CACHE_FORMAT = 1
+CHUNK = 512
+
+
+def cache_key(spec: DatasetSpec, split: str, data: ImageDataset, preprocess: Preprocess) -> str:
+    shape = [len(data), 3, *preprocess.output_size(spec)]
+    ident = {
+        "format": CACHE_FORMAT,
+        "dataset": spec.id,
+        "split": split,
+        "content_sha256": data.fingerprint(),
+        "preprocess": preprocess.describe(spec),
+        "shape": shape,
+    }
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
+
+
+def worth_caching(data: ImageDataset, preprocess: Preprocess) -> bool:
+    """Files to decode, or images to resize: cache. Arrays already in memory or memory-mapped at native size: no."""
+    return isinstance(data, FileImageDataset) or not preprocess.is_native
+
+
+class CachedImages(Dataset):
+    """Rows of a cache entry, indexed like the source split; items are (uint8 tensor (3, H, W), label).
+
+    The memory map is opened lazily in each process, so the dataset pickles cheaply into DataLoader workers.
+    """
+
+    def __init__(self, folder: Path, shape: tuple[int, ...], labels: np.ndarray, filled: np.ndarray) -> None:
+        self.folder = folder
+        self.shape = tuple(shape)
+        self.labels = labels
+        self.filled = filled
+        self._mm: np.memmap | None = None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_mm": None}
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        if not self.filled[i]:
+            raise IndexError(f"image {i} is not in the tensor cache {self.folder}")
+        if self._mm is None:
+            self._mm = np.memmap(self.folder / "images.u8", dtype=np.uint8, mode="r", shape=self.shape)
+        return torch.from_numpy(np.array(self._mm[i])), int(self.labels[i])
+
+
+class TensorCache:
+    """The cache under ``root`` (``<cache dir>/tensors``)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def folder(self, key: str) -> Path:
+        return self.root / key[:24]
+
+    def _read(self, folder: Path, key: str, shape: list[int]) -> tuple[np.ndarray, np.ndarray] | None:
+        try:
+            meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+            if meta.get("key") != key or list(meta.get("shape", [])) != shape:
+                return None
+            if (folder / "images.u8").stat().st_size != int(np.prod(shape)):
+                return None
+            labels = np.load(folder / "labels.npy", allow_pickle=False)
+            filled = np.load(folder / "filled.npy", allow_pickle=False)
+        except (OSError, ValueError, json.JSONDecodeError):
+            return None
+        if labels.shape != (shape[0],) or filled.shape != (shape[0],) or filled.dtype != bool:
+            return None
+        return labels, filled
+
+    def _create(self, folder: Path, key: str, shape: list[int], meta: dict) -> tuple[np.ndarray, np.ndarray]:
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / "images.u8", "wb") as f:
+            f.truncate(int(np.prod(shape)))  # sparse: rows cost disk space only once written
+        labels = np.full(shape[0], -1, dtype=np.int64)
+        filled = np.zeros(shape[0], dtype=bool)
+        _save_npy(folder / "labels.npy", labels)
+        _save_npy(folder / "filled.npy", filled)
+        _atomic_write(folder / "meta.json", json.dumps({**meta, "key": key, "shape": shape}, indent=1))
+        return labels, filled
+
+    def prepare(
+        self,
+        spec: DatasetSpec,
+        split: str,
+        data: ImageDataset,
+        preprocess: Preprocess,
+        indices: np.ndarray,
+        *,
+        workers: int = 0,
+        progress: bool | None = None,
+    ) -> tuple[CachedImages, dict]:
+        """A dataset over the cache entry of (``data``, ``preprocess``) with every row of ``indices`` filled.
+
+        Returns the dataset and ``{"key", "folder", "decoded"}`` (decoded = images decoded in this call; 0 on a hit).
+        """
+        size = preprocess.output_size(spec)
+        if size is None:
+            raise ValueError("only fixed-size outputs can be cached")
+        shape = [len(data), 3, *size]
+        key = cache_key(spec, split, data, preprocess)
+        folder = self.folder(key)
+        try:
+            state = self._read(folder, key, shape)
+            if state is None:
+                meta = {"dataset": spec.id, "split": split, "preprocess": preprocess.describe(spec)}
+                state = self._create(folder, key, shape, meta)
+            labels, filled = state
+            todo = np.asarray(indices, dtype=np.int64)
+            todo = todo[~filled[todo]]
+            if len(todo):
+                self._fill(
+                    folder, shape, labels, filled, PreprocessedDataset(data, preprocess), todo, workers, progress
+                )
+        except OSError as e:
+            raise ZSBenchError(
+                f"tensor cache {folder}: {e.strerror or e}; free disk space, set ZSBENCH_CACHE to another folder, "
+                "or run with --no-tensor-cache"
+            ) from None
+        return CachedImages(folder, tuple(shape), labels, filled), {
+            "key": key,
+            "folder": str(folder),
+            "decoded": int(len(todo)),
+        }
+
+    def _fill(self, folder, shape, labels, filled, source, todo, workers, progress) -> None:
+        mm = np.memmap(folder / "images.u8", dtype=np.uint8, mode="r+", shape=tuple(shape))
+        loader = DataLoader(TorchSubset(source, todo.tolist()), batch_size=64, num_workers=workers)
+        pos = 0
+        pending = 0
+        try:
+            bar = tqdm(total=len(todo), desc=f"decode {folder.name[:8]}", unit="img", disable=_disabled(progress))
+            for images, ys in loader:
+                rows = todo[pos : pos + len(ys)]
+                mm[rows] = images.numpy()
+                labels[rows] = ys.numpy()
+                pos += len(ys)
+                pending += len(ys)
+                bar.update(len(ys))
+                if pending >= CHUNK:
+                    self._commit(folder, mm, labels, filled, todo[:pos])
+                    pending = 0
+            bar.close()
+        finally:
+            if pos:
+                self._commit(folder, mm, labels, filled, todo[:pos])
+            del mm
+
+    @staticmethod
+    def _commit(folder: Path, mm: np.memmap, labels: np.ndarray, filled: np.ndarray, done: np.ndarray) -> None:
+        """Flush the written rows, then mark them filled (merging rows another process may have filled meanwhile)."""
+        mm.flush()
+        filled[done] = True
+        try:
+            on_disk = np.load(folder / "filled.npy", allow_pickle=False)
+            other_labels = np.load(folder / "labels.npy", allow_pickle=False)
+            if on_disk.shape == filled.shape:
+                extra = on_disk & ~filled
+                labels[extra] = other_labels[extra]
+                filled |= on_disk
+        except (OSError, ValueError):
+            pass
+        _save_npy(folder / "labels.npy", labels)
+        _save_npy(folder / "filled.npy", filled)
+
+
+def _disabled(progress: bool | None) -> bool | None:
+    return None if progress is None else not progress
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
+    np.save(tmp, arr, allow_pickle=False)
+    os.replace(tmp, path)

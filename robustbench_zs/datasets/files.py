@@ -1,0 +1,162 @@
+"""Shared pieces of the file-based loaders: decoding, one-line layout errors, text and MATLAB metadata readers.
+
+Every loader reads its dataset's real on-disk layout (torchvision's, where torchvision downloads it) and raises
+:class:`DatasetNotFoundError` naming what is missing, the expected layout and where to get the data; corrupt
+metadata or images raise :class:`ZSBenchError` naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import DatasetNotFoundError, ZSBenchError
+from .spec import DatasetSpec, ImageDataset
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
+
+
+def decode_image(path: Path) -> torch.Tensor:
+    """Decode an image file to a uint8 (3, H, W) tensor; a broken file is reported with its path."""
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+        raise ZSBenchError(f"cannot decode image {path}: {e}; re-download or delete the file") from None
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+
+def open_rgb(path: Path) -> Image.Image:
+    """The image at ``path`` as an RGB PIL image (fully loaded); one-line error naming the file."""
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+        raise ZSBenchError(f"cannot decode image {path}: {e}; re-download or delete the file") from None
+
+
+class FileImageDataset(ImageDataset):
+    """Images listed as (path, label), decoded on access.
+
+    ``item_pil(i)`` gives the RGB PIL image, which the preprocessing profiles resize before tensor conversion.
+    """
+
+    def __init__(self, samples: list[tuple[Path, int]], classnames: list[str], root: Path) -> None:
+        self.samples = samples
+        self.classnames = classnames
+        self.root = root
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[i]
+        return decode_image(path), label
+
+    def item_pil(self, i: int) -> tuple[Image.Image, int]:
+        path, label = self.samples[i]
+        return open_rgb(path), label
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.fromiter((y for _, y in self.samples), dtype=np.int64, count=len(self.samples))
+
+    def fingerprint(self) -> str:
+        """sha256 of every (file name, size in bytes, label): cheap, and it changes when a file is replaced."""
+        if not hasattr(self, "_fingerprint"):
+            h = hashlib.sha256()
+            for path, label in self.samples:
+                h.update(f"{path.relative_to(self.root)}|{path.stat().st_size}|{label}\n".encode())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+
+def missing(spec: DatasetSpec, base: Path, what: str) -> DatasetNotFoundError:
+    """The one-line error for an absent or incomplete dataset folder."""
+    return DatasetNotFoundError(
+        f"{spec.name} not found or incomplete: {what} (under {base}); expected layout: {spec.layout}; "
+        f"get it from {spec.source}"
+    )
+
+
+def no_split(spec: DatasetSpec, split: str) -> ZSBenchError:
+    return ZSBenchError(f"{spec.name} has no split {split!r}; splits: {', '.join(spec.splits)}")
+
+
+def require_files(spec: DatasetSpec, base: Path, names: Iterable[str]) -> None:
+    """Raise :func:`missing` naming every entry of ``names`` (relative to ``base``) that does not exist."""
+    if not base.is_dir():
+        raise missing(spec, base, f"no folder {base.name}")
+    absent = [n for n in names if not (base / n).exists()]
+    if absent:
+        raise missing(spec, base, f"missing {', '.join(absent)}")
+
+
+def require_present(spec: DatasetSpec, base: Path, samples: list[tuple[Path, int]], listed_in: str) -> None:
+    """Every listed image must exist; the error counts the absent ones and names the first."""
+    absent = [p for p, _ in samples if not p.is_file()]
+    if absent:
+        raise missing(spec, base, f"{len(absent)} images listed in {listed_in} are missing, e.g. {absent[0]}")
+    if not samples:
+        raise missing(spec, base, f"{listed_in} lists no images")
+
+
+def read_lines(path: Path) -> list[str]:
+    """Non-empty stripped lines of a text file; undecodable text is reported with the path."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ZSBenchError(f"corrupt metadata file {path}: not UTF-8 text ({e.reason}); re-download it") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def load_mat(path: Path) -> dict:
+    """A MATLAB file read with scipy (``squeeze_me``); a corrupt file is one line naming it."""
+    from scipy.io import loadmat
+
+    try:
+        return loadmat(str(path), squeeze_me=True, struct_as_record=False)
+    except Exception as e:  # scipy raises ValueError, TypeError, MatReadError, OSError, ... on broken files
+        raise ZSBenchError(f"corrupt MATLAB file {path}: {e}; re-download it") from None
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Image files directly in ``folder``, sorted by name (other files, such as the odd stray text file, are skipped)."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def check_label_range(spec: DatasetSpec, labels: Iterable[int], source: Path) -> None:
+    labels = list(labels)
+    if labels and (min(labels) < 0 or max(labels) >= spec.num_classes):
+        raise ZSBenchError(f"corrupt labels in {source}: values outside [0, {spec.num_classes}); re-download it")
+
+
+def check_class_count(spec: DatasetSpec, found: int, base: Path, what: str) -> None:
+    if found != spec.num_classes:
+        raise missing(spec, base, f"{what}: found {found} classes, expected {spec.num_classes}")
+
+
+def torchvision_download(class_name: str, *calls: dict) -> callable:
+    """A ``download(data_root)`` that runs ``torchvision.datasets.<class_name>(data_root, download=True, **kw)``
+    once per ``kw`` in ``calls`` (e.g. one per split); a network or checksum failure is one line."""
+
+    def download(data_root: Path) -> None:
+        import torchvision.datasets as tvd
+
+        cls = getattr(tvd, class_name)
+        Path(data_root).mkdir(parents=True, exist_ok=True)
+        for kw in calls or ({},):
+            try:
+                cls(str(data_root), download=True, **kw)
+            except Exception as e:  # URLError, RuntimeError (checksum), OSError (disk), ...
+                msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise ZSBenchError(f"torchvision's {class_name} download failed: {msg}") from None
+
+    download.torchvision_class = class_name  # type: ignore[attr-defined]
+    download.calls = calls  # type: ignore[attr-defined]
+    return download
