@@ -455,3 +455,41 @@ def test_writers_are_registered_and_deterministic(tmp_path: Path) -> None:
         for rel in files_a[:: max(1, len(files_a) // 7)]:
             if rel.suffix != ".h5":  # HDF5 files carry creation times
                 assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+
+
+# ------------------------------------------------------------------------- cross-check against torchvision's readers
+
+
+@pytest.mark.parametrize(
+    ("ds_id", "make"),
+    [
+        ("stl10", lambda tvd, root: tvd.STL10(root, split="test")),
+        ("pcam", lambda tvd, root: tvd.PCAM(root, split="test")),
+        ("eurosat", lambda tvd, root: tvd.EuroSAT(root)),
+        ("dtd", lambda tvd, root: tvd.DTD(root, split="test", partition=1)),
+        ("food101", lambda tvd, root: tvd.Food101(root, split="test")),
+    ],
+)
+def test_same_images_and_labels_as_torchvision(tmp_path, monkeypatch, ds_id, make) -> None:
+    """torchvision's own dataset classes (integrity checks off: fixtures have other md5s) read the same data."""
+    import torchvision.datasets as tvd
+
+    from robustbench_zs.datasets.fixtures import WRITERS
+
+    for cls in (tvd.STL10, tvd.PCAM, tvd.EuroSAT, tvd.DTD, tvd.Food101):
+        for attr in ("_check_integrity", "_check_exists"):
+            if hasattr(cls, attr):
+                monkeypatch.setattr(cls, attr, lambda self: True)
+    WRITERS[ds_id](tmp_path, seed=4)
+    ours = DATASETS.get(ds_id).loader(tmp_path, DATASETS.get(ds_id).eval_split)
+    theirs = make(tvd, str(tmp_path))
+    assert len(theirs) == len(ours)
+    if ds_id == "eurosat":  # torchvision walks folders in its own order; compare as sets of (file, label)
+        assert sorted((Path(p).name, y) for p, y in theirs.samples) == sorted((p.name, y) for p, y in ours.samples)
+        return
+    for i in range(len(ours)):
+        im, label = theirs[i]
+        img, our_label = ours[i]
+        assert our_label == int(label)
+        ref = torch.from_numpy(np.array(im.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1)
+        assert torch.equal(img, ref), (ds_id, i)

@@ -420,3 +420,25 @@ def test_caltech_corrupt_image(tmp_path, spec_id: str) -> None:
     with pytest.raises(ZSBenchError, match=f"cannot decode image {bad}"):
         ds[3]
     assert ds[4][0].dtype == torch.uint8
+
+
+@pytest.mark.parametrize("ds_id", ["caltech101", "caltech256"])
+def test_caltech_same_as_torchvision(tmp_path, monkeypatch, ds_id: str) -> None:
+    """torchvision's Caltech readers (integrity check off) give the same images and labels on the fixture."""
+    import numpy as np
+    import torchvision.datasets as tvd
+
+    from robustbench_zs.datasets.fixtures import WRITERS
+
+    cls = tvd.Caltech101 if ds_id == "caltech101" else tvd.Caltech256
+    monkeypatch.setattr(cls, "_check_integrity", lambda self: True)
+    WRITERS[ds_id](tmp_path, seed=2)
+    ours = DATASETS.get(ds_id).loader(tmp_path, "all")
+    theirs = cls(str(tmp_path)) if ds_id == "caltech256" else cls(str(tmp_path), target_type="category")
+    assert len(theirs) == len(ours)
+    assert theirs.categories == ours.classnames
+    for i in range(len(ours)):
+        im, label = theirs[i]
+        img, our_label = ours[i]
+        assert our_label == int(label)
+        assert torch.equal(img, torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)), (ds_id, i)
