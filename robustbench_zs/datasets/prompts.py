@@ -1,8 +1,9 @@
 """Prompt sets: which class names and templates build the zero-shot head, chosen per run and recorded.
 
 - ``paper``: the single prompt and the class-name clean-up of the official PMG-AFT code (protocol.md section 5).
-- ``ensemble``: CLIP_benchmark's curated class names and template ensembles where it has them; for TinyImageNet
-  (which it lacks) the curated ImageNet-1k names of each wnid with the ImageNet-1k ensemble.
+- ``ensemble``: CLIP_benchmark's curated class names and template ensembles (each spec's ``ensemble_templates`` and
+  ``ensemble_names``); for the two datasets it lacks, our own: TinyImageNet gets the curated ImageNet-1k names of its
+  wnids with the ImageNet-1k ensemble, Caltech-256 cleaned folder names with the Caltech-101 ensemble.
 
 A user override file (JSON ``{"<dataset id>": {"classnames": [...], "templates": [...]}}``, either key optional)
 replaces names or templates of the chosen set; the set is then recorded as ``<set>+override``.
