@@ -13,7 +13,7 @@ from .engine.evaluator import EvalResult, evaluate
 from .methods import METHODS
 from .models import HeadKnobs, ModelSpec, ZeroShotClassifier, build_text_head
 from .models.loader import model_preprocess_cfg
-from .provenance import default_cache_dir, default_data_root
+from .provenance import default_cache_dir, default_data_root, default_models_dir
 
 __all__ = [
     "EvalResult",
@@ -34,8 +34,13 @@ def create_classifier(
     knobs: HeadKnobs | None = None,
     device: str | torch.device = "cpu",
     cache_dir: str | Path | None = "default",
+    checkpoint: str | Path | None = None,
+    options: dict[str, str] | None = None,
 ) -> ZeroShotClassifier:
     """A :class:`ZeroShotClassifier` for ``classnames`` x ``templates`` with the weights of ``method``.
+
+    A trained method takes ``checkpoint`` (our checkpoint folder or a foreign file), else the newest complete
+    checkpoint of it for ``model`` under ``$ZSBENCH_MODELS`` (``./models``); ``options`` are method options.
 
     Example::
 
@@ -45,9 +50,20 @@ def create_classifier(
     model = model or ModelSpec()
     knobs = knobs or HeadKnobs()
     cache = default_cache_dir() if cache_dir == "default" else cache_dir
-    loaded = METHODS.get(method).load(model, torch.device(device), None)
+    from .engine.variants import resolve_variants
+
+    METHODS.get(method)
+    (variant, *_) = resolve_variants(
+        (method,),
+        model,
+        {method: dict(options)} if options else {},
+        {method: Path(checkpoint)} if checkpoint else {},
+        default_models_dir(),
+        train_fn=None,
+    )
+    loaded, encoder = variant.load(torch.device(device))
     head, _ = build_text_head(loaded.model, loaded.tokenizer, list(classnames), list(templates), cache)
-    return ZeroShotClassifier.from_model(loaded.model, head, loaded.image_size, knobs)
+    return ZeroShotClassifier.from_model(loaded.model, head, loaded.image_size, knobs, encoder)
 
 
 def load_dataset(

@@ -163,6 +163,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep decoded, preprocessed images as memory-mapped uint8 tensors under $ZSBENCH_CACHE/tensors "
         "so later runs decode nothing (default on)",
     )
+    r.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="METHOD.KEY=VALUE",
+        help="a method option or recipe field, e.g. pmg_aft.kl_direction=published; a comma list sweeps "
+        "(interpolation.alpha=0,0.5,1)",
+    )
+    r.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        metavar="METHOD=PATH",
+        help="weights of a trained method: a robustbench_zs checkpoint folder, or an official PMG-AFT/TeCoA or "
+        "RobustVLM file",
+    )
+    r.add_argument(
+        "--train-dataset",
+        default="tinyimagenet",
+        help="where a trained method without a checkpoint is trained first (default tinyimagenet)",
+    )
+    r.add_argument(
+        "--train-missing",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="train methods that have no checkpoint (default on; --no-train-missing makes it an error)",
+    )
+    r.add_argument("--models-dir", help="checkpoint root (default $ZSBENCH_MODELS or ./models)")
     r.add_argument("--data-root", help="dataset root (default $ZSBENCH_DATA or ./datasets)")
     r.add_argument("--out", help="results folder (default $ZSBENCH_RESULTS or ./results)")
     r.add_argument("--device", help="cpu, cuda, cuda:N or auto (default auto)")
@@ -172,6 +200,43 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bars (default: on a terminal)"
     )
+
+    tr = sub.add_parser("train", help="fine-tune a registered method; writes a checkpoint folder under --out")
+    tr.add_argument("--method", required=True, help="method id (see zsbench list methods)")
+    tr.add_argument("--train-dataset", default="tinyimagenet", help="dataset with a train split (default tinyimagenet)")
+    tr.add_argument("--arch", default="ViT-B-32", help="open_clip architecture (default ViT-B-32)")
+    tr.add_argument(
+        "--pretrained", default="openai", help="open_clip tag, checkpoint file or 'random' (default openai)"
+    )
+    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a method option (repeatable)")
+    for flag, kind, what in [
+        ("epochs", int, "passes over the training split"),
+        ("batch-size", int, "global batch, split across torchrun processes"),
+        ("lr", float, "peak learning rate"),
+        ("optimizer", str, "sgd or adamw"),
+        ("momentum", float, "SGD momentum"),
+        ("weight-decay", float, "weight decay"),
+        ("warmup-steps", int, "linear warm-up steps before the cosine decay"),
+        ("train-eps", float, "training PGD radius, units of 1/255"),
+        ("train-steps", int, "training PGD steps"),
+        ("train-step-size", float, "training PGD step, units of 1/255"),
+        ("normalization", str, "clip or imagenet"),
+        ("logit-scale", str, "100, 1 or learned"),
+    ]:
+        tr.add_argument(f"--{flag}", type=kind, help=f"{what} (default: the method's recipe)")
+    tr.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (the schedule still spans all)")
+    tr.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast (default fp32)")
+    tr.add_argument("--preprocess", choices=["paper", "standard"], default="paper", help="image preprocessing")
+    tr.add_argument("--prompts", choices=["paper", "ensemble"], default="paper", help="prompt set of the text head")
+    tr.add_argument("--seed", type=int, default=0, help="data order and attack random starts (default 0)")
+    tr.add_argument("--save-every", type=int, default=0, help="write the resume state every N steps (and each epoch)")
+    tr.add_argument("--name", help="checkpoint folder name (default: method-arch-weights-data-<config hash>)")
+    tr.add_argument("--data-root", help="dataset root (default $ZSBENCH_DATA or ./datasets)")
+    tr.add_argument("--out", help="checkpoint root (default $ZSBENCH_MODELS or ./models)")
+    tr.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (under torchrun: one GPU per process)")
+    tr.add_argument("--workers", type=int, help="decoding processes for the first fill of the tensor cache")
+    tr.add_argument("--tensor-cache", action=argparse.BooleanOptionalAction, default=True, help="decode once (default)")
+    tr.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
 
     ls = sub.add_parser("list", help="list the registered methods, datasets or attacks")
     ls.add_argument("what", choices=["methods", "datasets", "attacks"])
@@ -197,7 +262,7 @@ def _run(args: argparse.Namespace) -> int:
     from .engine.runner import RunConfig, run
     from .leaderboard import write_leaderboard
     from .models import HeadKnobs, ModelSpec
-    from .provenance import default_cache_dir, default_data_root, default_results_dir
+    from .provenance import default_cache_dir, default_data_root, default_models_dir, default_results_dir
 
     opts = dict(DEFAULTS)
     if args.preset:
@@ -244,6 +309,11 @@ def _run(args: argparse.Namespace) -> int:
         workers=workers,
         force=args.force,
         progress=args.progress,
+        method_options=_method_sets(args.set, methods),
+        checkpoints=_checkpoints(args.checkpoint),
+        models_dir=Path(args.models_dir) if args.models_dir else default_models_dir(),
+        train_dataset=args.train_dataset,
+        train_missing=args.train_missing,
     )
     if args.preset == "smoke":
         print("smoke preset: tiny random-weight CLIP on generated data; accuracies sit near chance (10%).")
@@ -259,6 +329,82 @@ def _run(args: argparse.Namespace) -> int:
     print(f"records: {out / 'records'} ({len(summary.written)} written, {len(summary.skipped)} already there)")
     if paths:
         print(f"leaderboard: {paths['markdown']} and {paths['csv']}")
+    return 0
+
+
+def parse_sets(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ZSBenchError(f"--set {item!r}: expected KEY=VALUE")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _method_sets(items: list[str], methods: list[str]) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for key, value in parse_sets(items).items():
+        method, dot, option = key.partition(".")
+        if not dot or not option:
+            raise ZSBenchError(f"--set {key}={value}: expected METHOD.KEY=VALUE, e.g. pmg_aft.beta=0")
+        if method not in methods:
+            raise ZSBenchError(f"--set {key}: {method} is not among --methods {','.join(methods)}")
+        out.setdefault(method, {})[option] = value
+    return out
+
+
+def _checkpoints(items: list[str]) -> dict[str, Path]:
+    out = {}
+    for item in items:
+        method, sep, path = item.partition("=")
+        if not sep or not method or not path:
+            raise ZSBenchError(f"--checkpoint {item!r}: expected METHOD=PATH")
+        out[method.strip()] = Path(path.strip())
+    return out
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .models import ModelSpec
+    from .provenance import default_cache_dir, default_data_root, default_models_dir
+    from .train import TrainConfig, train
+
+    recipe = {
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "optimizer": args.optimizer,
+        "momentum": args.momentum,
+        "weight_decay": args.weight_decay,
+        "warmup_steps": args.warmup_steps,
+        "train_eps_255": args.train_eps,
+        "train_steps": args.train_steps,
+        "train_step_size_255": args.train_step_size,
+        "normalization": args.normalization,
+        "logit_scale": args.logit_scale,
+    }
+    cfg = TrainConfig(
+        method=args.method,
+        model=ModelSpec(args.arch, args.pretrained),
+        train_dataset=args.train_dataset,
+        data_root=Path(args.data_root) if args.data_root else default_data_root(),
+        out_dir=Path(args.out) if args.out else default_models_dir(),
+        options=parse_sets(args.set),
+        recipe={k: v for k, v in recipe.items() if v is not None},
+        max_steps=_positive_int("max-steps", args.max_steps),
+        precision=args.precision,
+        preprocess=args.preprocess,
+        prompts=args.prompts,
+        seed=_positive_int("seed", args.seed, minimum=0, maximum=2**31 - 1),
+        device=args.device,
+        workers=_positive_int("workers", args.workers, minimum=0),
+        save_every=_positive_int("save-every", args.save_every, minimum=0),
+        name=args.name,
+        cache_dir=default_cache_dir(),
+        tensor_cache=args.tensor_cache,
+        progress=args.progress,
+    )
+    train(cfg)
     return 0
 
 
@@ -362,7 +508,9 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"run": _run, "list": _list, "datasets": _datasets, "leaderboard": _leaderboard}[args.command]
+    handler = {"run": _run, "train": _train, "list": _list, "datasets": _datasets, "leaderboard": _leaderboard}[
+        args.command
+    ]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")

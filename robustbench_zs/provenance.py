@@ -26,6 +26,11 @@ def default_results_dir() -> Path:
     return Path(os.environ.get("ZSBENCH_RESULTS", "results"))
 
 
+def default_models_dir() -> Path:
+    """Where trained checkpoints go: ``$ZSBENCH_MODELS`` or ``./models``."""
+    return Path(os.environ.get("ZSBENCH_MODELS", "models"))
+
+
 def default_cache_dir() -> Path:
     """``$ZSBENCH_CACHE`` or ``~/.cache/robustbench_zs`` (text heads and other derived data)."""
     env = os.environ.get("ZSBENCH_CACHE")

@@ -25,6 +25,7 @@ from ..models.text_head import text_weights_sha256
 from ..provenance import device_description, sha256_file, software
 from ..results import SCHEMA_VERSION, RecordStore, ensure_writable, per_example, record_key, result_block
 from .evaluator import evaluate
+from .variants import resolve_variants
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,11 @@ class RunConfig:
     workers: int | None = None  # None: 0 on the CPU, up to 8 loader processes with a GPU
     force: bool = False
     progress: bool | None = None
+    method_options: dict = field(default_factory=dict)  # method id -> {option: value} (--set METHOD.key=value)
+    checkpoints: dict = field(default_factory=dict)  # method id -> Path (--checkpoint METHOD=PATH)
+    models_dir: Path = Path("models")
+    train_dataset: str = "tinyimagenet"
+    train_missing: bool = True
 
 
 @dataclass
@@ -99,6 +105,34 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _trainer(cfg: RunConfig, echo: Callable[[str], None]):
+    """Train a missing checkpoint with the method's recipe on ``cfg.train_dataset``; returns its folder."""
+
+    def train_missing(method_id: str, options: dict[str, str], recipe: dict) -> Path:
+        from ..train import TrainConfig, train
+
+        result = train(
+            TrainConfig(
+                method=method_id,
+                model=cfg.model,
+                train_dataset=cfg.train_dataset,
+                data_root=Path(cfg.data_root),
+                out_dir=Path(cfg.models_dir),
+                options=options,
+                recipe=recipe,
+                seed=cfg.seed,
+                device=cfg.device,
+                cache_dir=cfg.cache_dir,
+                tensor_cache=cfg.tensor_cache,
+                progress=cfg.progress,
+            ),
+            echo=echo,
+        )
+        return result.folder
+
+    return train_missing
+
+
 def load_datasets(cfg: RunConfig) -> dict[str, tuple[DatasetSpec, ImageDataset, Preprocess]]:
     """Load every requested dataset and resolve its preprocessing up front, so bad input fails before model work."""
     model_cfg = model_preprocess_cfg(cfg.model) if cfg.preprocess == "standard" else None
@@ -143,9 +177,19 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
     summary = RunSummary()
     threats = (Threat(), *cfg.threats)
 
-    for method_id in cfg.methods:
-        method = METHODS.get(method_id)
+    variants = resolve_variants(
+        cfg.methods,
+        cfg.model,
+        cfg.method_options,
+        cfg.checkpoints,
+        cfg.models_dir,
+        _trainer(cfg, echo) if cfg.train_missing else None,
+        echo,
+    )
+    for variant in variants:
+        method_id = variant.method.id
         loaded: LoadedModel | None = None
+        encoder = None
         text_sha: str | None = None
         for ds_id, (spec, data, pre) in datasets.items():
             subset = select_subset(len(data), cfg.n, cfg.seed)
@@ -166,7 +210,7 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
             for t in threats:
                 identity = {
                     "method": method_id,
-                    "model": model_id,
+                    "model": {**model_id, **variant.identity},
                     "dataset": {k: v for k, v in dataset_block.items() if k != "name"},
                     "attack": t.settings(),
                     "profile": profile,
@@ -182,15 +226,15 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
                 else:
                     plan.append((t, key, path, identity["seed"]))
             if not plan:
-                echo(f"{method_id} / {ds_id}: all {len(threats)} records exist, skipped (--force recomputes)")
+                echo(f"{variant.label} / {ds_id}: all {len(threats)} records exist, skipped (--force recomputes)")
                 continue
             if loaded is None:
-                loaded = method.load(cfg.model, device, None)
+                loaded, encoder = variant.load(device)
                 text_sha = text_weights_sha256(loaded.model)
             head, head_info = build_text_head(
                 loaded.model, loaded.tokenizer, classnames, templates, cfg.cache_dir, text_sha=text_sha
             )
-            classifier = ZeroShotClassifier.from_model(loaded.model, head, loaded.image_size, cfg.knobs)
+            classifier = ZeroShotClassifier.from_model(loaded.model, head, loaded.image_size, cfg.knobs, encoder)
             images, eval_workers, cache_info = eval_dataset(cfg, spec, data, pre, subset.indices, workers)
             scale = classifier.logit_scale
             parts = []
@@ -218,7 +262,12 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
                     "created_utc": _now(),
                     "software": software(),
                     "method": method_id,
-                    "model": {**loaded.provenance(), "label": cfg.model.label},
+                    "method_label": variant.label,
+                    "model": {
+                        **loaded.provenance(),
+                        **variant.identity,
+                        "label": cfg.model.label + (f"+{variant.model_label}" if variant.model_label else ""),
+                    },
                     "dataset": dataset_block,
                     "attack": t.settings(),
                     "threat_label": t.label,
@@ -239,5 +288,5 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
                 summary.written.append(path)
                 lo, hi = record["result"]["ci95"]
                 parts.append(f"{t.label} {100 * record['result']['accuracy']:.2f}% [{100 * lo:.1f}, {100 * hi:.1f}]")
-            echo(f"{method_id} / {ds_id} (n={subset.n}): " + " | ".join(parts))
+            echo(f"{variant.label} / {ds_id} (n={subset.n}): " + " | ".join(parts))
     return summary

@@ -50,7 +50,8 @@ def records_frame(out_dir: Path) -> pd.DataFrame:
             {
                 "table": r.get("threat_label", attack.get("name")),
                 "protocol": json.dumps(protocol, sort_keys=True),
-                "method": r["method"],
+                "method": r.get("method_label", r["method"]),
+                "method_id": r["method"],
                 "model": r["model"]["label"],
                 "weights": r["model"].get("checkpoint_sha256") or r["model"].get("weights_sha256") or "",
                 "dataset": d["id"],
@@ -159,7 +160,7 @@ def build_tables(df: pd.DataFrame) -> list[dict]:
         mixed = sorted(info.loc[info["dataset"].map(variants) > 1, "dataset_name"].unique())
         complete = wide.notna().all(axis=1) & (not mixed)
         wide["Average"] = wide[cols].mean(axis=1).where(complete)
-        method_of = g.drop_duplicates("row").set_index("row")["method"]
+        method_of = g.drop_duplicates("row").set_index("row")["method_id"]
         order = sorted(
             wide.index, key=lambda r: (methods.index(method_of[r]) if method_of[r] in methods else len(methods), r)
         )

@@ -1,6 +1,10 @@
 """Methods. Importing this package registers every method."""
 
-from . import zeroshot  # noqa: F401  (registration)
-from .base import METHODS, MethodSpec
+# ruff: noqa: I001  (the import order is the registration order)
 
-__all__ = ["METHODS", "MethodSpec"]
+# registration, in leaderboard order: zero-shot, the paper's baselines and method, then peers
+from . import zeroshot, ft_standard, tecoa, pmg_aft, interpolation  # noqa: F401, I001
+from . import visual_prompts, fare, twins  # noqa: F401, I001
+from .base import METHODS, Method, MethodConfig, Recipe, Step, register_method
+
+__all__ = ["METHODS", "Method", "MethodConfig", "Recipe", "Step", "register_method"]

@@ -1,32 +1,209 @@
-"""The method registry: how each method's image encoder is obtained (trained methods come with the engine)."""
+"""The method registry: what each method needs, what it trains, its paper defaults and its training loss.
+
+A method is a subclass of :class:`Method` registered with :func:`register_method`::
+
+    @dataclass(frozen=True)
+    class MyConfig(MethodConfig):
+        lam: float = 1.0  # the paper's default
+
+
+    @register_method
+    class MyMethod(Method):
+        id = "my_method"
+        name = "My method"
+        summary = "one line for zsbench list methods"
+        paper = "Author et al., Title, Venue Year"
+        Config = MyConfig
+        needs_frozen = True  # the engine builds a frozen copy of the pre-trained encoder
+
+        def loss(self, step):
+            x_adv = step.attack(lambda xa: F.cross_entropy(step.model(xa), step.y, reduction="none"))
+            ce = F.cross_entropy(step.model(x_adv), step.y)
+            return ce, {"ce": ce}
+
+The engine (``robustbench_zs.train``) reads the class attributes to build only what a method needs, calls
+:meth:`Method.loss` once per batch and saves :meth:`Method.trained_state` in the checkpoint. See
+``docs/adding_a_method.md``.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 
+import torch
+from torch import nn
+
+from ..errors import ZSBenchError
 from ..registry import Registry
+
+#: What a method trains.
+TRAINS = ("nothing", "image_encoder", "prompts")
 
 
 @dataclass(frozen=True)
-class MethodSpec:
-    """A registered method.
+class MethodConfig:
+    """Base of every method's configuration; subclasses hold the paper's defaults as field defaults."""
 
-    Args:
-        id: registry name.
-        name: display name.
-        summary: one line for ``zsbench list methods``.
-        paper: reference.
-        trains: what the method trains ("nothing" for zero-shot CLIP).
-        load: ``load(model_spec, device, cache_dir) -> LoadedModel``: the model the method evaluates.
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_overrides(cls, overrides: dict[str, str]) -> MethodConfig:
+        """A config with ``--set key=value`` overrides, each value parsed to the field's type; one-line errors."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        values = {}
+        for key, raw in overrides.items():
+            if key not in fields:
+                known = ", ".join(fields) or "none"
+                raise ZSBenchError(f"{cls.__name__} has no option {key!r}; options: {known}")
+            default = getattr(cls(), key)
+            try:
+                if isinstance(default, bool):
+                    if raw.lower() not in ("true", "false", "1", "0"):
+                        raise ValueError(raw)
+                    values[key] = raw.lower() in ("true", "1")
+                elif isinstance(default, (int, float)):
+                    values[key] = type(default)(raw)
+                else:
+                    values[key] = raw
+            except ValueError:
+                raise ZSBenchError(f"{cls.__name__}.{key}: cannot read {raw!r} as {type(default).__name__}") from None
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Raise ZSBenchError (one line) for values outside what the method supports."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The training recipe of protocol.md section 3 (ViT-B/32, TinyImageNet); methods override what differs.
+
+    Attributes:
+        optimizer: ``sgd`` or ``adamw``.
+        lr, momentum, weight_decay: optimizer settings (momentum is SGD's; AdamW uses the default betas).
+        warmup_steps: linear warm-up from 0, then cosine decay to 0 over the remaining steps.
+        epochs: passes over the training split.
+        batch_size: the global batch (split across processes under torchrun).
+        train_eps_255, train_steps, train_step_size_255: the training PGD (L-inf, uniform random start).
+        normalization, logit_scale: the zero-shot head knobs used in training (recorded in the checkpoint).
     """
 
-    id: str
-    name: str
-    summary: str
-    paper: str
-    trains: str
-    load: Callable = None  # type: ignore[assignment]
+    optimizer: str = "sgd"
+    lr: float = 5e-5
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    warmup_steps: int = 1000
+    epochs: int = 10
+    batch_size: int = 256
+    train_eps_255: float = 1.0
+    train_steps: int = 2
+    train_step_size_255: float = 1.0
+    normalization: str = "clip"
+    logit_scale: str = "100"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
-METHODS: Registry[MethodSpec] = Registry("method")
+@dataclass
+class Step:
+    """What :meth:`Method.loss` receives for one batch (all tensors on the training device).
+
+    Attributes:
+        x: clean images in [0, 1], (B, 3, H, W).
+        y: labels (B,), or None for methods with ``needs_labels = False``.
+        model: the classifier being trained (pixels in [0, 1] -> logits); ``model.features(x)`` gives the
+            L2-normalized embeddings and ``model.embed(x)`` the unnormalized ones.
+        frozen: the pre-trained classifier, eval mode, no gradients (None unless ``needs_frozen``).
+        attack: ``attack(loss_fn) -> x_adv``: the recipe's training PGD from ``x``, maximizing
+            ``loss_fn(x_adv).sum()`` where ``loss_fn`` returns one loss per image; gradients flow only to the
+            perturbation, never into the parameters. Random starts are seeded per image.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor | None
+    model: nn.Module
+    frozen: nn.Module | None
+    attack: Callable[[Callable[[torch.Tensor], torch.Tensor]], torch.Tensor]
+    extras: dict = field(default_factory=dict)
+
+
+class Method:
+    """Base class of registered methods. Class attributes describe the method; hooks define its training.
+
+    Class attributes:
+        id, name, summary, paper: registry name, display name, one line for ``zsbench list methods``, reference.
+        Config: the method's config dataclass (paper defaults).
+        recipe: the training recipe (optimizer, schedule, training attack, head knobs).
+        needs_labels / needs_text_head / needs_frozen: what the engine must build.
+        trains: ``nothing``, ``image_encoder`` or ``prompts``.
+    """
+
+    id: ClassVar[str] = ""
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    recipe: ClassVar[Recipe] = Recipe()
+    needs_labels: ClassVar[bool] = True
+    needs_text_head: ClassVar[bool] = True
+    needs_frozen: ClassVar[bool] = False
+    trains: ClassVar[str] = "image_encoder"
+
+    def __init__(self, config: MethodConfig | None = None) -> None:
+        self.config = config if config is not None else self.Config()
+        self.config.validate()
+
+    # --- model surgery -------------------------------------------------------------------------------------------
+    def check_model(self, model: nn.Module, arch: str) -> None:
+        """Raise ZSBenchError (one line) if this method cannot train ``model`` (e.g. needs BatchNorm)."""
+
+    def build_encoder(self, model: nn.Module) -> nn.Module:
+        """The image encoder the classifier uses: ``model.visual``, or a wrapper (visual prompts, twin BN)."""
+        return model.visual
+
+    def trainable_parameters(self, encoder: nn.Module) -> list[nn.Parameter]:
+        """Parameters the optimizer updates; everything else is frozen. Default: the whole image encoder."""
+        return [p for p in encoder.parameters()]
+
+    def trained_state(self, encoder: nn.Module) -> dict[str, torch.Tensor]:
+        """The tensors a checkpoint stores: what this method trains (default: the encoder's state dict)."""
+        return {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+
+    def load_trained_state(self, encoder: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        """Put a checkpoint's tensors into ``encoder`` (strict: a mismatch is an error, never silently skipped)."""
+        missing, unexpected = encoder.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ZSBenchError(
+                f"checkpoint does not fit {self.id}'s encoder: {len(missing)} missing keys (e.g. "
+                f"{', '.join(missing[:3]) or '-'}), {len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3]) or '-'})"
+            )
+
+    def weights_identity(self) -> dict:
+        """Hashes of any weights the method reads besides the backbone and its checkpoint (record keys); default none."""
+        return {}
+
+    # --- training ------------------------------------------------------------------------------------------------
+    def loss(self, step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The training loss of one batch and its named terms (for the progress bar and the log)."""
+        raise NotImplementedError(f"{self.id} does not train")
+
+
+METHODS: Registry[type[Method]] = Registry("method")
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: add ``cls`` to :data:`METHODS` under ``cls.id`` (a duplicate id is an error)."""
+    if not cls.id or not cls.summary:
+        raise ValueError(f"{cls.__name__}: a registered method needs an id and a summary")
+    if cls.trains not in TRAINS:
+        raise ValueError(f"{cls.__name__}.trains must be one of {TRAINS}")
+    if not (dataclasses.is_dataclass(cls.Config) and issubclass(cls.Config, MethodConfig)):
+        raise ValueError(f"{cls.__name__}.Config must be a MethodConfig dataclass")
+    METHODS.add(cls.id, cls)
+    return cls

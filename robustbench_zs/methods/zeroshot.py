@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from ..models.loader import load_model
-from .base import METHODS, MethodSpec
+from .base import Method, register_method
 
-METHODS.add(
-    "clip",
-    MethodSpec(
-        id="clip",
-        name="CLIP",
-        summary="zero-shot CLIP, no fine-tuning (the --arch/--pretrained weights as they are)",
-        paper="Radford et al., Learning Transferable Visual Models From Natural Language Supervision, ICML 2021",
-        trains="nothing",
-        load=load_model,
-    ),
-)
+
+@register_method
+class ZeroShotCLIP(Method):
+    id = "clip"
+    name = "CLIP"
+    summary = "zero-shot CLIP, no fine-tuning (the --arch/--pretrained weights as they are)"
+    paper = "Radford et al., Learning Transferable Visual Models From Natural Language Supervision, ICML 2021"
+    trains = "nothing"
+    needs_labels = False

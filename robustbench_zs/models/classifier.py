@@ -82,10 +82,18 @@ class ZeroShotClassifier(nn.Module):
         self.resize = resize
 
     @classmethod
-    def from_model(cls, model: nn.Module, head: torch.Tensor, image_size: tuple[int, int], knobs: HeadKnobs):
-        """The classifier of an open_clip ``model`` (its image tower) under ``knobs``."""
+    def from_model(
+        cls,
+        model: nn.Module,
+        head: torch.Tensor,
+        image_size: tuple[int, int],
+        knobs: HeadKnobs,
+        encoder: nn.Module | None = None,
+    ):
+        """The classifier of an open_clip ``model`` under ``knobs``, on ``encoder`` (default: its image tower)."""
         mean, std = NORMALIZATIONS[knobs.normalization]
-        return cls(model.visual, head, image_size, mean, std, knobs.resolve_logit_scale(model), resize=knobs.resize)
+        visual = model.visual if encoder is None else encoder
+        return cls(visual, head, image_size, mean, std, knobs.resolve_logit_scale(model), resize=knobs.resize)
 
     @property
     def num_classes(self) -> int:
@@ -97,8 +105,13 @@ class ZeroShotClassifier(nn.Module):
             x = F.interpolate(x, size=self.image_size, mode=self.resize, align_corners=False, antialias=down)
         return (x - self.mean) / self.std
 
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Unnormalized image embeddings (B, D) of pixels in [0, 1]."""
+        return self.visual(self.preprocess(x))
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.visual(self.preprocess(x)), dim=-1)
+        """L2-normalized image embeddings (B, D)."""
+        return F.normalize(self.embed(x), dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.logit_scale * self.features(x) @ self.head.to(x.dtype).T

@@ -1,0 +1,178 @@
+"""From ``--methods`` to evaluable variants: which weights each method is evaluated with.
+
+- ``clip`` (and any method that trains nothing and mixes nothing): the backbone as loaded.
+- a trained method: ``--checkpoint METHOD=PATH`` (our checkpoint folder, or a foreign file: the official PMG-AFT /
+  TeCoA ``vision_encoder_state_dict`` files, RobustVLM's open_clip visual state dicts), else the one complete
+  checkpoint of that method for this backbone under the models folder, else it is trained first with the method's
+  recipe (``--set METHOD.key=value`` sets recipe fields and method options).
+- ``interpolation``: one variant per value of a comma-separated ``--set interpolation.alpha=0,0.5,1``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import ZSBenchError
+from ..methods import METHODS, Method, Recipe
+from ..models import LoadedModel, ModelSpec, load_model
+
+RECIPE_FIELDS = {f.name for f in dataclasses.fields(Recipe)}
+
+
+@dataclass
+class MethodVariant:
+    """One row of the leaderboard: a method, its options and its weights."""
+
+    method: Method
+    label: str
+    identity: dict
+    load: Callable[[torch.device], tuple[LoadedModel, nn.Module]] = field(repr=False)
+    model_label: str = ""
+
+
+def _split_options(method_cls: type[Method], options: dict[str, str]) -> tuple[dict[str, str], dict]:
+    config_fields = {f.name for f in dataclasses.fields(method_cls.Config)}
+    config, recipe = {}, {}
+    for k, v in options.items():
+        if k in config_fields:
+            config[k] = v
+        elif k in RECIPE_FIELDS:
+            default = getattr(method_cls.recipe, k)
+            try:
+                recipe[k] = type(default)(v)
+            except ValueError:
+                raise ZSBenchError(f"--set {method_cls.id}.{k}={v}: expected {type(default).__name__}") from None
+        else:
+            known = ", ".join(sorted(config_fields | RECIPE_FIELDS))
+            raise ZSBenchError(f"{method_cls.id} has no option {k!r}; options: {known}")
+    return config, recipe
+
+
+def _base_loader(model: ModelSpec, method: Method):
+    def load(device: torch.device) -> tuple[LoadedModel, nn.Module]:
+        loaded = load_model(model, device)
+        method.check_model(loaded.model, model.arch)
+        return loaded, method.build_encoder(loaded.model)
+
+    return load
+
+
+def find_checkpoints(models_dir: Path, method_id: str, model: ModelSpec) -> list[Path]:
+    """Complete checkpoints of ``method_id`` trained from ``model`` under ``models_dir``, newest first."""
+    found = []
+    for meta_path in sorted(Path(models_dir).glob("*/meta.json")):
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        if (
+            meta.get("method") == method_id
+            and meta.get("complete")
+            and meta.get("arch") == model.arch
+            and meta.get("pretrained") == model.pretrained
+        ):
+            found.append((meta.get("created_utc", ""), meta_path.parent))
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def _checkpoint_loader(model: ModelSpec, method: Method, path: Path):
+    from ..train.checkpoint import apply_visual_state, load_checkpoint, load_visual_state
+
+    def load(device: torch.device) -> tuple[LoadedModel, nn.Module]:
+        loaded = load_model(model, device)
+        method.check_model(loaded.model, model.arch)
+        if (path / "meta.json").is_file() if path.is_dir() else False:
+            tensors, _ = load_checkpoint(path)
+            encoder = method.build_encoder(loaded.model)
+            method.load_trained_state(encoder, {k: v.to(device) for k, v in tensors.items()})
+            return loaded, encoder
+        if method.trains != "image_encoder":
+            raise ZSBenchError(
+                f"{path} is not a robustbench_zs checkpoint folder; foreign files hold a whole image encoder, "
+                f"which {method.id} ({method.trains}) cannot use"
+            )
+        state, _ = load_visual_state(path, model.arch)
+        apply_visual_state(loaded.model, state, model.arch)
+        return loaded, method.build_encoder(loaded.model)
+
+    return load
+
+
+def _checkpoint_identity(path: Path) -> dict:
+    from ..train.checkpoint import checkpoint_identity, load_checkpoint
+
+    if path.is_dir():
+        _, meta = load_checkpoint(path)
+        return {"checkpoint": f"sha256:{meta['weights_sha256']}", "checkpoint_name": path.name}
+    return {"checkpoint": checkpoint_identity(path), "checkpoint_name": path.name}
+
+
+def resolve_variants(
+    method_ids: tuple[str, ...],
+    model: ModelSpec,
+    options: dict[str, dict[str, str]],
+    checkpoints: dict[str, Path],
+    models_dir: Path,
+    train_fn: Callable[[str, dict[str, str], dict], Path] | None,
+    echo: Callable[[str], None] = print,
+) -> list[MethodVariant]:
+    """The variants to evaluate, in the order of ``method_ids``; trains missing checkpoints with ``train_fn``."""
+    unknown = sorted(set(options) - set(method_ids))
+    if unknown:
+        raise ZSBenchError(f"--set {unknown[0]}.…: {unknown[0]} is not among --methods {','.join(method_ids)}")
+    out: list[MethodVariant] = []
+    for mid in method_ids:
+        cls = METHODS.get(mid)
+        opts = dict(options.get(mid, {}))
+        if cls.trains == "nothing":
+            sweep_key = next((k for k, v in opts.items() if "," in v), None)
+            values = opts.pop(sweep_key).split(",") if sweep_key else [None]
+            for value in values:
+                these = {**opts, **({sweep_key: value.strip()} if sweep_key else {})}
+                method = cls(cls.Config.from_overrides(these))
+                cfg = method.config.to_dict()
+                label = mid if not these else f"{mid}({', '.join(f'{k}={v}' for k, v in sorted(these.items()))})"
+                ident = {"method_config": cfg, **method.weights_identity()} if cfg else {}
+                out.append(MethodVariant(method, label, ident, _base_loader(model, method)))
+            continue
+        config_opts, recipe_opts = _split_options(cls, opts)
+        path = checkpoints.get(mid)
+        if path is None:
+            found = find_checkpoints(models_dir, mid, model)
+            if found:
+                path = found[0]
+                if len(found) > 1:
+                    echo(
+                        f"note: {len(found)} {mid} checkpoints for {model.label} in {models_dir}; using the newest, {path.name}"
+                    )
+            elif train_fn is None:
+                raise ZSBenchError(
+                    f"no {mid} checkpoint for {model.label} in {models_dir}; pass --checkpoint {mid}=PATH"
+                )
+            else:
+                echo(f"{mid}: no checkpoint for {model.label} in {models_dir}; training it first")
+                path = train_fn(mid, config_opts, recipe_opts)
+        path = Path(path)
+        if not path.exists():
+            raise ZSBenchError(f"--checkpoint {mid}={path}: no such file or folder")
+        config = config_opts
+        if path.is_dir() and (path / "meta.json").is_file():
+            meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+            if meta.get("method") not in (None, mid):
+                raise ZSBenchError(f"--checkpoint {mid}={path} holds a {meta['method']} checkpoint")
+            if meta.get("arch") not in (None, model.arch):
+                raise ZSBenchError(
+                    f"{path} was trained from {meta['arch']}, not {model.arch}; pass --arch {meta['arch']}"
+                )
+            config = {k: str(v) for k, v in meta.get("config", {}).items()}
+        method = cls(cls.Config.from_overrides(config))
+        ident = {**_checkpoint_identity(path), "method_config": method.config.to_dict()}
+        out.append(MethodVariant(method, mid, ident, _checkpoint_loader(model, method, path), path.name))
+    return out

@@ -1,0 +1,422 @@
+"""Checkpoints: ours (safetensors + meta.json, hashed), and foreign image-encoder files, read without running code.
+
+Our checkpoint is a folder::
+
+    weights.safetensors   what the method trains (Method.trained_state)
+    meta.json             the engine's metadata plus format, weights_file, weights_bytes, weights_sha256
+
+Both files are written to a temporary name and moved into place (``os.replace``), weights first, so a reader never
+sees half a file; :func:`load_checkpoint` checks the size and sha256 recorded in meta.json before using the weights.
+
+Foreign files that :func:`load_visual_state` reads, all turned into a state dict for open_clip's ``model.visual``:
+
+- the official PMG-AFT and TeCoA training scripts: a ``torch.save``'d dict with ``epoch``, ``state_dict`` and
+  ``add_prompter`` (prompter states), ``vision_encoder_state_dict`` (``model.module.visual.state_dict()`` of OpenAI's
+  ``clip`` package: no ``module.`` prefix, OpenAI key names, fp32), ``best_acc1`` and ``optimizer``. open_clip's
+  VisionTransformer and ModifiedResNet keep OpenAI's key names, so these load as they are. ``best_acc1`` and the
+  optimizer's learning rate are numpy float64 scalars in those files (``np.mean``, ``np.cos``), so numpy scalars and
+  dtypes are the only globals allowed beyond torch's weights-only set;
+- RobustVLM (FARE, TeCoA): ``torch.save(model.visual.state_dict())`` of an open_clip model; its released models are
+  whole open_clip state dicts (``visual.`` prefix, text tower ignored here);
+- any state dict with ``module.`` (DataParallel) or ``_orig_mod.`` (torch.compile) prefixes, and plain safetensors files.
+
+Every ``torch.load`` is ``weights_only=True``: a file that needs more than tensors and containers is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import pickle
+import re
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import ZSBenchError
+from ..provenance import sha256_file
+
+#: ``format`` of our meta.json.
+FORMAT = "robustbench_zs-checkpoint-1"
+WEIGHTS_FILE = "weights.safetensors"
+META_FILE = "meta.json"
+
+#: Keys of meta.json that :func:`save_checkpoint` sets (a caller's values for them are replaced).
+_RESERVED = ("format", "weights_file", "weights_bytes", "weights_sha256")
+
+
+def _first_line(e: BaseException, limit: int = 200) -> str:
+    text = str(e).strip()
+    line = text.splitlines()[0] if text else ""
+    return f"{type(e).__name__}: {line[:limit]}" if line else type(e).__name__
+
+
+def _hash_and_sync(path: Path) -> tuple[str, int]:
+    """sha256 and size of ``path`` (read afresh, never memoized), flushed to disk."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+            size += len(block)
+        os.fsync(f.fileno())
+    return h.hexdigest(), size
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not every platform can open a folder
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _cpu_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Detached, contiguous CPU tensors; any that share storage with an earlier one are copied (safetensors needs it)."""
+    out: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for name, t in tensors.items():
+        if not isinstance(name, str) or not isinstance(t, torch.Tensor):
+            raise TypeError(
+                f"checkpoint tensors must map str to Tensor, got {type(name).__name__} -> {type(t).__name__}"
+            )
+        t = t.detach().to("cpu").contiguous()
+        if t.numel():
+            ptr = t.untyped_storage().data_ptr()
+            if ptr in seen:
+                t = t.clone()
+            else:
+                seen.add(ptr)
+        out[name] = t
+    return out
+
+
+def save_checkpoint(folder: str | os.PathLike, tensors: Mapping[str, torch.Tensor], meta: dict) -> Path:
+    """Write ``folder/weights.safetensors`` and ``folder/meta.json`` atomically; returns ``folder``.
+
+    ``meta`` must be JSON-serializable; the written meta.json adds ``format``, ``weights_file``, ``weights_bytes`` and
+    ``weights_sha256`` (the sha256 of the written weights file).
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    json.dumps(meta)  # fail before writing anything if meta cannot be stored
+    cpu = _cpu_tensors(tensors)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{WEIGHTS_FILE}.{os.getpid()}.tmp"
+    try:
+        save_file(cpu, str(tmp), metadata={"format": "pt", "robustbench_zs": FORMAT})
+        sha, size = _hash_and_sync(tmp)
+        os.replace(tmp, folder / WEIGHTS_FILE)
+    finally:
+        tmp.unlink(missing_ok=True)
+    out = {k: v for k, v in meta.items() if k not in _RESERVED}
+    out.update(format=FORMAT, weights_file=WEIGHTS_FILE, weights_bytes=size, weights_sha256=sha)
+    _write_text_atomic(folder / META_FILE, json.dumps(out, indent=2) + "\n")
+    _fsync_dir(folder)
+    return folder
+
+
+def _read_meta(meta_path: Path) -> dict:
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ZSBenchError(
+            f"cannot read {meta_path} ({_first_line(e)}): the checkpoint folder is damaged; copy it again or re-train"
+        ) from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ZSBenchError(
+            f"{meta_path}: not a robustbench_zs checkpoint (format {found!r}, expected {FORMAT!r}); foreign "
+            "encoder files are read by load_visual_state"
+        )
+    return meta
+
+
+def _is_ours(folder: Path) -> bool:
+    try:
+        meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    """``(tensors, meta)`` of our checkpoint: ``path`` is its folder or its weights.safetensors.
+
+    The weights file's size and sha256 must match meta.json; a truncated, corrupt or replaced file is a one-line
+    :class:`ZSBenchError` naming it.
+    """
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    if not p.exists():
+        raise ZSBenchError(f"{p}: no such checkpoint folder or file")
+    folder = p if p.is_dir() else p.parent
+    meta_path = folder / META_FILE
+    if not meta_path.is_file():
+        raise ZSBenchError(
+            f"{p}: no {META_FILE} in {folder}, so not a robustbench_zs checkpoint (copy the whole folder; foreign "
+            "encoder files are read by load_visual_state)"
+        )
+    meta = _read_meta(meta_path)
+    weights = folder / str(meta.get("weights_file") or WEIGHTS_FILE)
+    if not p.is_dir() and p.resolve() != weights.resolve():
+        raise ZSBenchError(f"{p}: {meta_path} describes {weights.name}, not this file")
+    if not weights.is_file():
+        raise ZSBenchError(f"{weights} is missing though {META_FILE} is there: copy the whole checkpoint folder again")
+    size = weights.stat().st_size
+    expected_size = meta.get("weights_bytes")
+    if expected_size is not None and size != expected_size:
+        raise ZSBenchError(
+            f"{weights} is {size} bytes but {META_FILE} says {expected_size}: the file is truncated or was replaced "
+            "(an interrupted copy or save?); copy the checkpoint folder again or re-train"
+        )
+    sha, _ = _hash_and_sync(weights)
+    if sha != meta.get("weights_sha256"):
+        raise ZSBenchError(
+            f"{weights}: sha256 {sha[:16]}... does not match {META_FILE} ({str(meta.get('weights_sha256'))[:16]}...): "
+            "the file is corrupt or was modified; copy the checkpoint folder again or re-train"
+        )
+    try:
+        tensors = load_file(str(weights))
+    except Exception as e:  # safetensors raises its own error types
+        raise ZSBenchError(f"cannot read {weights} ({_first_line(e)}): copy the checkpoint again or re-train") from None
+    return tensors, meta
+
+
+def checkpoint_identity(path: str | os.PathLike) -> str:
+    """``sha256:<hex>`` of a checkpoint file (for our folders: of its weights file), for the records."""
+    p = Path(path)
+    if p.is_dir():
+        name = WEIGHTS_FILE
+        if (p / META_FILE).is_file():
+            name = str(_read_meta(p / META_FILE).get("weights_file") or WEIGHTS_FILE)
+        p = p / name
+    if not p.is_file():
+        raise ZSBenchError(f"{p}: no such checkpoint file")
+    return f"sha256:{sha256_file(p)}"
+
+
+# --- foreign files ------------------------------------------------------------------------------------------------
+
+
+def _numpy_scalar_globals():
+    """Allow numpy scalars and dtypes in torch.load (the official PMG-AFT / TeCoA files hold some); nothing else."""
+    safe_globals = getattr(torch.serialization, "safe_globals", None)
+    if safe_globals is None:
+        return contextlib.nullcontext()
+    try:
+        import numpy as np
+
+        try:
+            from numpy._core.multiarray import scalar
+        except ImportError:  # numpy < 2
+            from numpy.core.multiarray import scalar
+    except ImportError:
+        return contextlib.nullcontext()
+    # files written under numpy 1 name the constructor numpy.core..., under numpy 2 numpy._core...
+    named = [(scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar")]
+    # unpickling a dtype builds an instance of its class (numpy.dtypes.Float64DType, ...): allow the numeric ones
+    dtype_classes = {type(np.dtype(c)) for c in ("f8", "f4", "f2", "i8", "i4", "i2", "i1", "u8", "u4", "u2", "u1", "?")}
+    return safe_globals([*named, np.dtype, *dtype_classes])
+
+
+def _sniff_safetensors(p: Path) -> bool:
+    """A safetensors file starts with the little-endian length of its JSON header, then ``{``."""
+    with open(p, "rb") as f:
+        head = f.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return int.from_bytes(head[:8], "little") <= p.stat().st_size - 8
+
+
+_GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)|but got <class '([\w.]+)'>")
+
+
+def _torch_load(p: Path) -> object:
+    try:
+        with _numpy_scalar_globals():
+            return torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        msg = str(e)
+        found = _GLOBAL_RE.search(msg)
+        if found or "Can only build" in msg or "global" in msg.lower():
+            what = (found.group(1) or found.group(2)) if found else "a non-tensor object"
+            # a legacy (non-zip) pickle cut short can end inside a name; a zip archive is checked as a whole first
+            cut = "" if zipfile.is_zipfile(p) else " (or, if this file was cut short, copy it again)"
+            raise ZSBenchError(
+                f"refusing {p}: it holds {what}, and loading it would need arbitrary unpickling, which can run code; "
+                f"re-save its image-encoder state dict with torch.save(state_dict) or safetensors{cut}"
+            ) from None
+        raise ZSBenchError(
+            f"cannot read {p}: the file is truncated or corrupt ({_first_line(e)}); download or copy it again"
+        ) from None
+    except Exception as e:  # torch.load raises RuntimeError, OSError, EOFError, struct.error... on damaged files
+        raise ZSBenchError(
+            f"cannot read {p}: the file is truncated or corrupt ({_first_line(e)}); download or copy it again"
+        ) from None
+
+
+def _tensor_dict(obj: object) -> bool:
+    return isinstance(obj, Mapping) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _unwrap(obj: object, p: Path) -> tuple[Mapping, dict]:
+    """The state dict inside a loaded file, and what the file says about itself."""
+    if not isinstance(obj, Mapping):
+        raise ZSBenchError(f"{p} holds a {type(obj).__name__}, not a state dict")
+    if "vision_encoder_state_dict" in obj:
+        info: dict = {"format": "tecoa/pmg_aft"}
+        for key in ("epoch", "best_acc1"):
+            value = obj.get(key)
+            if isinstance(value, torch.Tensor) and value.numel() == 1:
+                value = value.item()
+            with contextlib.suppress(TypeError, ValueError):
+                info[key] = int(value) if key == "epoch" else float(value)
+        sd = obj["vision_encoder_state_dict"]
+        if not isinstance(sd, Mapping):
+            raise ZSBenchError(f"{p}: vision_encoder_state_dict is a {type(sd).__name__}, not a state dict")
+        return sd, info
+    for key in ("state_dict", "model_state_dict", "model"):
+        if _tensor_dict(obj.get(key)):
+            return obj[key], {"format": f"state_dict[{key}]"}
+    if all(isinstance(v, torch.Tensor) for v in obj.values()) and obj:
+        return obj, {"format": "state_dict"}
+    keys = ", ".join(sorted(str(k) for k in obj)[:8])
+    raise ZSBenchError(
+        f"{p}: no image-encoder weights found (top-level keys: {keys or 'none'}); expected a robustbench_zs "
+        "checkpoint folder, a PMG-AFT/TeCoA file with vision_encoder_state_dict, or an open_clip visual state dict"
+    )
+
+
+def _visual_keys(raw: Mapping, p: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Key names of open_clip's ``model.visual``: DataParallel / compile prefixes removed, the image tower selected."""
+    bad = [str(k) for k, v in raw.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ZSBenchError(f"{p}: {len(bad)} entries are not tensors (e.g. {', '.join(bad[:3])}); not a state dict")
+    state = {str(k): v for k, v in raw.items()}
+    stripped: list[str] = []
+    changed = True
+    while changed:
+        changed = False
+        for prefix in ("module.", "_orig_mod."):
+            if state and all(k.startswith(prefix) for k in state):
+                state = {k[len(prefix) :]: v for k, v in state.items()}
+                stripped.append(prefix)
+                changed = True
+    if any(k.startswith("vision_model.") for k in state):
+        raise ZSBenchError(
+            f"{p} is in Hugging Face transformers' CLIP layout (vision_model.*), which is not converted here; "
+            "use an open_clip or OpenAI-layout state dict"
+        )
+    ignored = 0
+    if any(k.startswith("visual.") for k in state):  # a whole open_clip / OpenAI CLIP model
+        visual = {k[len("visual.") :]: v for k, v in state.items() if k.startswith("visual.")}
+        ignored = len(state) - len(visual)
+        state = visual
+        stripped.append("visual.")
+    elif state and all(k.startswith("model.") for k in state):  # RobustVLM's ClipVisionModel wrapper
+        state = {k[len("model.") :]: v for k, v in state.items()}
+        stripped.append("model.")
+    return state, {"stripped_prefixes": stripped, "ignored_keys": ignored}
+
+
+def _check_finite(state: Mapping[str, torch.Tensor], p: Path) -> None:
+    for k, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ZSBenchError(f"{p}: tensor {k} holds NaN or inf; the checkpoint is damaged or its training diverged")
+
+
+def load_visual_state(path: str | os.PathLike, arch: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """A state dict for open_clip's ``model.visual`` of ``arch`` from ours or a foreign checkpoint, and what it is.
+
+    ``path``: our checkpoint folder (or its weights.safetensors) of a method that trains the whole image encoder; an
+    official PMG-AFT / TeCoA file; a RobustVLM or other open_clip (visual or whole-model) state dict saved with
+    ``torch.save``; or a plain safetensors state dict. ``info`` holds ``format``, ``checkpoint`` (``sha256:<hex>``
+    of the file), ``stripped_prefixes``, ``ignored_keys`` (e.g. a text tower), ``num_tensors`` and, where the file
+    records them, ``epoch`` / ``best_acc1`` / ``method`` / ``arch``. Load the result with :func:`apply_visual_state`.
+    """
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    if not p.exists():
+        raise ZSBenchError(f"{p}: no such checkpoint file or folder")
+    info: dict = {"path": str(p)}
+    if p.is_dir() or (p.suffix == ".safetensors" and _is_ours(p.parent)):
+        tensors, meta = load_checkpoint(p)
+        trains = meta.get("trains")
+        if trains not in (None, "image_encoder"):
+            raise ZSBenchError(
+                f"{p} holds a {meta.get('method', '?')} checkpoint that trains {trains}, not a whole image encoder; "
+                f"evaluate it as --checkpoint {meta.get('method', 'METHOD')}={p}"
+            )
+        if arch is not None and meta.get("arch") not in (None, arch):
+            raise ZSBenchError(f"{p} was trained from {meta['arch']}, not {arch}; pass --arch {meta['arch']}")
+        info.update(
+            format="robustbench_zs",
+            checkpoint=f"sha256:{meta['weights_sha256']}",
+            method=meta.get("method"),
+            arch=meta.get("arch"),
+        )
+        raw: Mapping = tensors
+    elif _sniff_safetensors(p):
+        try:
+            raw = load_file(str(p))
+        except Exception as e:
+            raise ZSBenchError(
+                f"cannot read {p}: the file is truncated or corrupt ({_first_line(e)}); download or copy it again"
+            ) from None
+        info.update(format="safetensors", checkpoint=checkpoint_identity(p))
+    else:
+        raw, found = _unwrap(_torch_load(p), p)
+        info.update(found, checkpoint=checkpoint_identity(p))
+    state, notes = _visual_keys(raw, p)
+    _check_finite(state, p)
+    info.update(notes, num_tensors=len(state))
+    return state, info
+
+
+def apply_visual_state(model: nn.Module, state: Mapping[str, torch.Tensor], arch: str | None = None) -> None:
+    """Load ``state`` into ``model.visual`` (or ``model`` itself if it has no ``visual``), strictly.
+
+    Every key of the tower must be present with the same shape and no key may be left over; otherwise a one-line
+    :class:`ZSBenchError` says how many keys are missing / unexpected and where the first shape differs.
+    """
+    visual = getattr(model, "visual", model)
+    own = visual.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        (k, list(state[k].shape), list(own[k].shape)) for k in own if k in state and state[k].shape != own[k].shape
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys e.g. {', '.join(missing[:3])}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys e.g. {', '.join(unexpected[:3])}")
+        if shapes:
+            k, got, want = shapes[0]
+            more = f" and {len(shapes) - 1} more" if len(shapes) > 1 else ""
+            parts.append(f"shape mismatch at {k} (checkpoint {got} vs model {want}){more}")
+        raise ZSBenchError(f"checkpoint is for another architecture than {arch or 'this model'}: {'; '.join(parts)}")
+    visual.load_state_dict(dict(state), strict=True)

@@ -1,0 +1,80 @@
+"""Data parallelism over torch.distributed, started with ``torchrun`` (NCCL on GPUs, gloo on the CPU).
+
+Every process takes an equal share of each global batch; after backward the gradients are summed across processes
+(each process scaled its loss by its share of the global batch), so the update equals the one a single process
+computes on the whole global batch, whatever the number of processes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..errors import ZSBenchError
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def setup(device_name: str = "auto") -> DistEnv:
+    """Join the torchrun job described by the environment (RANK, WORLD_SIZE, LOCAL_RANK), if any."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and device_name in ("auto", "cuda") or device_name.startswith("cuda")
+    if device_name.startswith("cuda") and not torch.cuda.is_available():
+        raise ZSBenchError(f"--device {device_name}: no CUDA GPU is visible to torch; use --device cpu")
+    if device_name not in ("auto", "cpu") and not device_name.startswith("cuda"):
+        raise ZSBenchError(f"unknown device {device_name!r}; use cpu, cuda, cuda:N or auto")
+    if use_cuda:
+        device = torch.device(f"cuda:{local}" if world > 1 or device_name in ("auto", "cuda") else device_name)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return DistEnv(rank, world, local, device)
+
+
+def sum_gradients(params: list[nn.Parameter], env: DistEnv) -> None:
+    """All-reduce (sum) the gradients of ``params`` in one flat buffer."""
+    if not env.distributed:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    offset = 0
+    for p, g in zip(params, grads, strict=True):
+        numel = g.numel()
+        p.grad = flat[offset : offset + numel].view_as(p).clone()
+        offset += numel
+
+
+def sum_scalar(value: float, env: DistEnv) -> float:
+    if not env.distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=env.device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return float(t.item())
+
+
+def barrier(env: DistEnv) -> None:
+    if env.distributed:
+        dist.barrier()

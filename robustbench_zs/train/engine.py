@@ -1,0 +1,427 @@
+"""The training engine: one loop for every registered method.
+
+What it does each step (``train(cfg)``):
+
+1. take the next global batch of a seeded per-epoch permutation of the training split (each process of a torchrun
+   job takes its equal share of the same global batch, so the data seen does not depend on the process count);
+2. build :class:`~robustbench_zs.methods.Step` with the recipe's training PGD (L-inf, uniform random start seeded per
+   image by (seed, epoch, image index), sign steps, gradients only into the perturbation, the model in eval mode
+   while attacked so BatchNorm statistics are not updated by attack forwards);
+3. call ``method.loss(step)`` under autocast (bf16, or fp16 with a gradient scaler, or fp32), backpropagate,
+   average gradients across processes (an all-reduce after backward, as DDP does: DDP's module wrapper assumes one
+   forward per backward, which adversarial training with several forwards per step breaks), set the learning rate
+   (linear warm-up, then cosine to 0 over all steps) and step the optimizer.
+
+Checkpoints hold only what the method trains (safetensors) plus a JSON of metadata; a ``resume/`` folder (weights,
+optimizer state as safetensors, step) is rewritten every ``save_every`` steps and at the end of each epoch, so an
+interrupted run continues mid-epoch and ends with the same weights as an uninterrupted one. Nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..attacks.pgd import unit_noise
+from ..datasets import DATASETS
+from ..datasets.cache import TensorCache, worth_caching
+from ..datasets.preprocess import PreprocessedDataset, resolve_preprocess
+from ..datasets.prompts import prompt_set
+from ..errors import ZSBenchError
+from ..methods import METHODS, Method, Recipe, Step
+from ..models import HeadKnobs, ModelSpec, ZeroShotClassifier, build_text_head, load_model
+from ..models.loader import model_preprocess_cfg
+from ..models.text_head import text_weights_sha256
+from ..provenance import software
+from . import distributed as dist_utils
+from .checkpoint import load_checkpoint, save_checkpoint
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+RECIPE_FIELDS = tuple(f for f in Recipe.__dataclass_fields__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. ``recipe`` overrides the method's recipe field by field; ``options`` its config."""
+
+    method: str
+    model: ModelSpec
+    train_dataset: str
+    data_root: Path
+    out_dir: Path
+    options: dict[str, str] = field(default_factory=dict)
+    recipe: dict = field(default_factory=dict)
+    max_steps: int | None = None
+    precision: str = "fp32"
+    preprocess: str = "paper"
+    prompts: str = "paper"
+    seed: int = 0
+    device: str = "auto"
+    workers: int | None = None
+    save_every: int = 0
+    name: str | None = None
+    cache_dir: Path | None = None
+    tensor_cache: bool = True
+    progress: bool | None = None
+
+
+def resolve_recipe(method: type[Method], overrides: dict) -> Recipe:
+    unknown = sorted(set(overrides) - set(RECIPE_FIELDS))
+    if unknown:
+        raise ZSBenchError(
+            f"unknown training option(s) {', '.join(unknown)}; recipe fields: {', '.join(RECIPE_FIELDS)}"
+        )
+    recipe = replace(method.recipe, **{k: v for k, v in overrides.items() if v is not None})
+    if recipe.optimizer not in ("sgd", "adamw"):
+        raise ZSBenchError(f"unknown optimizer {recipe.optimizer!r}; use sgd or adamw")
+    for name in ("lr", "epochs", "batch_size"):
+        if getattr(recipe, name) <= 0:
+            raise ZSBenchError(f"--{name.replace('_', '-')} must be positive")
+    HeadKnobs(normalization=recipe.normalization, logit_scale=recipe.logit_scale)  # validates both knobs
+    return recipe
+
+
+def lr_at(step: int, base: float, warmup: int, total: int) -> float:
+    """Linear warm-up to ``base`` over ``warmup`` steps, then cosine to 0 at ``total`` (TeCoA/PMG-AFT schedule)."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    span = max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, span) / span)) * base
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def run_identity(cfg: TrainConfig, method: Method, recipe: Recipe, data_fingerprint: str, total_steps: int) -> dict:
+    from ..engine.runner import model_identity
+
+    return {
+        "method": cfg.method,
+        "config": method.config.to_dict(),
+        "recipe": recipe.to_dict(),
+        "model": model_identity(cfg.model),
+        "train_dataset": cfg.train_dataset,
+        "train_content_sha256": data_fingerprint,
+        "preprocess": cfg.preprocess,
+        "prompts": cfg.prompts,
+        "precision": cfg.precision,
+        "seed": cfg.seed,
+        "total_steps": total_steps,
+    }
+
+
+def default_name(cfg: TrainConfig, identity: dict) -> str:
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+    weights = Path(cfg.model.pretrained).stem if cfg.model.pretrained else "none"
+    return f"{cfg.method}-{cfg.model.arch}-{weights}-{cfg.train_dataset}-{digest}"
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def make_attack(
+    model: nn.Module, x: torch.Tensor, seeds: torch.Tensor, recipe: Recipe, precision: str
+) -> Callable[[Callable[[torch.Tensor], torch.Tensor]], torch.Tensor]:
+    """The recipe's training PGD from ``x``, as :attr:`Step.attack` documents."""
+    eps, step_size, steps = recipe.train_eps_255 / 255, recipe.train_step_size_255 / 255, recipe.train_steps
+
+    def attack(loss_fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        if eps == 0 or steps == 0:
+            return x.detach()
+        was_training = model.training
+        model.eval()
+        try:
+            delta = unit_noise(tuple(x.shape[1:]), seeds, x.device, "linf") * eps
+            delta = (x + delta).clamp(0, 1) - x
+            for _ in range(steps):
+                delta.requires_grad_(True)
+                with _autocast(x.device, precision):
+                    loss = loss_fn(x + delta).float().sum()
+                (grad,) = torch.autograd.grad(loss, delta)
+                with torch.no_grad():
+                    delta = (delta + step_size * grad.sign()).clamp(-eps, eps)
+                    delta = (x + delta).clamp(0, 1) - x
+        finally:
+            model.train(was_training)
+        return (x + delta).detach()
+
+    return attack
+
+
+def attack_seeds(idx: np.ndarray, seed: int, epoch: int) -> torch.Tensor:
+    """One random-start seed per image, from (run seed, epoch, image index): independent of batching and processes."""
+    base = (seed * 0x9E3779B97F4A7C15 + (epoch + 1) * 0xBF58476D1CE4E5B9) % 2**62
+    return torch.as_tensor([(base + int(i)) % 2**62 for i in idx], dtype=torch.long)
+
+
+def _optimizer(params: list[nn.Parameter], recipe: Recipe) -> torch.optim.Optimizer:
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+    return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Optimizer state as flat tensors (for safetensors) plus the JSON-able rest."""
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"state.{idx}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                scalars[f"{idx}.{k}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], rest: dict) -> None:
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        _, idx, k = key.split(".", 2)
+        state.setdefault(int(idx), {})[k] = v
+    for key, v in rest["scalars"].items():
+        idx, k = key.split(".", 1)
+        state.setdefault(int(idx), {})[k] = v
+    opt.load_state_dict({"state": state, "param_groups": rest["param_groups"]})
+
+
+@dataclass
+class TrainResult:
+    folder: Path
+    steps: int
+    losses: list[float]
+    resumed_from: int
+    seconds: float
+    images_per_second: float
+
+
+def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
+    """Train ``cfg.method``; returns where the checkpoint is. Resumes from ``<folder>/resume`` when present."""
+    if cfg.precision not in PRECISIONS:
+        raise ZSBenchError(f"unknown precision {cfg.precision!r}; use {', '.join(PRECISIONS)}")
+    method_cls = METHODS.get(cfg.method)
+    if method_cls.trains == "nothing":
+        raise ZSBenchError(f"{cfg.method} does not train; evaluate it with zsbench run --methods {cfg.method}")
+    method = method_cls(method_cls.Config.from_overrides(cfg.options))
+    recipe = resolve_recipe(method_cls, cfg.recipe)
+    env = dist_utils.setup(cfg.device)
+    device = env.device
+    torch.manual_seed(cfg.seed)
+
+    spec = DATASETS.get(cfg.train_dataset)
+    if "train" not in spec.splits:
+        with_train = ", ".join(k for k, s in DATASETS.items() if "train" in s.splits)
+        raise ZSBenchError(f"{spec.name} has no training split; train on one of: {with_train}")
+    model_cfg = model_preprocess_cfg(cfg.model) if cfg.preprocess == "standard" else None
+    pre = resolve_preprocess(cfg.preprocess, spec, model_cfg)
+    data = spec.loader(Path(cfg.data_root), "train")
+    n = len(data)
+    if recipe.batch_size % env.world_size:
+        raise ZSBenchError(f"--batch-size {recipe.batch_size} is not divisible by the {env.world_size} processes")
+    steps_per_epoch = n // recipe.batch_size
+    if steps_per_epoch == 0:
+        raise ZSBenchError(f"--batch-size {recipe.batch_size} exceeds the {n} training images of {spec.name}")
+    total_steps = steps_per_epoch * recipe.epochs
+    identity = run_identity(cfg, method, recipe, data.fingerprint(), total_steps)
+    folder = Path(cfg.out_dir) / (cfg.name or default_name(cfg, identity))
+    if (folder / "meta.json").is_file():
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        if meta.get("complete"):
+            echo(f"{cfg.method}: already trained at {folder} ({meta['steps']} steps); delete it to retrain")
+            return TrainResult(folder, meta["steps"], [], meta["steps"], 0.0, 0.0)
+
+    loaded = load_model(cfg.model, device)
+    method.check_model(loaded.model, cfg.model.arch)
+    frozen_visual = copy.deepcopy(loaded.model.visual).eval() if method.needs_frozen else None
+    encoder = method.build_encoder(loaded.model)
+    trainable = method.trainable_parameters(encoder)
+    trainable_ids = {id(p) for p in trainable}
+    for p in loaded.model.parameters():
+        p.requires_grad_(False)
+    for p in encoder.parameters():
+        p.requires_grad_(id(p) in trainable_ids)
+    for p in trainable:
+        p.requires_grad_(True)
+
+    knobs = HeadKnobs(normalization=recipe.normalization, logit_scale=recipe.logit_scale)
+    if method.needs_text_head:
+        names, templates, _ = prompt_set(spec, data, cfg.prompts)
+        head, _ = build_text_head(
+            loaded.model, loaded.tokenizer, names, templates, cfg.cache_dir, text_sha=text_weights_sha256(loaded.model)
+        )
+    else:
+        head = torch.zeros(1, int(getattr(loaded.model.visual, "output_dim", 1)))  # never used: no logits needed
+    model = ZeroShotClassifier.from_model(loaded.model, head, loaded.image_size, knobs, encoder).to(device)
+    frozen = None
+    if frozen_visual is not None:
+        frozen = ZeroShotClassifier.from_model(loaded.model, head, loaded.image_size, knobs, frozen_visual).to(device)
+        frozen.eval().requires_grad_(False)
+
+    opt = _optimizer(trainable, recipe)
+    scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
+    start = 0
+    if (folder / "resume" / "state.json").is_file():
+        start = _load_resume(folder / "resume", method, encoder, opt, scaler)
+        echo(f"{cfg.method}: resuming at step {start} of {total_steps} from {folder / 'resume'}")
+    end = total_steps if cfg.max_steps is None else min(total_steps, cfg.max_steps)
+
+    images = PreprocessedDataset(data, pre)
+    workers = cfg.workers if cfg.workers is not None else (0 if device.type == "cpu" else min(8, os.cpu_count() or 1))
+    if cfg.tensor_cache and worth_caching(data, pre) and pre.output_size(spec) is not None:
+        cache = TensorCache(Path(cfg.cache_dir or ".") / "tensors")
+        images, _ = cache.prepare(spec, "train", data, pre, np.arange(n), workers=workers, progress=cfg.progress)
+        workers = 0
+
+    local = recipe.batch_size // env.world_size
+    losses: list[float] = []
+    model.train()
+    t0 = time.perf_counter()
+    bar = tqdm(total=end, initial=start, desc=f"train {cfg.method}", unit="step", disable=_quiet(cfg, env))
+    step = start
+    try:
+        while step < end:
+            epoch, pos = divmod(step, steps_per_epoch)
+            order = epoch_order(n, cfg.seed, epoch)
+            global_idx = order[pos * recipe.batch_size : (pos + 1) * recipe.batch_size]
+            idx = global_idx[env.rank * local : (env.rank + 1) * local]
+            x, y = _batch(images, idx, workers, device)
+            seeds = attack_seeds(idx, cfg.seed, epoch)
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, recipe.lr, recipe.warmup_steps, total_steps)
+            st = Step(
+                x=x,
+                y=y if method.needs_labels else None,
+                model=model,
+                frozen=frozen,
+                attack=make_attack(model, x, seeds, recipe, cfg.precision),
+                extras={"global_batch": recipe.batch_size, "epoch": epoch, "step": step},
+            )
+            with _autocast(device, cfg.precision):
+                loss, terms = method.loss(st)
+            # each process holds an equal share: scaling by it and summing over processes gives the global loss
+            scaled = loss.float() * (local / recipe.batch_size)
+            opt.zero_grad(set_to_none=True)
+            (scaler.scale(scaled) if scaler else scaled).backward()
+            dist_utils.sum_gradients(trainable, env)
+            if scaler:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
+            step += 1
+            global_loss = dist_utils.sum_scalar(float(scaled.detach()), env)
+            if not math.isfinite(global_loss):
+                raise ZSBenchError(f"{cfg.method}: the loss became {global_loss} at step {step}; lower --lr")
+            losses.append(global_loss)
+            bar.set_postfix({k: f"{float(v):.3f}" for k, v in {"loss": global_loss, **terms}.items()})
+            bar.update(1)
+            if env.is_main and ((cfg.save_every and step % cfg.save_every == 0) or step % steps_per_epoch == 0):
+                _save_resume(folder / "resume", method, encoder, opt, scaler, step, identity)
+    except BaseException:
+        if env.is_main and step > start:
+            _save_resume(folder / "resume", method, encoder, opt, scaler, step, identity)
+        raise
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    done = step - start
+    ips = done * recipe.batch_size / seconds if seconds > 0 else 0.0
+    if env.is_main:
+        complete = step >= total_steps
+        meta = {
+            **identity,
+            "steps": step,
+            "complete": complete,
+            "arch": cfg.model.arch,
+            "pretrained": cfg.model.pretrained,
+            "trains": method.trains,
+            "base_weights_sha256": loaded.weights_sha256,
+            "base_checkpoint_sha256": loaded.checkpoint_sha256,
+            "world_size": env.world_size,
+            "images_per_second": round(ips, 2),
+            "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "software": software(),
+        }
+        save_checkpoint(folder, method.trained_state(encoder), meta)
+        if step < total_steps:
+            _save_resume(folder / "resume", method, encoder, opt, scaler, step, identity)
+        else:
+            shutil.rmtree(folder / "resume", ignore_errors=True)
+        echo(
+            f"{cfg.method}: {done} steps ({step}/{total_steps}) in {seconds:.1f} s, {ips:.1f} images/s; "
+            f"checkpoint {folder}"
+        )
+    dist_utils.barrier(env)
+    return TrainResult(folder, step, losses, start, seconds, ips)
+
+
+def _quiet(cfg: TrainConfig, env) -> bool | None:
+    if not env.is_main:
+        return True
+    return None if cfg.progress is None else not cfg.progress
+
+
+def _batch(images, idx: np.ndarray, workers: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    items = [images[int(i)] for i in idx]
+    x = torch.stack([im for im, _ in items]).to(device, non_blocking=True).float().div_(255)
+    y = torch.as_tensor([lab for _, lab in items], dtype=torch.long, device=device)
+    return x, y
+
+
+def _save_resume(folder: Path, method, encoder, opt, scaler, step: int, identity: dict) -> None:
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors, rest = optimizer_tensors(opt)
+    tmp = folder / f".optimizer.{os.getpid()}.safetensors"
+    save_file(tensors, str(tmp))
+    os.replace(tmp, folder / "optimizer.safetensors")
+    save_checkpoint(folder, method.trained_state(encoder), {"step": step, "identity": identity})
+    state = {"step": step, "optimizer": rest, "scaler": scaler.state_dict() if scaler else None}
+    tmp = folder / f".state.{os.getpid()}.json"
+    tmp.write_text(json.dumps(state, default=float), encoding="utf-8")
+    os.replace(tmp, folder / "state.json")
+
+
+def _load_resume(folder: Path, method, encoder, opt, scaler) -> int:
+    from safetensors.torch import load_file
+
+    state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    weights, meta = load_checkpoint(folder)
+    if meta.get("step") != state["step"]:
+        raise ZSBenchError(f"{folder}: weights and optimizer state are from different steps; delete the folder")
+    method.load_trained_state(encoder, weights)
+    try:
+        tensors = load_file(str(folder / "optimizer.safetensors"))
+    except Exception as e:
+        raise ZSBenchError(f"corrupt optimizer state {folder / 'optimizer.safetensors'}: {e}; delete it") from None
+    load_optimizer_tensors(opt, tensors, state["optimizer"])
+    if scaler and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    return int(state["step"])
+
+
+def train_config_dict(cfg: TrainConfig) -> dict:
+    d = asdict(cfg)
+    d["data_root"], d["out_dir"] = str(cfg.data_root), str(cfg.out_dir)
+    d["cache_dir"] = str(cfg.cache_dir) if cfg.cache_dir else None
+    return d
