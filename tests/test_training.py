@@ -259,3 +259,12 @@ def test_two_process_torchrun_matches_one_process(tmp_path) -> None:
 def test_unknown_method_and_trainless_errors() -> None:
     with pytest.raises(ZSBenchError, match="known methods"):
         train(TrainConfig("nope", TINY, "synthetic", Path("."), Path(".")))
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains(tmp_path, small_train, precision: str) -> None:
+    """bf16 autocast, and fp16 with a gradient scaler, run and keep the loss finite (CPU autocast here)."""
+    res = train(_cfg(tmp_path, "pmg_aft", recipe={"epochs": 3, "lr": 1e-2}, precision=precision), echo=lambda s: None)
+    assert res.steps == 3 and all(np.isfinite(res.losses))
+    _, meta = load_checkpoint(res.folder)
+    assert meta["precision"] == precision

@@ -76,6 +76,33 @@ class FileImageDataset(ImageDataset):
         return self._fingerprint
 
 
+class ArrayFilesDataset(ImageDataset):
+    """Base of splits stored as one image-array file plus one label file (STL-10's binaries, PCAM's HDF5).
+
+    Subclasses set ``x_path``, ``y_path`` and ``_labels`` (int64, one per image) and implement ``__getitem__``.
+    """
+
+    x_path: Path
+    y_path: Path
+    _labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self._labels
+
+    def fingerprint(self) -> str:
+        """sha256 over the sha256 of the label file and of the image file (each file hashed once per process)."""
+        if not hasattr(self, "_fingerprint"):
+            from ..provenance import sha256_file
+
+            digests = "|".join(f"{p.name}:{sha256_file(p)}" for p in (self.y_path, self.x_path))
+            self._fingerprint = hashlib.sha256(digests.encode()).hexdigest()
+        return self._fingerprint
+
+
 def missing(spec: DatasetSpec, base: Path, what: str) -> DatasetNotFoundError:
     """The one-line error for an absent or incomplete dataset folder."""
     return DatasetNotFoundError(

@@ -7,7 +7,6 @@ HDF5 handle opened lazily in each process (the dataset pickles without it, for D
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -15,9 +14,8 @@ import numpy as np
 import torch
 
 from ..errors import ZSBenchError
-from ..provenance import sha256_file
-from .files import missing, no_split
-from .spec import DATASETS, DatasetSpec, ImageDataset, load_metadata
+from .files import ArrayFilesDataset, missing, no_split
+from .spec import DATASETS, DatasetSpec, load_metadata
 
 FOLDER = "pcam"
 NUM_CLASSES = 2
@@ -61,7 +59,7 @@ def _read_shape(path: Path, key: str) -> tuple[tuple[int, ...], np.dtype]:
         raise ZSBenchError(f"corrupt PCAM file {path}: {msg}; re-download it") from None
 
 
-class PCAMDataset(ImageDataset):
+class PCAMDataset(ArrayFilesDataset):
     """One split of PCAM: labels in memory, images read from the HDF5 file on access."""
 
     def __init__(self, x_path: Path, y_path: Path, root: Path) -> None:
@@ -106,9 +104,6 @@ class PCAMDataset(ImageDataset):
             self._pid = os.getpid()
         return self._file["x"]
 
-    def __len__(self) -> int:
-        return len(self._labels)
-
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         if not -len(self) <= i < len(self):
             raise IndexError(f"index {i} out of range for {len(self)} images")
@@ -119,17 +114,6 @@ class PCAMDataset(ImageDataset):
             msg = str(e).splitlines()[0] if str(e) else repr(e)
             raise ZSBenchError(f"corrupt PCAM file {self.x_path}: cannot read image {i}: {msg}") from None
         return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))), int(self._labels[i])
-
-    @property
-    def labels(self) -> np.ndarray:
-        return self._labels
-
-    def fingerprint(self) -> str:
-        """sha256 over the sha256 of the label file and of the image file."""
-        if not hasattr(self, "_fingerprint"):
-            digests = "|".join(f"{p.name}:{sha256_file(p)}" for p in (self.y_path, self.x_path))
-            self._fingerprint = hashlib.sha256(digests.encode()).hexdigest()
-        return self._fingerprint
 
 
 def load_pcam(data_root: Path, split: str) -> PCAMDataset:

@@ -7,16 +7,14 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import ZSBenchError
-from ..provenance import sha256_file
-from .files import no_split, read_lines, require_files, torchvision_download
-from .spec import DATASETS, GENERIC_TEMPLATE, DatasetSpec, ImageDataset
+from .files import ArrayFilesDataset, no_split, read_lines, require_files, torchvision_download
+from .spec import DATASETS, GENERIC_TEMPLATE, DatasetSpec
 
 FOLDER = "stl10_binary"
 NUM_CLASSES = 10
@@ -26,7 +24,7 @@ FILES = {"test": ("test_X.bin", "test_y.bin"), "train": ("train_X.bin", "train_y
 CLASS_FILE = "class_names.txt"
 
 
-class STL10Dataset(ImageDataset):
+class STL10Dataset(ArrayFilesDataset):
     """One labelled split of the binary release; images are read from a memory map on access.
 
     The map is opened lazily and dropped when pickled, so the dataset goes to DataLoader worker processes cheaply.
@@ -64,23 +62,9 @@ class STL10Dataset(ImageDataset):
             self._x = np.memmap(self.x_path, dtype=np.uint8, mode="r", shape=(len(self._labels), 3, SIZE, SIZE))
         return self._x
 
-    def __len__(self) -> int:
-        return len(self._labels)
-
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         img = np.ascontiguousarray(self._images()[i].transpose(0, 2, 1))  # column-major channels -> (3, H, W)
         return torch.from_numpy(img), int(self._labels[i])
-
-    @property
-    def labels(self) -> np.ndarray:
-        return self._labels
-
-    def fingerprint(self) -> str:
-        """sha256 of the label file and image file bytes."""
-        if not hasattr(self, "_fingerprint"):
-            digests = "|".join(f"{p.name}:{sha256_file(p)}" for p in (self.y_path, self.x_path))
-            self._fingerprint = hashlib.sha256(digests.encode()).hexdigest()
-        return self._fingerprint
 
 
 def load_stl10(data_root: Path, split: str) -> STL10Dataset:
