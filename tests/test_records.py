@@ -181,3 +181,43 @@ def test_clean_pass_runs_once_per_dataset_and_is_reused(tmp_path, monkeypatch):
     robust = json.loads(more.written[0].read_text())
     (clean_path,) = [p for p in first.written if p.name.startswith("clean")]
     assert not np.any(per_example(robust) & ~per_example(json.loads(clean_path.read_text())))
+
+
+def test_interrupted_evaluation_resumes_with_the_same_per_example_results(tmp_path, monkeypatch) -> None:
+    """An attack interrupted mid-split continues from the images already decided and ends identical."""
+    import dataclasses
+
+    from robustbench_zs.attacks import ATTACKS
+    from robustbench_zs.cli import main
+
+    base = ["run", "--datasets", "synthetic", "--n", "96", "--eps", "4", "--steps", "3", "--batch-size", "16"]
+    base += ["--arch", "zsbench-tiny", "--pretrained", "random", "--device", "cpu", "--no-progress"]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 0
+
+    real = ATTACKS.get("pgd").run
+    attacked = {"batches": 0, "images": 0}
+
+    def use(run_fn) -> None:
+        monkeypatch.setitem(ATTACKS._entries, "pgd", dataclasses.replace(ATTACKS.get("pgd"), run=run_fn))
+
+    def interrupted(model, x, y, threats, seeds):
+        attacked["batches"] += 1
+        if attacked["batches"] == 4:
+            raise KeyboardInterrupt
+        return real(model, x, y, threats, seeds)
+
+    def counting(model, x, y, threats, seeds):
+        attacked["images"] += len(x)
+        return real(model, x, y, threats, seeds)
+
+    use(interrupted)
+    assert main([*base, "--out", str(tmp_path / "b")]) == 130
+    (partial,) = (tmp_path / "b" / "records").rglob("*.partial.npz")
+    done = int(np.load(partial)["done"].sum())
+    assert done == 3 * 16
+    use(counting)
+    assert main([*base, "--out", str(tmp_path / "b")]) == 0
+    assert attacked["images"] == 96 - done  # only the undecided images were attacked
+    assert not list((tmp_path / "b" / "records").rglob("*.partial.npz"))
+    results = [json.loads(next((tmp_path / run / "records").rglob("pgd-*.json")).read_text())["result"] for run in "ab"]
+    assert results[0] == results[1]

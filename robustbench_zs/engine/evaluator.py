@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,6 +20,46 @@ from ..datasets.spec import ImageDataset
 from ..datasets.subset import Subset, select_subset
 
 SEED_STRIDE = 1_000_003
+
+
+class _State:
+    """Per-example progress of one evaluation, optionally mirrored to an ``.npz`` file after every batch."""
+
+    def __init__(self, path: Path | None, indices: np.ndarray, slugs: list[str]) -> None:
+        n = len(indices)
+        self.path, self.indices, self.slugs = path, np.asarray(indices, dtype=np.int64), list(slugs)
+        self.done = np.zeros(n, dtype=bool)
+        self.clean = np.zeros(n, dtype=bool)
+        self.robust = {s: np.zeros(n, dtype=bool) for s in slugs}
+
+    @classmethod
+    def open(cls, path: Path | None, indices: np.ndarray, slugs: list[str]) -> _State:
+        st = cls(path, indices, slugs)
+        if path is None or not Path(path).is_file():
+            return st
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                same = (
+                    np.array_equal(f["indices"], st.indices)
+                    and [str(s) for s in f["slugs"]] == st.slugs
+                    and f["done"].shape == st.done.shape
+                )
+                if same:
+                    st.done, st.clean = f["done"].astype(bool), f["clean"].astype(bool)
+                    st.robust = {s: f[f"robust_{i}"].astype(bool) for i, s in enumerate(st.slugs)}
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable or from another evaluation: start afresh (it is overwritten below)
+        return st
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        path = Path(self.path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+        arrays = {f"robust_{i}": self.robust[s] for i, s in enumerate(self.slugs)}
+        np.savez(tmp, indices=self.indices, slugs=np.array(self.slugs), done=self.done, clean=self.clean, **arrays)
+        os.replace(tmp, path)
 
 
 @dataclass
@@ -62,6 +104,7 @@ def evaluate(
     progress: bool | None = None,
     desc: str = "eval",
     clean: np.ndarray | None = None,
+    state_path: Path | None = None,
 ) -> EvalResult:
     """Evaluate ``classifier`` clean and under each threat.
 
@@ -73,50 +116,55 @@ def evaluate(
         seed: drives the attacks' random starts (per image, so results do not depend on batching).
         progress: show a progress bar (None: only on a terminal).
         clean: clean correctness of these images (subset order) from an earlier pass; skips the clean forward.
+        state_path: per-example progress file (``.npz``). Each finished batch is saved there; a call with the same
+            file, images and threats continues with the images not yet decided. Attacks are seeded per image, so a
+            resumed evaluation gives the same per-example results as an uninterrupted one.
     """
     device = next(classifier.parameters()).device
     subset = subset or select_subset(len(dataset), None, seed)
     threats = [t for t in threats if not t.is_clean]
+    known = None if clean is None else np.asarray(clean, dtype=bool)
+    if known is not None and len(known) != subset.n:
+        raise ValueError(f"clean has {len(known)} entries for {subset.n} images")
+    state = _State.open(state_path, subset.indices, [t.slug for t in threats])
+    todo = np.flatnonzero(~state.done)  # positions (in subset order) still to evaluate
     loader = DataLoader(
-        TorchSubset(dataset, subset.indices.tolist()),
+        TorchSubset(dataset, subset.indices[todo].tolist()),
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
         pin_memory=device.type == "cuda",
     )
-    idx = torch.as_tensor(subset.indices, dtype=torch.long)
-    known = None if clean is None else torch.as_tensor(np.asarray(clean, dtype=bool))
-    if known is not None and len(known) != subset.n:
-        raise ValueError(f"clean has {len(known)} entries for {subset.n} images")
-    clean_parts: list[torch.Tensor] = []
-    robust_parts: dict[Threat, list[torch.Tensor]] = {t: [] for t in threats}
     seconds = {"clean": 0.0, **{t.slug: 0.0 for t in threats}}
     start = 0
     with eval_mode_no_param_grad(classifier):
         for images, labels in tqdm(loader, desc=desc, unit="batch", disable=None if progress is None else not progress):
+            pos = todo[start : start + len(labels)]
+            start += len(labels)
             x = images.to(device, non_blocking=True).float().div_(255)
             y = labels.to(device, non_blocking=True)
-            seeds = idx[start : start + len(y)] + seed * SEED_STRIDE
+            seeds = torch.as_tensor(subset.indices[pos], dtype=torch.long) + seed * SEED_STRIDE
             if known is not None:
-                correct = known[start : start + len(y)].to(device)
+                correct = torch.as_tensor(known[pos], device=device)
             else:
                 t0 = time.perf_counter()
                 with torch.no_grad():
                     correct = classifier(x).argmax(dim=1) == y
                 _sync(device)
                 seconds["clean"] += time.perf_counter() - t0
-            start += len(y)
-            clean_parts.append(correct.cpu())
+            state.clean[pos] = correct.cpu().numpy()
             for t in threats:
                 t0 = time.perf_counter()
                 robust = ATTACKS.get(t.name).run(classifier, x, y, [t], seeds)[t]
                 _sync(device)
                 seconds[t.slug] += time.perf_counter() - t0
-                robust_parts[t].append((robust & correct).cpu())
-    clean_all = torch.cat(clean_parts).numpy() if clean_parts else np.zeros(0, dtype=bool)
+                state.robust[t.slug][pos] = (robust & correct).cpu().numpy()
+            state.done[pos] = True
+            state.save()
+    clean_all = state.clean.copy()
     return EvalResult(
         indices=subset.indices,
         clean=clean_all,
-        robust={t: torch.cat(p).numpy() for t, p in robust_parts.items()},
+        robust={t: state.robust[t.slug].copy() for t in threats},
         seconds=seconds,
     )

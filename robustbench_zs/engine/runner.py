@@ -105,6 +105,11 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def partial_path(record_path: Path) -> Path:
+    """Where an unfinished evaluation keeps its per-example progress (removed once the record is written)."""
+    return record_path.with_name(record_path.stem + ".partial.npz")
+
+
 def _trainer(cfg: RunConfig, echo: Callable[[str], None]):
     """Train a missing checkpoint with the method's recipe on ``cfg.train_dataset``; returns its folder."""
 
@@ -253,6 +258,7 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
                     progress=cfg.progress,
                     desc=f"{method_id}/{ds_id} {t.label}",
                     clean=clean_mask,
+                    state_path=partial_path(path),
                 )
                 clean_mask = result.clean
                 correct = result.clean if t.is_clean else result.robust[t]
@@ -285,6 +291,7 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
                     "result": result_block(correct, None if t.is_clean else result.clean),
                 }
                 store.write(path, record)
+                partial_path(path).unlink(missing_ok=True)
                 summary.written.append(path)
                 lo, hi = record["result"]["ci95"]
                 parts.append(f"{t.label} {100 * record['result']['accuracy']:.2f}% [{100 * lo:.1f}, {100 * hi:.1f}]")
