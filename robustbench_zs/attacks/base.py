@@ -9,7 +9,7 @@ from ..errors import ZSBenchError
 from ..registry import Registry
 
 NORMS = ("linf", "l2")
-PRECISIONS = ("fp32",)
+PRECISIONS = ("fp32", "bf16")
 
 
 def fmt255(v: float) -> str:
@@ -29,7 +29,9 @@ class Threat:
         steps: attack iterations.
         step_size: step in [0, 1] pixel units (L-inf: per coordinate; L2: Euclidean length of a step).
         random_start: start from a uniform random point of the eps-ball.
-        precision: dtype of the attack's forward and gradient (``fp32``).
+        precision: ``fp32`` (default; autocast off) or ``bf16`` (the model's forward under bfloat16 autocast, the loss
+            still computed in fp32 from the logits; see ``attacks.precision``). Non-default precisions are part of the
+            label and slug.
     """
 
     name: str = "clean"
@@ -59,13 +61,15 @@ class Threat:
         if self.is_clean:
             return "Clean"
         norm = {"linf": "L∞", "l2": "L2"}[self.norm]
-        return f"{self.name.upper()}-{self.steps} {norm} ε={fmt255(self.eps)}/255"
+        label = f"{self.name.upper()}-{self.steps} {norm} ε={fmt255(self.eps)}/255"
+        return label if self.precision == "fp32" else f"{label} {self.precision}"
 
     @property
     def slug(self) -> str:
         if self.is_clean:
             return "clean"
-        return f"{self.name}-{self.norm}-eps{fmt255(self.eps)}-steps{self.steps}"
+        slug = f"{self.name}-{self.norm}-eps{fmt255(self.eps)}-steps{self.steps}"
+        return slug if self.precision == "fp32" else f"{slug}-{self.precision}"
 
     def settings(self) -> dict:
         """Everything that defines the attack, for the records."""

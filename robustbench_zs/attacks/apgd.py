@@ -1,0 +1,331 @@
+"""Auto-PGD (Croce & Hein, ICML 2020): APGD-CE and targeted APGD-DLR, L-inf and L2, with per-image random starts.
+
+The algorithm and its constants follow the official AutoAttack code (fra31/auto-attack, ``autopgd_base.py``):
+the step size starts at 2 * eps; a heavy-ball step with momentum 0.75 (none at the first step); checkpoints after
+22% of the iterations, then ever shorter intervals (3% less each time, at least 6%); at a checkpoint the step size of
+an image is halved and it restarts from its best point when the loss grew in at most rho = 0.75 of the steps since
+the last checkpoint, or when its step size was not halved at the last checkpoint and its best loss has not improved;
+the targeted DLR loss aims at the 2nd, 3rd, ... most likely class of the clean image; restarts and target classes
+run only on the points still robust. A point is robust when the model classifies it correctly at the start and at
+every iterate, as in the official ``acc`` bookkeeping.
+
+What differs from the official code, by design: the random start of each image comes from its own generator
+(seeded from the image's seed, the component, the target class and the restart), so results do not depend on the
+batch size or on which other images are still robust; the official code draws the starts of the whole batch from
+one global generator. Gradients are taken in fp32 with autocast off, on the per-image loss summed over the batch
+(as in the official code). The global torch random state is not touched.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ZSBenchError
+from .base import ATTACKS, AttackEntry, Threat
+from .pgd import eval_mode_no_param_grad, unit_noise
+
+DEFAULT_ITERATIONS = 100
+RHO = 0.75
+MOMENTUM = 0.75
+N_TARGET_CLASSES = 9
+MIN_CLASSES_TARGETED_DLR = 4
+"""The targeted DLR loss divides by z_(1) - (z_(3) + z_(4)) / 2 of the sorted logits: it needs 4 classes."""
+
+_STREAM_APGD_CE = 1
+_STREAM_APGD_T = 2
+
+
+def stream_seeds(seeds: torch.Tensor, stream: int) -> torch.Tensor:
+    """Per-image seeds of one random stream (a component, target class and restart), derived from the image seeds."""
+    mixed = [(int(s) * 6364136223846793005 + (stream + 1) * 1442695040888963407) % (1 << 62) for s in seeds.tolist()]
+    return torch.tensor(mixed, dtype=torch.long)
+
+
+def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _normalize(v: torch.Tensor, norm: str) -> torch.Tensor:
+    """v / ||v|| per image (L-inf: the max-abs coordinate; L2: the Euclidean length), with the official 1e-12."""
+    flat = v.flatten(1)
+    size = flat.abs().amax(1) if norm == "linf" else flat.norm(dim=1)
+    return v / (_bcast(size, v) + 1e-12)
+
+
+def _project(z: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """Into the eps-ball around x, then into the [0, 1] box (the official order)."""
+    if norm == "linf":
+        return torch.min(torch.max(z, x - eps), x + eps).clamp(0.0, 1.0)
+    d = z - x
+    size = _bcast(d.flatten(1).norm(dim=1), d)
+    return (x + d / (size + 1e-12) * torch.clamp(size, max=eps)).clamp(0.0, 1.0)
+
+
+def dlr_targeted_loss(logits: torch.Tensor, y: torch.Tensor, y_target: torch.Tensor) -> torch.Tensor:
+    """Per-image targeted DLR loss -(z_y - z_t) / (z_(1) - (z_(3) + z_(4)) / 2 + 1e-12); needs at least 4 classes."""
+    if logits.shape[1] < MIN_CLASSES_TARGETED_DLR:
+        raise ZSBenchError(
+            f"the targeted DLR loss needs at least {MIN_CLASSES_TARGETED_DLR} classes; the model has {logits.shape[1]}"
+        )
+    z = logits.sort(dim=1).values
+    u = torch.arange(len(y), device=logits.device)
+    return -(logits[u, y] - logits[u, y_target]) / (z[:, -1] - 0.5 * (z[:, -3] + z[:, -4]) + 1e-12)
+
+
+def apgd_single(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    norm: str,
+    eps: float,
+    n_iter: int,
+    start: torch.Tensor,
+    y_target: torch.Tensor | None = None,
+    rho: float = RHO,
+) -> torch.Tensor:
+    """One APGD run (one restart, one target) on a batch; returns robust[i] = correct at the start and every iterate.
+
+    Args:
+        norm: ``linf`` or ``l2``.
+        eps: radius in [0, 1] pixel units.
+        n_iter: iterations (gradient steps) after the start.
+        start: per-image noise; the start is x + eps * start / ||start|| (the official random start), clipped to [0, 1].
+        y_target: target classes: optimizes the targeted DLR loss; None: the cross-entropy.
+    """
+    n = len(x)
+    n_iter_2 = max(int(0.22 * n_iter), 1)
+    n_iter_min = max(int(0.06 * n_iter), 1)
+    size_decr = max(int(0.03 * n_iter), 1)
+
+    def loss_and_grad(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        z = z.detach().requires_grad_(True)
+        logits = model(z).float()
+        if y_target is None:
+            loss = F.cross_entropy(logits, y, reduction="none")
+        else:
+            loss = dlr_targeted_loss(logits, y, y_target)
+        (grad,) = torch.autograd.grad(loss.sum(), z, allow_unused=True)
+        grad = torch.zeros_like(z) if grad is None else grad.detach().contiguous()  # (may be an expanded view)
+        return logits.detach(), loss.detach(), grad
+
+    x_adv = (x + eps * _normalize(start, norm)).clamp(0.0, 1.0)
+    logits, loss_cur, grad = loss_and_grad(x_adv)
+    robust = logits.argmax(1) == y
+    x_best, grad_best, loss_best = x_adv.clone(), grad.clone(), loss_cur.clone()
+    step = torch.full((n,) + (1,) * (x.dim() - 1), 2.0 * eps, device=x.device)
+    x_old = x_adv.clone()
+    loss_steps = torch.zeros(n_iter, n, device=x.device)
+    loss_best_last = loss_best.clone()
+    reduced_last = torch.ones(n, dtype=torch.bool, device=x.device)
+    k, since_check = n_iter_2, 0
+
+    for i in range(n_iter):
+        with torch.no_grad():
+            momentum_term = x_adv - x_old
+            x_old = x_adv.clone()
+            a = MOMENTUM if i > 0 else 1.0
+            direction = grad.sign() if norm == "linf" else _normalize(grad, "l2")
+            z = _project(x_adv + step * direction, x, eps, norm)
+            x_adv = _project(x_adv + (z - x_adv) * a + momentum_term * (1 - a), x, eps, norm)
+
+        logits, loss_cur, grad = loss_and_grad(x_adv)
+        robust &= logits.argmax(1) == y
+
+        with torch.no_grad():
+            loss_steps[i] = loss_cur
+            better = loss_cur > loss_best
+            x_best[better] = x_adv[better]
+            grad_best[better] = grad[better]
+            loss_best[better] = loss_cur[better]
+
+            since_check += 1
+            if since_check == k:
+                # loss increases between consecutive iterates since the last checkpoint; like the official code,
+                # the first checkpoint compares the first iterate with row -1 (still zero) of loss_steps
+                ups = torch.zeros(n, device=x.device)
+                for c in range(k):
+                    ups += (loss_steps[i - c] > loss_steps[i - c - 1]).float()
+                reduce = (ups <= k * rho) | (~reduced_last & (loss_best_last >= loss_best))
+                reduced_last = reduce.clone()
+                loss_best_last = loss_best.clone()
+                if reduce.any():
+                    step[reduce] /= 2.0
+                    x_adv[reduce] = x_best[reduce]
+                    grad[reduce] = grad_best[reduce]
+                since_check = 0
+                k = max(k - size_decr, n_iter_min)
+    return robust
+
+
+def require_targeted_classes(n_classes: int) -> None:
+    """Raise the one-line error of APGD-T for classifiers with fewer than 4 classes."""
+    if n_classes < MIN_CLASSES_TARGETED_DLR:
+        raise ZSBenchError(
+            f"APGD-T needs at least {MIN_CLASSES_TARGETED_DLR} classes (its targeted DLR loss uses the 4th-largest "
+            f"logit); this classifier has {n_classes}: use apgd-ce, or autoattack, which skips APGD-T and records it"
+        )
+
+
+def require_fp32(threats: list[Threat]) -> None:
+    """These attacks run in fp32 only; refuse another precision rather than record it for an fp32 run."""
+    for t in threats:
+        if t.precision != "fp32":
+            raise ZSBenchError(f"attack {t.name!r} runs in fp32 only (got precision {t.precision!r}); use fp32")
+
+
+def _clean_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x).float()
+
+
+def apgd_ce(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    seeds: torch.Tensor,
+    *,
+    norm: str,
+    eps: float,
+    n_iter: int = DEFAULT_ITERATIONS,
+    n_restarts: int = 1,
+    robust: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """APGD on the cross-entropy; restarts run on the points still robust. Expects eval mode and frozen parameters.
+
+    Args:
+        robust: points to attack (default: those classified correctly); the others stay False.
+    """
+    robust = (_clean_logits(model, x).argmax(1) == y) if robust is None else robust.clone()
+    for r in range(n_restarts):
+        idx = robust.nonzero().flatten()
+        if len(idx) == 0:
+            break
+        start = unit_noise(
+            tuple(x.shape[1:]), stream_seeds(seeds[idx.cpu()], _STREAM_APGD_CE * 1000 + r), x.device, norm
+        )
+        robust[idx] = apgd_single(model, x[idx], y[idx], norm=norm, eps=eps, n_iter=n_iter, start=start)
+    return robust
+
+
+def apgd_targeted(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    seeds: torch.Tensor,
+    *,
+    norm: str,
+    eps: float,
+    n_iter: int = DEFAULT_ITERATIONS,
+    n_target_classes: int = N_TARGET_CLASSES,
+    n_restarts: int = 1,
+    robust: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """APGD on the targeted DLR loss against the 2nd, ..., (n_target_classes + 1)-th most likely clean classes.
+
+    The number of targets is capped at n_classes - 1. Raises ZSBenchError with fewer than 4 classes.
+    """
+    logits = _clean_logits(model, x)
+    n_classes = logits.shape[1]
+    require_targeted_classes(n_classes)
+    robust = (logits.argmax(1) == y) if robust is None else robust.clone()
+    order = logits.sort(dim=1).indices
+    for target_class in range(2, min(n_target_classes, n_classes - 1) + 2):
+        for r in range(n_restarts):
+            idx = robust.nonzero().flatten()
+            if len(idx) == 0:
+                return robust
+            stream = _STREAM_APGD_T * 1000 + target_class * 10 + r
+            start = unit_noise(tuple(x.shape[1:]), stream_seeds(seeds[idx.cpu()], stream), x.device, norm)
+            robust[idx] = apgd_single(
+                model,
+                x[idx],
+                y[idx],
+                norm=norm,
+                eps=eps,
+                n_iter=n_iter,
+                start=start,
+                y_target=order[idx, -target_class],
+            )
+    return robust
+
+
+def _run(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, threats: list[Threat], seeds: torch.Tensor, targeted: bool
+):
+    require_fp32(threats)
+    out = {}
+    seeds = torch.as_tensor(seeds).cpu()
+    with eval_mode_no_param_grad(model), torch.autocast(device_type=x.device.type, enabled=False):
+        x = x.float()
+        logits = _clean_logits(model, x)
+        if targeted:
+            require_targeted_classes(logits.shape[1])
+        clean = logits.argmax(1) == y
+        for t in threats:
+            n_iter = t.steps or DEFAULT_ITERATIONS
+            if t.eps == 0:  # the ball is the clean image
+                out[t] = clean.clone()
+            elif targeted:
+                out[t] = apgd_targeted(model, x, y, seeds, norm=t.norm, eps=t.eps, n_iter=n_iter, robust=clean)
+            else:
+                out[t] = apgd_ce(model, x, y, seeds, norm=t.norm, eps=t.eps, n_iter=n_iter, robust=clean)
+    return out
+
+
+def run_apgd_ce(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, threats: list[Threat], seeds: torch.Tensor
+) -> dict[Threat, torch.Tensor]:
+    """APGD-CE at every threat; ``threat.steps`` iterations (100 when 0); ``threat.step_size`` is not used."""
+    return _run(model, x, y, threats, seeds, targeted=False)
+
+
+def run_apgd_t(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, threats: list[Threat], seeds: torch.Tensor
+) -> dict[Threat, torch.Tensor]:
+    """APGD-T (targeted DLR, min(9, n_classes - 1) targets) at every threat; ZSBenchError with < 4 classes."""
+    return _run(model, x, y, threats, seeds, targeted=True)
+
+
+_COMMON = {
+    "n_iter": "threat.steps, or 100 when steps is 0",
+    "n_restarts": 1,
+    "rho": RHO,
+    "momentum": MOMENTUM,
+    "initial_step_size": "2 * eps (threat.step_size is not used)",
+    "checkpoints": "first after 22% of the iterations, intervals shrinking by 3% down to 6%",
+    "eot_iter": 1,
+    "random_start": "x + eps * u / ||u||, u per image: seeded from (image seed, component, target, restart)",
+    "loss_reduction": "sum",
+    "robust_if": "correct on the clean image, at the start and at every iterate",
+    "implementation": "robustbench_zs.attacks.apgd (algorithm and constants of fra31/auto-attack autopgd_base.py)",
+}
+
+APGD_CE_SETTINGS = {**_COMMON, "loss": "ce"}
+APGD_T_SETTINGS = {
+    **_COMMON,
+    "loss": "dlr-targeted",
+    "n_target_classes": "min(9, n_classes - 1): the 2nd..10th most likely clean classes",
+    "fewer_than_4_classes": "refused with an error (the targeted DLR loss is undefined)",
+}
+
+ATTACKS.add(
+    "apgd-ce",
+    AttackEntry(
+        name="apgd-ce",
+        description="Auto-PGD on the cross-entropy (Croce & Hein 2020), L-inf or L2; steps 0 = 100 iterations",
+        run=run_apgd_ce,
+        fixed_settings=APGD_CE_SETTINGS,
+    ),
+)
+ATTACKS.add(
+    "apgd-t",
+    AttackEntry(
+        name="apgd-t",
+        description="targeted Auto-PGD on the DLR loss, 9 target classes (needs >= 4 classes); steps 0 = 100",
+        run=run_apgd_t,
+        fixed_settings=APGD_T_SETTINGS,
+    ),
+)

@@ -1,0 +1,492 @@
+"""Standard AutoAttack (Croce & Hein, ICML 2020), L-inf and L2: APGD-CE, APGD-T, FAB-T, Square.
+
+Two implementations, chosen once when this module is imported (``refresh_implementation`` re-checks), so that the
+settings in the records always name the one that ran:
+
+- ``fra31/auto-attack`` when the official package is importable (it is installed from git, not PyPI; its version is
+  always 0.1, so the records carry its git commit): ``AutoAttack(model, norm, eps, version='standard')`` and
+  ``run_standard_evaluation(x, y, bs=len(x))`` on each batch. The official code draws the random numbers of a whole
+  batch from one generator seeded with ``aa.seed`` (here the first per-image seed of the batch), and Square moves the
+  same square in every image of a batch, so its results can change with the batch size.
+- ``torchattacks components`` otherwise: the same four attacks, in the same order, at the official standard
+  settings (``STANDARD``), each on the points still robust after the previous ones; never torchattacks'
+  ``AutoAttack`` class (its APGD, APGD-T and FAB run 10 iterations and APGD-T uses n_classes - 1 targets).
+  APGD-CE and APGD-T are ``robustbench_zs.attacks.apgd`` (the official algorithm with per-image random starts: the
+  batched torchattacks APGD draws one random start for the whole batch); FAB-T is ``torchattacks.FAB`` (1 restart:
+  it draws no random numbers, so it runs batched); Square is ``torchattacks.Square`` run on one image at a time,
+  seeded from that image's seed. Per-image results therefore do not depend on the batch size (up to floating-point
+  differences of batched matrix products). The global torch random state is saved and restored around the
+  torchattacks components.
+
+Both: the number of target classes is min(9, n_classes - 1); with fewer than 4 classes (PCAM has 2) APGD-T is
+skipped, because the targeted DLR loss divides by z_(1) - (z_(3) + z_(4)) / 2 of the sorted logits; FAB-T runs
+with 2 or more classes (its targets are the 2nd, 3rd, ... most likely classes: one target with 2 classes); with
+eps = 0 nothing runs and robust = clean. A point is robust only if it is classified correctly on its clean image and
+survives every component that ran. Pass ``report={}`` to ``run_autoattack`` (or read ``run_autoattack.last_report``)
+to see, per threat, which components ran, which were skipped and why, and how many points each left robust.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib
+import importlib.metadata
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import torch
+from torch import nn
+
+from ..errors import ZSBenchError
+from .apgd import MIN_CLASSES_TARGETED_DLR, apgd_ce, apgd_targeted, require_fp32, stream_seeds
+from .base import ATTACKS, AttackEntry, Threat
+from .pgd import eval_mode_no_param_grad
+
+OFFICIAL = "fra31/auto-attack"
+COMPONENTS = "torchattacks components"
+IMPLEMENTATIONS = (OFFICIAL, COMPONENTS)
+
+ORDER = ("apgd-ce", "apgd-t", "fab-t", "square")
+N_TARGET_CLASSES = 9
+
+STANDARD: dict[str, dict] = {
+    "apgd-ce": {"n_iter": 100, "n_restarts": 1, "loss": "ce", "rho": 0.75, "eot_iter": 1},
+    "apgd-t": {
+        "n_iter": 100,
+        "n_restarts": 1,
+        "loss": "dlr-targeted",
+        "n_target_classes": N_TARGET_CLASSES,
+        "rho": 0.75,
+        "eot_iter": 1,
+    },
+    "fab-t": {
+        "n_iter": 100,
+        "n_restarts": 1,
+        "n_target_classes": N_TARGET_CLASSES,
+        "alpha_max": 0.1,
+        "eta": 1.05,
+        "beta": 0.9,
+    },
+    "square": {"n_queries": 5000, "n_restarts": 1, "p_init": 0.8, "loss": "margin", "resc_schedule": False},
+}
+"""The official ``version='standard'`` settings (fra31/auto-attack ``autoattack.py``: the constructors plus
+``set_version('standard')``) for L-inf and L2. ``n_target_classes`` is capped at n_classes - 1 when run."""
+
+MIN_CLASSES = {"apgd-ce": 2, "apgd-t": MIN_CLASSES_TARGETED_DLR, "fab-t": 2, "square": 2}
+_WHY = {
+    "apgd-ce": "the cross-entropy of a 1-class classifier is constant",
+    "apgd-t": "the targeted DLR loss uses the 4th-largest logit: it needs at least 4 classes",
+    "fab-t": "FAB-T needs at least one target class other than the true one (2 classes)",
+    "square": "the margin loss needs a second class",
+}
+_NORMS = {"linf": "Linf", "l2": "L2"}
+_SQUARE_STREAM = 4000
+
+
+# ----------------------------------------------------------------------------------------------- official package
+def official_available() -> bool:
+    """Whether ``import autoattack`` would find a module (without importing it)."""
+    if "autoattack" in sys.modules:
+        return sys.modules["autoattack"] is not None
+    try:
+        return importlib.util.find_spec("autoattack") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _git_head(start: Path) -> str | None:
+    """The commit checked out in the git work tree that contains ``start`` (reads .git directly; no git needed)."""
+    for folder in [start, *start.parents]:
+        git = folder / ".git"
+        if git.is_file():
+            m = re.match(r"gitdir:\s*(.+)", git.read_text().strip())
+            if not m:
+                return None
+            git = (folder / m.group(1)).resolve()
+        if not git.is_dir():
+            continue
+        head = (git / "HEAD").read_text().strip()
+        if not head.startswith("ref:"):
+            return head if re.fullmatch(r"[0-9a-f]{40}", head) else None
+        ref = head[4:].strip()
+        if (git / ref).is_file():
+            sha = (git / ref).read_text().strip()
+            return sha if re.fullmatch(r"[0-9a-f]{40}", sha) else None
+        packed = git / "packed-refs"
+        if packed.is_file():
+            for line in packed.read_text().splitlines():
+                parts = line.split()
+                if len(parts) == 2 and parts[1] == ref and re.fullmatch(r"[0-9a-f]{40}", parts[0]):
+                    return parts[0]
+        return None
+    return None
+
+
+def official_commit() -> str:
+    """Git commit of the installed fra31/auto-attack: pip's direct_url.json, else the checkout holding the package."""
+    with contextlib.suppress(Exception):
+        raw = importlib.metadata.distribution("autoattack").read_text("direct_url.json")
+        if raw:
+            info = json.loads(raw)
+            commit = (info.get("vcs_info") or {}).get("commit_id")
+            if commit:
+                return str(commit)
+            url = urlparse(info.get("url", ""))
+            if url.scheme == "file":
+                sha = _git_head(Path(unquote(url.path)))
+                if sha:
+                    return sha
+    with contextlib.suppress(Exception):
+        module = sys.modules.get("autoattack")
+        origin = getattr(module, "__file__", None) if module is not None else None
+        if origin is None:
+            spec = importlib.util.find_spec("autoattack")
+            origin = spec.origin if spec is not None else None
+        if origin:
+            sha = _git_head(Path(origin).resolve().parent)
+            if sha:
+                return sha
+    return "unknown"
+
+
+def _torchattacks_version() -> str:
+    try:
+        return importlib.metadata.version("torchattacks")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+# ------------------------------------------------------------------------------------------------------ settings
+def describe(implementation: str) -> dict:
+    """The settings that go into every record for ``implementation`` (JSON-serializable)."""
+    common = {
+        "version": "standard",
+        "implementation": implementation,
+        "components": list(ORDER),
+        "settings": copy.deepcopy(STANDARD),
+        "n_target_classes": "min(9, n_classes - 1)",
+        "fewer_than_4_classes": "APGD-T skipped (targeted DLR undefined); FAB-T and Square run with >= 2 classes",
+        "cascade": "each component attacks only the points still robust after the previous ones",
+        "robust_if": "correct on the clean image and not fooled by any component that ran",
+        "threat_steps_and_step_size": "not used (the components fix their own iterations and step sizes)",
+    }
+    if implementation == OFFICIAL:
+        return {
+            **common,
+            "commit": official_commit(),
+            "seed": "aa.seed = the first per-image seed of each batch; the official code draws random numbers per "
+            "batch, so results can change with the batch size",
+        }
+    if implementation == COMPONENTS:
+        return {
+            **common,
+            "torchattacks_version": _torchattacks_version(),
+            "component_code": {
+                "apgd-ce": "robustbench_zs.attacks.apgd (official algorithm, per-image random start)",
+                "apgd-t": "robustbench_zs.attacks.apgd (official algorithm, per-image random start)",
+                "fab-t": "torchattacks.FAB(multi_targeted=True), batched (1 restart: no random numbers)",
+                "square": "torchattacks.Square, one image at a time",
+            },
+            "seed": "per image: APGD starts and Square are seeded from the image's seed, so results do not depend "
+            "on the batch size",
+        }
+    raise ZSBenchError(
+        f"unknown AutoAttack implementation {implementation!r}; choose one of {', '.join(IMPLEMENTATIONS)}"
+    )
+
+
+AUTOATTACK_SETTINGS: dict = {}
+
+
+def refresh_implementation() -> str:
+    """Detect the implementation again (official package importable or not) and update the registered settings."""
+    impl = OFFICIAL if official_available() else COMPONENTS
+    AUTOATTACK_SETTINGS.clear()
+    AUTOATTACK_SETTINGS.update(describe(impl))
+    return impl
+
+
+# ------------------------------------------------------------------------------------------------------ helpers
+def _merge(overrides: dict | None) -> dict[str, dict]:
+    settings = copy.deepcopy(STANDARD)
+    for name, values in (overrides or {}).items():
+        if name not in settings:
+            raise ZSBenchError(f"unknown AutoAttack component {name!r}; components: {', '.join(ORDER)}")
+        unknown = set(values) - set(settings[name])
+        if unknown:
+            raise ZSBenchError(
+                f"unknown {name} setting(s) {', '.join(sorted(unknown))}; known: {', '.join(settings[name])}"
+            )
+        settings[name].update(values)
+    return settings
+
+
+@contextlib.contextmanager
+def _keep_rng(device: torch.device):
+    """Save and restore the global torch generators that the torchattacks and official code reseed."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        yield
+
+
+def _outside_ball(adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    d = (adv - x).flatten(1)
+    size = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
+    return size > eps + 1e-6
+
+
+def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x).argmax(1)
+
+
+def _make_fab(model: nn.Module, norm: str, eps: float, n_classes: int, s: dict):
+    import torchattacks
+
+    fab = torchattacks.FAB(
+        model,
+        norm=_NORMS[norm],
+        eps=eps,
+        steps=s["n_iter"],
+        n_restarts=s["n_restarts"],
+        alpha_max=s["alpha_max"],
+        eta=s["eta"],
+        beta=s["beta"],
+        verbose=False,
+        seed=0,
+        multi_targeted=True,
+        n_classes=n_classes,
+    )
+    fab.n_target_classes = min(s["n_target_classes"], n_classes - 1)
+    return fab
+
+
+def _make_square(model: nn.Module, norm: str, eps: float, s: dict):
+    import torchattacks
+
+    return torchattacks.Square(
+        model,
+        norm=_NORMS[norm],
+        eps=eps,
+        n_queries=s["n_queries"],
+        n_restarts=s["n_restarts"],
+        p_init=s["p_init"],
+        loss=s["loss"],
+        resc_schedule=s["resc_schedule"],
+        seed=0,
+        verbose=False,
+    )
+
+
+def _square_seed(seed: int) -> int:
+    return int(stream_seeds(torch.tensor([seed]), _SQUARE_STREAM)[0]) % (1 << 32)
+
+
+# ------------------------------------------------------------------------------------------ the two implementations
+def _run_components(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    t: Threat,
+    seeds: torch.Tensor,
+    clean: torch.Tensor,
+    n_classes: int,
+    settings: dict[str, dict],
+    entry: dict,
+) -> torch.Tensor:
+    robust = clean.clone()
+    for name in ORDER:
+        s = settings[name]
+        if n_classes < MIN_CLASSES[name]:
+            entry["skipped"][name] = f"{n_classes} classes: {_WHY[name]}"
+            continue
+        entry["ran"].append(name)
+        if "n_target_classes" in s:
+            entry["n_target_classes"][name] = min(s["n_target_classes"], n_classes - 1)
+        idx = robust.nonzero().flatten()
+        if len(idx):
+            if name == "apgd-ce":
+                robust = apgd_ce(
+                    model,
+                    x,
+                    y,
+                    seeds,
+                    norm=t.norm,
+                    eps=t.eps,
+                    n_iter=s["n_iter"],
+                    n_restarts=s["n_restarts"],
+                    robust=robust,
+                )
+            elif name == "apgd-t":
+                robust = apgd_targeted(
+                    model,
+                    x,
+                    y,
+                    seeds,
+                    norm=t.norm,
+                    eps=t.eps,
+                    n_iter=s["n_iter"],
+                    n_target_classes=s["n_target_classes"],
+                    n_restarts=s["n_restarts"],
+                    robust=robust,
+                )
+            elif name == "fab-t":
+                fab = _make_fab(model, t.norm, t.eps, n_classes, s)
+                xr, yr = x[idx], y[idx]
+                with _keep_rng(x.device):
+                    adv = fab.perturb(xr, yr)
+                robust[idx] = (_predict(model, adv) == yr) | _outside_ball(adv, xr, t.eps, t.norm)
+            else:
+                square = _make_square(model, t.norm, t.eps, s)
+                with _keep_rng(x.device):
+                    for i in idx.tolist():
+                        square.seed = _square_seed(int(seeds[i]))
+                        xi, yi = x[i : i + 1], y[i : i + 1]
+                        adv = square.perturb(xi, yi)
+                        robust[i] = bool(((_predict(model, adv) == yi) | _outside_ball(adv, xi, t.eps, t.norm))[0])
+        entry["robust"][name] = int(robust.sum())
+    return robust
+
+
+def _run_official(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    t: Threat,
+    seeds: torch.Tensor,
+    clean: torch.Tensor,
+    n_classes: int,
+    entry: dict,
+) -> torch.Tensor:
+    try:
+        module = importlib.import_module("autoattack")
+        cls = module.AutoAttack
+    except Exception as exc:  # noqa: BLE001  (any failure of a third-party import becomes one line)
+        raise ZSBenchError(
+            f"the installed autoattack package does not import ({type(exc).__name__}: {exc}); fix or uninstall it "
+            "(without it the torchattacks components run)"
+        ) from None
+    seed = int(seeds[0])
+    aa = cls(model, norm=_NORMS[t.norm], eps=t.eps, version="standard", device=x.device, verbose=False, seed=seed)
+    n_targets = min(N_TARGET_CLASSES, n_classes - 1)
+    aa.apgd_targeted.n_target_classes = n_targets
+    aa.fab.n_target_classes = n_targets
+    if n_classes < MIN_CLASSES_TARGETED_DLR:
+        aa.attacks_to_run = [a for a in aa.attacks_to_run if a != "apgd-t"]
+        entry["skipped"]["apgd-t"] = f"{n_classes} classes: {_WHY['apgd-t']}"
+    aa.seed = seed
+    entry["ran"].extend(aa.attacks_to_run)
+    entry["n_target_classes"].update({a: n_targets for a in ("apgd-t", "fab-t") if a in aa.attacks_to_run})
+    entry["seed"] = seed
+    with _keep_rng(x.device):
+        x_adv = aa.run_standard_evaluation(x, y, bs=len(x))
+    if isinstance(x_adv, tuple):
+        x_adv = x_adv[0]
+    x_adv = x_adv.to(x.device).float()
+    robust = clean & ((_predict(model, x_adv) == y) | _outside_ball(x_adv, x, t.eps, t.norm))
+    entry["robust"]["autoattack"] = int(robust.sum())
+    return robust
+
+
+def _accumulate(report: dict, slug: str, entry: dict) -> None:
+    old = report.get(slug)
+    if old is None:
+        report[slug] = entry
+        return
+    old["n"] += entry["n"]
+    for k, v in entry["robust"].items():
+        old["robust"][k] = old["robust"].get(k, 0) + v
+    old["ran"] += [c for c in entry["ran"] if c not in old["ran"]]
+    old["skipped"].update(entry["skipped"])
+    old["n_target_classes"].update(entry["n_target_classes"])
+
+
+def run_autoattack(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    threats: list[Threat],
+    seeds: torch.Tensor,
+    *,
+    report: dict | None = None,
+    implementation: str | None = None,
+    settings: dict | None = None,
+) -> dict[Threat, torch.Tensor]:
+    """Standard AutoAttack at every threat (its norm and eps) for one batch; returns the per-image robust masks.
+
+    Args:
+        seeds: one int per image (random starts, Square); the official package gets the first one.
+        report: filled per threat slug with ``implementation``, ``n_classes``, ``n``, ``ran`` (components, in order),
+            ``skipped`` (component -> reason), ``n_target_classes`` (as capped for this classifier) and ``robust``
+            (points robust: clean, then after each component; ``autoattack`` only, for the official package);
+            counts add up when the same dict is passed for several batches. The last call's report is also
+            ``run_autoattack.last_report``.
+        implementation: ``fra31/auto-attack`` or ``torchattacks components``; default: the registered one.
+        settings: per-component overrides of ``STANDARD`` (torchattacks components only), e.g.
+            ``{"square": {"n_queries": 100}}``, for quick looks and tests; records use the standard values.
+    """
+    impl = implementation or AUTOATTACK_SETTINGS.get("implementation") or refresh_implementation()
+    if impl not in IMPLEMENTATIONS:
+        describe(impl)  # raises the one-line error
+    if impl == OFFICIAL and settings:
+        raise ZSBenchError("setting overrides apply to the torchattacks components only, not to fra31/auto-attack")
+    merged = _merge(settings)
+    require_fp32(threats)
+    seeds = torch.as_tensor(seeds).cpu()
+    out: dict[Threat, torch.Tensor] = {}
+    last: dict = {}
+    if len(x) == 0:
+        return {t: torch.zeros(0, dtype=torch.bool, device=x.device) for t in threats}
+    with eval_mode_no_param_grad(model), torch.autocast(device_type=x.device.type, enabled=False):
+        x = x.float()
+        with torch.no_grad():
+            logits = model(x)
+        n_classes = int(logits.shape[1])
+        clean = logits.argmax(1) == y
+        for t in threats:
+            entry = {
+                "implementation": impl,
+                "n_classes": n_classes,
+                "n": len(x),
+                "ran": [],
+                "skipped": {},
+                "n_target_classes": {},
+                "robust": {"clean": int(clean.sum())},
+            }
+            if impl == COMPONENTS:
+                entry["settings"] = copy.deepcopy(merged)
+            if t.eps == 0:
+                entry["skipped"] = dict.fromkeys(ORDER, "eps = 0: the ball is the clean image")
+                out[t] = clean.clone()
+            elif n_classes < 2:
+                entry["skipped"] = {name: f"{n_classes} class: {_WHY[name]}" for name in ORDER}
+                out[t] = clean.clone()
+            elif impl == OFFICIAL:
+                out[t] = _run_official(model, x, y, t, seeds, clean, n_classes, entry)
+            else:
+                out[t] = _run_components(model, x, y, t, seeds, clean, n_classes, merged, entry)
+            last[t.slug] = entry
+            if report is not None:
+                _accumulate(report, t.slug, copy.deepcopy(entry))
+    run_autoattack.last_report = last
+    return out
+
+
+run_autoattack.last_report = {}
+
+refresh_implementation()
+
+ATTACKS.add(
+    "autoattack",
+    AttackEntry(
+        name="autoattack",
+        description="standard AutoAttack: APGD-CE, APGD-T, FAB-T, Square (fra31/auto-attack if installed, "
+        "else torchattacks components at the official settings); steps and step size are not used",
+        run=run_autoattack,
+        fixed_settings=AUTOATTACK_SETTINGS,
+    ),
+)

@@ -1,0 +1,385 @@
+"""Sanity checks of an evaluation: hints of gradient masking and of results that contradict each other.
+
+Each check is a pure function returning ``{"name", "passed", "value", "detail"}`` (plain Python types, ready for a
+JSON record); ``check_all`` runs every check the given results allow, and ``leaderboard_flags`` condenses failed
+checks into a short marker. A failed check does not prove a bug: it says the numbers need a second look.
+
+The checks and their rationale:
+
+- ``zero_gradient_fraction``: AutoAttack's ``checks.py`` warns about points with an all-zero input gradient, since
+  gradient-based attacks cannot move from them (a saturated cross-entropy at a large logit scale, or a
+  non-differentiable component), so their robust accuracy overestimates robustness.
+- ``robust_above_clean``: the clean image lies in every eps-ball, so under RobustBench's definition (correct on the
+  clean image and under attack) no point can be robust without being clean-correct; one that is means misaligned
+  masks or a verdict that skipped the clean prediction.
+- ``autoattack_above_pgd``: AutoAttack starts with APGD-CE (a PGD with 100 iterations and an adaptive step) and only
+  attacks the points that survive it further, so on the same images it must not leave more points robust than PGD
+  at the same eps and norm; if it does, one of the two evaluations is broken.
+- ``robust_rises_with_eps``: Carlini et al. (2019, "On Evaluating Adversarial Robustness", the checklist RobustBench
+  and AutoAttack refer to) ask that a larger perturbation budget never lowers the attack's success rate.
+- ``square_beats_gradient``: AutoAttack's flags (after Carlini et al., 2019) treat a black-box attack succeeding where
+  the white-box ones failed as a hint that gradients are masked and robustness is overestimated.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Threat, fmt255
+from .pgd import eval_mode_no_param_grad
+from .precision import attack_autocast
+
+__all__ = [
+    "autoattack_above_pgd",
+    "check_all",
+    "leaderboard_flags",
+    "robust_above_clean",
+    "robust_rises_with_eps",
+    "square_beats_gradient",
+    "zero_gradient_fraction",
+]
+
+
+def _check(name: str, passed: bool, value: Any, detail: str) -> dict:
+    return {"name": name, "passed": bool(passed), "value": value, "detail": detail}
+
+
+def _mask(m: Any) -> np.ndarray:
+    if isinstance(m, torch.Tensor):
+        m = m.detach().cpu().numpy()
+    a = np.asarray(m)
+    if a.ndim != 1:
+        raise ValueError(f"a per-example mask must be one-dimensional, got shape {a.shape}")
+    return a.astype(bool)
+
+
+def _aligned(
+    a: Any, b: Any, a_indices: Any | None, b_indices: Any | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Two masks restricted to their common image indices (or as given, when no indices are passed)."""
+    a, b = _mask(a), _mask(b)
+    if a_indices is None and b_indices is None:
+        if len(a) != len(b):
+            raise ValueError(f"masks of {len(a)} and {len(b)} examples without indices to align them")
+        return a, b, None
+    ia = np.asarray(a_indices if a_indices is not None else b_indices)
+    ib = np.asarray(b_indices if b_indices is not None else a_indices)
+    if len(ia) != len(a) or len(ib) != len(b):
+        raise ValueError("every mask needs one index per example")
+    common, pa, pb = np.intersect1d(ia, ib, assume_unique=False, return_indices=True)
+    return a[pa], b[pb], common
+
+
+def _pct(k: int, n: int) -> str:
+    return f"{k}/{n} ({k / n:.1%})" if n else f"{k}/0"
+
+
+def zero_gradient_fraction(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int | None = None
+) -> dict:
+    """Fraction of images whose input gradient of the cross-entropy is exactly zero; fails when it is above 0.
+
+    The gradient is taken in fp32 (autocast off) on the per-sample summed loss, so each image's gradient is its own
+    and does not depend on the batch; the model's train/eval mode and ``requires_grad`` flags are restored and no
+    parameter gradient is accumulated.
+
+    Args:
+        model: maps images in [0, 1] (B, 3, H, W) to logits (B, C).
+        x: images in [0, 1], on the model's device.
+        y: labels (B,).
+        batch_size: split the images into chunks of this size (all at once by default).
+    """
+    n = len(x)
+    zero = torch.zeros(n, dtype=torch.bool)
+    bad = torch.zeros(n, dtype=torch.bool)
+    step = batch_size or max(n, 1)
+    with eval_mode_no_param_grad(model), torch.enable_grad(), attack_autocast(x.device, "fp32"):
+        for s in range(0, n, step):
+            xb = x[s : s + step].detach().float().requires_grad_(True)
+            loss = F.cross_entropy(model(xb).float(), y[s : s + step], reduction="sum")
+            grad = None
+            if loss.requires_grad:  # logits that do not depend on the input at all: the gradient is zero
+                (grad,) = torch.autograd.grad(loss, xb, allow_unused=True)
+            if grad is None:
+                grad = torch.zeros_like(xb)
+            g = grad.detach().flatten(1)
+            zero[s : s + step] = (g == 0).all(dim=1).cpu()
+            bad[s : s + step] = (~torch.isfinite(g)).any(dim=1).cpu()
+    k = int(zero.sum())
+    frac = k / n if n else 0.0
+    detail = f"{_pct(k, n)} images have an all-zero input gradient of the cross-entropy (fp32)"
+    if bad.any():
+        detail += f"; {int(bad.sum())} have non-finite gradients"
+    return _check("zero_gradient_fraction", k == 0, frac, detail)
+
+
+def robust_above_clean(clean: Any, robust: Any, *, label: str = "") -> dict:
+    """Count of examples robust under attack but misclassified clean (same images, same order); fails when > 0.
+
+    Args:
+        clean: per-example clean correctness.
+        robust: per-example robustness under one attack.
+        label: the threat, for the detail line.
+    """
+    c, r = _aligned(clean, robust, None, None)[:2]
+    k = int((r & ~c).sum())
+    n = len(c)
+    acc = f"clean {c.mean():.2%}, robust {r.mean():.2%}" if n else "no examples"
+    where = f"{label}: " if label else ""
+    return _check("robust_above_clean", k == 0, k, f"{where}{k} of {n} examples robust but not clean-correct ({acc})")
+
+
+def autoattack_above_pgd(
+    aa_robust: Any,
+    pgd_robust: Any,
+    *,
+    aa_indices: Any | None = None,
+    pgd_indices: Any | None = None,
+    label: str = "",
+) -> dict:
+    """How many more points AutoAttack leaves robust than PGD (same eps and norm); fails when that is above 0.
+
+    The masks are compared on the image indices both were computed on (all of them when no indices are given). The
+    value is AutoAttack's robust count minus PGD's on those images; the detail also counts the points each attack
+    breaks that the other does not (a few PGD-only breaks are normal, a larger AutoAttack count is not).
+
+    Args:
+        aa_robust: per-example robustness under AutoAttack.
+        pgd_robust: per-example robustness under PGD.
+        aa_indices: the image indices of ``aa_robust`` (``pgd_indices`` when omitted).
+        pgd_indices: the image indices of ``pgd_robust`` (``aa_indices`` when omitted).
+        label: the threat (eps and norm), for the detail line.
+    """
+    aa, pgd, common = _aligned(aa_robust, pgd_robust, aa_indices, pgd_indices)
+    n, a, p = len(aa), int(aa.sum()), int(pgd.sum())
+    where = f"{label}: " if label else ""
+    detail = (
+        f"{where}on {n} common images AutoAttack leaves {a} robust, PGD {p} "
+        f"(only PGD breaks {int((aa & ~pgd).sum())}, only AutoAttack breaks {int((pgd & ~aa).sum())})"
+    )
+    return _check("autoattack_above_pgd", a <= p, a - p, detail)
+
+
+def robust_rises_with_eps(
+    robust_by_eps: Mapping[float, Any], *, indices_by_eps: Mapping[float, Any] | None = None, label: str = ""
+) -> dict:
+    """Largest rise of robust accuracy from a smaller to a larger eps (one attack and norm); fails when above 0.
+
+    Every pair of radii is compared on the images both were computed on, so there is no tolerance: the same images
+    with a larger budget must not give a higher robust accuracy. Single examples may still flip (an attack with other
+    step sizes can miss a point at the larger eps); the detail counts them, the check does not fail on them.
+
+    Args:
+        robust_by_eps: eps -> per-example robustness.
+        indices_by_eps: eps -> image indices of that mask (the masks must be aligned when omitted).
+        label: the attack and norm, for the detail line.
+    """
+    radii = sorted(robust_by_eps)
+    worst, worst_pair, flips = 0.0, None, 0
+    for i, lo in enumerate(radii):
+        for hi in radii[i + 1 :]:
+            if hi <= lo:
+                continue
+            ia = None if indices_by_eps is None else indices_by_eps[lo]
+            ib = None if indices_by_eps is None else indices_by_eps[hi]
+            a, b, _ = _aligned(robust_by_eps[lo], robust_by_eps[hi], ia, ib)
+            if not len(a):
+                continue
+            flips += int((b & ~a).sum())
+            rise = float(b.mean() - a.mean())
+            if rise > worst or worst_pair is None:
+                worst, worst_pair = max(rise, worst), (lo, hi, float(a.mean()), float(b.mean()), len(a))
+    where = f"{label}: " if label else ""
+    if worst_pair is None:
+        return _check("robust_rises_with_eps", True, 0.0, f"{where}fewer than two radii on common images")
+    lo, hi, acc_lo, acc_hi, n = worst_pair
+    detail = (
+        f"{where}robust accuracy {acc_lo:.2%} at eps {fmt255(lo)}/255 and {acc_hi:.2%} at {fmt255(hi)}/255 "
+        f"on {n} common images; {flips} example(s) robust at a larger eps but not at a smaller one"
+    )
+    if worst <= 0:
+        detail = f"{where}robust accuracy never rises with eps ({len(radii)} radii); {flips} single-example flip(s)"
+    return _check("robust_rises_with_eps", worst <= 0, worst, detail)
+
+
+def _key(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def square_beats_gradient(components: Mapping[str, Any], *, label: str = "") -> dict:
+    """Points that survive every gradient-based AutoAttack component but fall to Square; fails when any do.
+
+    ``components`` maps component names (``apgd-ce``, ``apgd-t``, ``fab-t``, ``square``; case and punctuation do not
+    matter, a ``clean`` entry is ignored) to per-example robust masks on the same images. Either form works: each
+    component run alone, or AutoAttack's cascade (robust after that component, i.e. after it and every earlier one),
+    because the count only looks at points every gradient component left robust. AutoAttack's own check compares
+    accuracies with a 0.2-point tolerance; here any such point fails the check.
+
+    Args:
+        components: component name -> per-example robustness.
+        label: the threat, for the detail line.
+    """
+    keys = {_key(k): k for k in components}
+    square = [k for kk, k in keys.items() if "square" in kk]
+    gradient = [k for kk, k in keys.items() if "square" not in kk and kk != "clean"]
+    if not square or not gradient:
+        raise ValueError(f"need a Square component and at least one gradient-based one, got {sorted(components)}")
+    masks = {k: _mask(components[k]) for k in (*gradient, *square)}
+    if len({len(m) for m in masks.values()}) != 1:
+        raise ValueError("component masks must cover the same images")
+    survived = np.logical_and.reduce([masks[k] for k in gradient])
+    sq = np.logical_and.reduce([masks[k] for k in square])
+    k = int((survived & ~sq).sum())
+    n = len(sq)
+    where = f"{label}: " if label else ""
+    detail = (
+        f"{where}{k} of {int(survived.sum())} points robust to {', '.join(gradient)} fall to {', '.join(square)} "
+        f"({n} images)"
+    )
+    return _check("square_beats_gradient", k == 0, k, detail)
+
+
+def _results(results: Any) -> list:
+    if results is None:
+        return []
+    if hasattr(results, "robust") and hasattr(results, "clean"):
+        return [results]
+    return list(results)
+
+
+def _eps_key(eps: float) -> float:
+    return round(eps * 255, 6)
+
+
+def check_all(
+    results: Any = (),
+    *,
+    model: nn.Module | None = None,
+    x: torch.Tensor | None = None,
+    y: torch.Tensor | None = None,
+    components: Mapping[str, Any] | Mapping[Threat, Mapping[str, Any]] | None = None,
+    autoattack_names: Collection[str] = ("autoattack",),
+    pgd_names: Collection[str] = ("pgd",),
+) -> list[dict]:
+    """Every check that the given inputs allow, in the order of the module docstring.
+
+    Args:
+        results: one evaluation result or several (anything with ``indices``, ``clean`` and ``robust``
+            (:class:`Threat` -> mask) like ``engine.EvalResult``); results on different subsets are compared on
+            their common image indices.
+        model, x, y: when all given, ``zero_gradient_fraction(model, x, y)`` runs on them.
+        components: AutoAttack's per-component robust masks (name -> mask), or one such mapping per threat.
+        autoattack_names: attack names that count as AutoAttack for the AutoAttack-vs-PGD check.
+        pgd_names: attack names that count as PGD for it.
+
+    Returns:
+        A list of check dicts; checks whose inputs are missing are left out. ``robust_rises_with_eps`` runs per
+        attack name, norm, steps, precision and random start (and per step size when one eps appears twice).
+    """
+    out: list[dict] = []
+    if model is not None and x is not None and y is not None:
+        out.append(zero_gradient_fraction(model, x, y))
+
+    entries: dict[Threat, tuple[np.ndarray | None, np.ndarray]] = {}
+    for r in _results(results):
+        idx = None if getattr(r, "indices", None) is None else np.asarray(r.indices)
+        for t, mask in r.robust.items():
+            if t.is_clean:
+                continue
+            out.append(robust_above_clean(r.clean, mask, label=t.label))
+            entries.setdefault(t, (idx, _mask(mask)))
+
+    aa = [t for t in entries if t.name in autoattack_names]
+    pgd = [t for t in entries if t.name in pgd_names]
+    for ta in aa:
+        for tp in pgd:
+            if ta.norm == tp.norm and _eps_key(ta.eps) == _eps_key(tp.eps):
+                (ia, ma), (ip, mp) = entries[ta], entries[tp]
+                out.append(
+                    autoattack_above_pgd(ma, mp, aa_indices=ia, pgd_indices=ip, label=f"{ta.label} vs {tp.label}")
+                )
+
+    groups: dict[tuple, list[Threat]] = {}
+    for t in entries:
+        groups.setdefault((t.name, t.norm, t.steps, t.precision, t.random_start), []).append(t)
+    for threats in groups.values():
+        eps = [_eps_key(t.eps) for t in threats]
+        subgroups = [threats] if len(set(eps)) == len(eps) else _by_step_size(threats)
+        for sub in subgroups:
+            if len({_eps_key(t.eps) for t in sub}) < 2:
+                continue
+            t0 = sub[0]
+            label = f"{t0.name.upper()}-{t0.steps} {t0.norm}" + ("" if t0.precision == "fp32" else f" {t0.precision}")
+            out.append(
+                robust_rises_with_eps(
+                    {t.eps: entries[t][1] for t in sub},
+                    indices_by_eps=None
+                    if any(entries[t][0] is None for t in sub)
+                    else {t.eps: entries[t][0] for t in sub},
+                    label=label,
+                )
+            )
+
+    for label, comps in _component_sets(components):
+        out.append(square_beats_gradient(comps, label=label))
+    return out
+
+
+def _by_step_size(threats: Sequence[Threat]) -> list[list[Threat]]:
+    by: dict[float, list[Threat]] = {}
+    for t in threats:
+        by.setdefault(_eps_key(t.step_size), []).append(t)
+    return list(by.values())
+
+
+def _component_sets(components: Mapping | None) -> Iterable[tuple[str, Mapping[str, Any]]]:
+    if not components:
+        return []
+    if all(isinstance(k, Threat) for k in components):
+        return [(t.label, c) for t, c in components.items()]
+    return [("", components)]
+
+
+_TAGS = {
+    "zero_gradient_fraction": "zero-grad",
+    "robust_above_clean": "robust>clean",
+    "autoattack_above_pgd": "AA>PGD",
+    "robust_rises_with_eps": "robust↑ε",
+    "square_beats_gradient": "Square>grad",
+}
+
+
+def leaderboard_flags(checks: Iterable[dict]) -> str:
+    """A short marker for the leaderboard: ``""`` when every check passed, else e.g. ``"⚠ zero-grad 12%; AA>PGD"``.
+
+    A check that failed several times (one per threat) appears once, with its largest value where that is shown
+    (the zero-gradient fraction and the number of points Square breaks).
+    """
+    worst: dict[str, Any] = {}
+    for c in checks:
+        if c.get("passed", True):
+            continue
+        name, value = c["name"], c.get("value")
+        if name not in worst:
+            worst[name] = value
+        elif isinstance(value, int | float) and isinstance(worst[name], int | float):
+            worst[name] = max(worst[name], value)
+    if not worst:
+        return ""
+    parts = []
+    for name, value in worst.items():
+        tag = _TAGS.get(name, name)
+        if name == "zero_gradient_fraction" and isinstance(value, float) and math.isfinite(value):
+            tag += f" {value:.0%}" if value >= 0.01 else f" {value:.1%}"
+        elif name == "square_beats_gradient" and isinstance(value, int):
+            tag += f" {value}"
+        parts.append(tag)
+    return "⚠ " + "; ".join(parts)
