@@ -253,6 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     lb = sub.add_parser("leaderboard", help="rebuild leaderboard.md and leaderboard.csv from the records")
     lb.add_argument("--out", help="results folder (default $ZSBENCH_RESULTS or ./results)")
+
+    for name, handler in {"run": _run, "train": _train, "list": _list, "datasets": _datasets}.items():
+        sub.choices[name].set_defaults(handler=handler)
+    lb.set_defaults(handler=_leaderboard)
+    # Commands defined in their own modules: each adds its subparser and sets its handler with set_defaults.
     return p
 
 
@@ -508,9 +513,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"run": _run, "train": _train, "list": _list, "datasets": _datasets, "leaderboard": _leaderboard}[
-        args.command
-    ]
+    handler = args.handler
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")

@@ -272,6 +272,7 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
                     "model": {
                         **loaded.provenance(),
                         **variant.identity,
+                        "training": variant.training,
                         "label": cfg.model.label + (f"+{variant.model_label}" if variant.model_label else ""),
                     },
                     "dataset": dataset_block,

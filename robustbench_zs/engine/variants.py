@@ -35,6 +35,22 @@ class MethodVariant:
     identity: dict
     load: Callable[[torch.device], tuple[LoadedModel, nn.Module]] = field(repr=False)
     model_label: str = ""
+    training: dict | None = None  # how the checkpoint was trained (our folders' meta.json); not part of the key
+
+
+def training_summary(meta: dict) -> dict:
+    """What a record says about the training run behind a checkpoint folder (from its ``meta.json``)."""
+    recipe = meta.get("recipe") or {}
+    return {
+        "train_dataset": meta.get("train_dataset"),
+        "train_eps_255": recipe.get("train_eps_255"),
+        "train_steps": recipe.get("train_steps"),
+        "epochs": recipe.get("epochs"),
+        "steps": meta.get("steps"),
+        "precision": meta.get("precision"),
+        "seed": meta.get("seed"),
+        "recipe": recipe,
+    }
 
 
 def _split_options(method_cls: type[Method], options: dict[str, str]) -> tuple[dict[str, str], dict]:
@@ -163,6 +179,7 @@ def resolve_variants(
         if not path.exists():
             raise ZSBenchError(f"--checkpoint {mid}={path}: no such file or folder")
         config = config_opts
+        training = None
         if path.is_dir() and (path / "meta.json").is_file():
             meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
             if meta.get("method") not in (None, mid):
@@ -172,7 +189,8 @@ def resolve_variants(
                     f"{path} was trained from {meta['arch']}, not {model.arch}; pass --arch {meta['arch']}"
                 )
             config = {k: str(v) for k, v in meta.get("config", {}).items()}
+            training = training_summary(meta)
         method = cls(cls.Config.from_overrides(config))
         ident = {**_checkpoint_identity(path), "method_config": method.config.to_dict()}
-        out.append(MethodVariant(method, mid, ident, _checkpoint_loader(model, method, path), path.name))
+        out.append(MethodVariant(method, mid, ident, _checkpoint_loader(model, method, path), path.name, training))
     return out
