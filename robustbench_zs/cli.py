@@ -10,7 +10,9 @@ import warnings
 from pathlib import Path
 
 from . import __version__
+from .attacks.base import PRECISIONS
 from .errors import ZSBenchError
+from .profiles import PROFILES
 
 EXIT_USAGE = 2
 
@@ -23,7 +25,6 @@ PRESETS = {
         "pretrained": "random",
         "attack": "pgd",
         "eps": "1,4",
-        "steps": 10,
         "device": "cpu",
         "out": "results/smoke",
         "batch_size": 128,
@@ -37,7 +38,7 @@ DEFAULTS = {
     "pretrained": "openai",
     "attack": "pgd",
     "eps": "1",
-    "steps": 10,
+    "steps": None,
     "step_size": None,
     "norm": "linf",
     "n": None,
@@ -45,11 +46,13 @@ DEFAULTS = {
     "device": "auto",
     "batch_size": 128,
     "workers": None,
-    "normalization": "clip",
-    "logit_scale": "100",
-    "prompts": "paper",
+    "profile": "standard",
+    "normalization": None,
+    "logit_scale": None,
+    "attack_precision": None,
+    "prompts": None,
     "prompt_overrides": None,
-    "preprocess": "paper",
+    "preprocess": None,
     "attack_resolution": "model",
     "out": None,
     "data_root": None,
@@ -129,18 +132,41 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--datasets", help=f"comma-separated dataset ids (default {DEFAULTS['datasets']})")
     r.add_argument("--arch", help="open_clip architecture (default ViT-B-32)")
     r.add_argument("--pretrained", help="open_clip pretrained tag (default openai), a checkpoint file, or 'random'")
-    r.add_argument("--attack", help="attack id, or 'none' for clean accuracy only (default pgd)")
+    r.add_argument(
+        "--attack",
+        help="comma-separated attack ids (pgd, apgd-ce, apgd-t, cw, autoattack; see zsbench list attacks), "
+        "or 'none' for clean accuracy only (default pgd)",
+    )
     r.add_argument("--eps", help="comma-separated radii in units of 1/255 (default 1)")
     r.add_argument("--norm", choices=["linf", "l2"], help="threat norm (default linf)")
-    r.add_argument("--steps", help="attack iterations (default 10)")
+    r.add_argument(
+        "--steps", help="attack iterations (default: 10 for pgd and cw, 100 for apgd; autoattack fixes its own)"
+    )
     r.add_argument(
         "--step-size", help="attack step in units of 1/255 (default: 1 for linf as in the paper; 2.5*eps/steps for l2)"
     )
     r.add_argument("--n", help="evaluate a seeded random subset of N images per dataset (default: the full split)")
+    r.add_argument(
+        "--paper-subsample",
+        action="store_true",
+        help="evaluate only every 20th batch of 256 images, as the paper's validation loop did (recorded)",
+    )
     r.add_argument("--seed", help="seed of the subset and of the attacks' random starts (default 0)")
-    r.add_argument("--normalization", choices=["clip", "imagenet"], help="pixel normalization (default clip)")
-    r.add_argument("--logit-scale", choices=["100", "1", "learned"], help="logit scale tau (default 100)")
-    r.add_argument("--prompts", choices=["paper", "ensemble"], help="prompt set (default paper: the official code's)")
+    r.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        help="a whole set of knobs (default standard: CLIP normalization, logit scale 100, fp32 attacks, ensemble "
+        "prompts, the model's preprocessing; paper: as the official code ran); the flags below override single knobs",
+    )
+    r.add_argument("--normalization", choices=["clip", "imagenet"], help="pixel normalization (profile's by default)")
+    r.add_argument("--logit-scale", choices=["100", "1", "learned"], help="logit scale tau (profile's by default)")
+    r.add_argument(
+        "--attack-precision",
+        choices=list(PRECISIONS),
+        help="precision of the attack's forward (profile's by default: fp32; bf16 with per-sample summed losses; "
+        "fp16 only as the official code, to reproduce the paper)",
+    )
+    r.add_argument("--prompts", choices=["paper", "ensemble"], help="prompt set (profile's by default)")
     r.add_argument(
         "--prompt-overrides",
         help='JSON file {"<dataset>": {"classnames": [...], "templates": [...]}} replacing parts of the prompt set',
@@ -148,8 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--preprocess",
         choices=["paper", "standard"],
-        help="image preprocessing (default paper: CIFAR/STL-10 native, others Resize(256)+CenterCrop(224); "
-        "standard: the model's own resize and crop)",
+        help="image preprocessing (profile's by default; paper: CIFAR/STL-10 native, others Resize(256)+"
+        "CenterCrop(224); standard: the model's own resize and crop)",
     )
     r.add_argument(
         "--attack-resolution",
@@ -253,20 +279,63 @@ def build_parser() -> argparse.ArgumentParser:
 
     lb = sub.add_parser("leaderboard", help="rebuild leaderboard.md and leaderboard.csv from the records")
     lb.add_argument("--out", help="results folder (default $ZSBENCH_RESULTS or ./results)")
+    lb.add_argument(
+        "--mix-profiles",
+        action="store_true",
+        help="rank rows measured under different profile knobs in one table (each row names its profile)",
+    )
 
     for name, handler in {"run": _run, "train": _train, "list": _list, "datasets": _datasets}.items():
         sub.choices[name].set_defaults(handler=handler)
     lb.set_defaults(handler=_leaderboard)
     # Commands defined in their own modules: each adds its subparser and sets its handler with set_defaults.
+    from . import compare as compare_cmd
+
+    compare_cmd.add_parser(sub)
+    from .paper import cli as reproduce_cmd
+
+    reproduce_cmd.add_parser(sub)
     return p
 
 
-def _run(args: argparse.Namespace) -> int:
+def build_threats(
+    attacks: str, eps: str, norm: str, steps: int | None, step_size: str | None, precision: str, given: list[str]
+) -> list:
+    """The threats of ``--attack A[,B] --eps ...``: one per attack and radius, each with its own default steps."""
     from .attacks import ATTACKS, Threat
+
+    names = _split(attacks, "attack")
+    if names == ["none"]:
+        if given:
+            raise ZSBenchError(f"--{given[0].replace('_', '-')} has no effect with --attack none; drop one of them")
+        return []
+    if "none" in names:
+        raise ZSBenchError("--attack none cannot be combined with attacks; the clean accuracy is always measured")
+    entries = [ATTACKS.get(name) for name in names]
+    for e in entries:
+        e.check_precision(precision)
+    if steps is not None and all(e.default_steps is None for e in entries):
+        raise ZSBenchError(f"--steps has no effect with --attack {attacks}: it fixes its own iterations; drop it")
+    if step_size is not None and not any(e.uses_step_size for e in entries):
+        raise ZSBenchError(f"--step-size has no effect with --attack {attacks}: it adapts its own step; drop it")
+    fixed_step = parse_step_size(step_size) if step_size is not None else None
+    threats = []
+    for e in entries:
+        n_steps = 0 if e.default_steps is None else (steps or e.default_steps)
+        for r in parse_eps(eps):
+            step = 0.0
+            if e.uses_step_size:
+                step = fixed_step or (1 / 255 if norm == "linf" else 2.5 * r / n_steps)
+            threats.append(Threat(e.name, norm, r, n_steps, step, precision=precision))
+    return threats
+
+
+def _run(args: argparse.Namespace) -> int:
     from .datasets.prompts import load_overrides
     from .engine.runner import RunConfig, run
     from .leaderboard import write_leaderboard
-    from .models import HeadKnobs, ModelSpec
+    from .models import ModelSpec
+    from .profiles import get_profile, run_config_fields
     from .provenance import default_cache_dir, default_data_root, default_models_dir, default_results_dir
 
     opts = dict(DEFAULTS)
@@ -281,17 +350,23 @@ def _run(args: argparse.Namespace) -> int:
     seed = _positive_int("seed", opts["seed"], minimum=0, maximum=2**31 - 1)
     batch_size = _positive_int("batch-size", opts["batch_size"])
     workers = _positive_int("workers", opts["workers"], minimum=0)
-    threats: list[Threat] = []
-    if opts["attack"] == "none":
-        given = [f for f in ("eps", "step_size", "steps", "norm") if getattr(args, f) is not None]
-        if given:
-            raise ZSBenchError(f"--{given[0].replace('_', '-')} has no effect with --attack none; drop one of them")
-    else:
-        ATTACKS.get(opts["attack"])
-        fixed_step = parse_step_size(opts["step_size"]) if opts["step_size"] is not None else None
-        for eps in parse_eps(opts["eps"]):
-            step = fixed_step or (1 / 255 if opts["norm"] == "linf" else 2.5 * eps / steps)
-            threats.append(Threat(opts["attack"], opts["norm"], eps, steps, step))
+    profile = get_profile(opts["profile"]).with_overrides(
+        normalization=opts["normalization"],
+        logit_scale=opts["logit_scale"],
+        attack_precision=opts["attack_precision"],
+        prompts=opts["prompts"],
+        preprocess=opts["preprocess"],
+        paper_subsample=True if args.paper_subsample else None,
+    )
+    threats = build_threats(
+        opts["attack"],
+        opts["eps"],
+        opts["norm"],
+        steps,
+        opts["step_size"],
+        profile.attack_precision,
+        given=[f for f in ("eps", "step_size", "steps", "norm", "attack_precision") if getattr(args, f) is not None],
+    )
     out = Path(opts["out"]) if opts["out"] else default_results_dir()
     cfg = RunConfig(
         methods=tuple(methods),
@@ -300,9 +375,7 @@ def _run(args: argparse.Namespace) -> int:
         threats=tuple(threats),
         data_root=Path(opts["data_root"]) if opts["data_root"] else default_data_root(),
         out_dir=out,
-        knobs=HeadKnobs(normalization=opts["normalization"], logit_scale=opts["logit_scale"]),
-        prompts=opts["prompts"],
-        preprocess=opts["preprocess"],
+        **run_config_fields(profile),
         attack_resolution=opts["attack_resolution"],
         tensor_cache=args.tensor_cache,
         prompt_overrides=load_overrides(opts["prompt_overrides"]),
@@ -492,7 +565,7 @@ def _leaderboard(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_results_dir()
     if not (out / "records").is_dir():
         raise ZSBenchError(f"no records under {out / 'records'}; run `zsbench run --out {out}` first")
-    paths = write_leaderboard(out)
+    paths = write_leaderboard(out, mix_profiles=args.mix_profiles)
     print(paths["markdown"].read_text(encoding="utf-8"))
     print(f"leaderboard: {paths['markdown']} and {paths['csv']}")
     return 0

@@ -94,3 +94,16 @@ def knob_differences(a: dict, b: dict) -> list[str]:
     """The knobs on which two records' profiles differ, as ``knob: a vs b`` lines (empty when they agree)."""
     keys = sorted(set(a) | set(b))
     return [f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
+
+
+def run_config_fields(profile: Profile) -> dict:
+    """The ``engine.runner.RunConfig`` fields a profile sets (the attack precision goes into each ``Threat``)."""
+    from .models import HeadKnobs
+
+    return {
+        "knobs": HeadKnobs(normalization=profile.normalization, logit_scale=profile.logit_scale),
+        "prompts": profile.prompts,
+        "preprocess": profile.preprocess,
+        "paper_subsample": profile.paper_subsample,
+        "profile": profile.name,
+    }

@@ -378,7 +378,7 @@ def test_subset_seeded() -> None:
     other = select_subset(1000, 50, seed=8)
     assert not np.array_equal(s.indices, other.indices) and other.sha256 != s.sha256
     assert s.sha256 == indices_sha256(s.indices)
-    assert s.to_dict() == {"n": 50, "n_total": 1000, "seed": 7, "indices_sha256": s.sha256}
+    assert s.to_dict() == {"n": 50, "n_total": 1000, "seed": 7, "indices_sha256": s.sha256, "selection": "random"}
 
 
 # --------------------------------------------------------------------------------------------------------- prompts

@@ -47,9 +47,7 @@ def test_leaderboard_numbers_equal_the_records(board):
         label = f"clip · {r['model']['label']}"
         rows = wide[(wide["method"] == label) & (wide["table"] == r["threat_label"])]
         match = [
-            row
-            for _, row in rows.iterrows()
-            if row["protocol"].startswith(f"normalization {r['profile']['normalization']}")
+            row for _, row in rows.iterrows() if f"; normalization {r['profile']['normalization']};" in row["protocol"]
         ]
         assert len(match) == 1, (label, r["threat_label"])
         assert match[0]["Synthetic"] == pytest.approx(100 * r["result"]["accuracy"], abs=1e-9)

@@ -77,14 +77,16 @@ def pgd_runs(accurate, data):
     """PGD-5 L-inf 1/255 on 256 images, fp32 and bf16, at attack batch sizes 16 and 64 (robust acc. ~70% in fp32)."""
     sub = select_subset(len(data), 256, seed=0)
     out = {}
-    for precision in PRECISIONS:
+    for precision in ("fp32", "bf16"):
         t = Threat("pgd", precision=precision, **PGD_EPS1)
         for bs in (16, 64):
             out[precision, bs] = (t, evaluate(accurate, data, [t], subset=sub, batch_size=bs, seed=5))
     return out
 
 
-@pytest.mark.parametrize("precision", PRECISIONS)
+# fp16 is left out on purpose: it reproduces the official attack (batch-mean loss, no loss scaling), whose results
+# do depend on the batch size (PMG-AFT issue #1); it exists only for the paper profile
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_robust_accuracy_does_not_depend_on_attack_batch_size(pgd_runs, precision):
     t, small = pgd_runs[precision, 16]
     _, large = pgd_runs[precision, 64]
@@ -137,9 +139,9 @@ def test_bf16_attack_restores_mode_and_stays_in_the_ball(accurate, data):
 
 
 def test_precision_is_validated_and_shown():
-    assert set(AUTOCAST_DTYPES) == set(PRECISIONS) == {"fp32", "bf16"}
+    assert set(AUTOCAST_DTYPES) == set(PRECISIONS) == {"fp32", "bf16", "fp16"}
     with pytest.raises(ZSBenchError, match="precision"):
-        Threat("pgd", "linf", 1 / 255, 2, 1 / 255, precision="fp16")
+        Threat("pgd", "linf", 1 / 255, 2, 1 / 255, precision="fp8")
     t32 = Threat("pgd", "linf", 1 / 255, 10, 1 / 255)
     t16 = Threat("pgd", "linf", 1 / 255, 10, 1 / 255, precision="bf16")
     assert t32.slug == "pgd-linf-eps1-steps10" and t32.label == "PGD-10 L∞ ε=1/255"
@@ -156,8 +158,10 @@ def test_fp32_attack_autocast_is_off_inside_an_outer_autocast():
             assert lin(x).dtype == torch.float32
     with attack_autocast(x.device, "bf16"):
         assert lin(x).dtype == torch.bfloat16
+    with attack_autocast(x.device, "fp16"):
+        assert lin(x).dtype == torch.float16
     with pytest.raises(ValueError):
-        attack_autocast("cpu", "fp16")
+        attack_autocast("cpu", "fp8")
 
 
 # --- (a) zero gradients ----------------------------------------------------------------------------------------------

@@ -318,6 +318,9 @@ ATTACKS.add(
         description="Auto-PGD on the cross-entropy (Croce & Hein 2020), L-inf or L2; steps 0 = 100 iterations",
         run=run_apgd_ce,
         fixed_settings=APGD_CE_SETTINGS,
+        display="APGD-CE",
+        default_steps=DEFAULT_ITERATIONS,
+        uses_step_size=False,
     ),
 )
 ATTACKS.add(
@@ -327,5 +330,8 @@ ATTACKS.add(
         description="targeted Auto-PGD on the DLR loss, 9 target classes (needs >= 4 classes); steps 0 = 100",
         run=run_apgd_t,
         fixed_settings=APGD_T_SETTINGS,
+        display="APGD-T",
+        default_steps=DEFAULT_ITERATIONS,
+        uses_step_size=False,
     ),
 )

@@ -349,6 +349,7 @@ def _run_components(
                         adv = square.perturb(xi, yi)
                         robust[i] = bool(((_predict(model, adv) == yi) | _outside_ball(adv, xi, t.eps, t.norm))[0])
         entry["robust"][name] = int(robust.sum())
+        entry["masks"][name] = robust.clone()
     return robust
 
 
@@ -389,6 +390,7 @@ def _run_official(
     x_adv = x_adv.to(x.device).float()
     robust = clean & ((_predict(model, x_adv) == y) | _outside_ball(x_adv, x, t.eps, t.norm))
     entry["robust"]["autoattack"] = int(robust.sum())
+    entry["masks"]["autoattack"] = robust.clone()
     return robust
 
 
@@ -398,6 +400,8 @@ def _accumulate(report: dict, slug: str, entry: dict) -> None:
         report[slug] = entry
         return
     old["n"] += entry["n"]
+    for k, v in entry["masks"].items():
+        old["masks"][k] = torch.cat([old["masks"][k], v]) if k in old["masks"] else v
     for k, v in entry["robust"].items():
         old["robust"][k] = old["robust"].get(k, 0) + v
     old["ran"] += [c for c in entry["ran"] if c not in old["ran"]]
@@ -422,8 +426,9 @@ def run_autoattack(
         seeds: one int per image (random starts, Square); the official package gets the first one.
         report: filled per threat slug with ``implementation``, ``n_classes``, ``n``, ``ran`` (components, in order),
             ``skipped`` (component -> reason), ``n_target_classes`` (as capped for this classifier) and ``robust``
-            (points robust: clean, then after each component; ``autoattack`` only, for the official package);
-            counts add up when the same dict is passed for several batches. The last call's report is also
+            (points robust: clean, then after each component; ``autoattack`` only, for the official package) and
+            ``masks`` (the same, per image: component -> bool tensor, robust after it and every earlier one);
+            counts add up and masks are concatenated when the same dict is passed for several batches. The last call's report is also
             ``run_autoattack.last_report``.
         implementation: ``fra31/auto-attack`` or ``torchattacks components``; default: the registered one.
         settings: per-component overrides of ``STANDARD`` (torchattacks components only), e.g.
@@ -456,6 +461,7 @@ def run_autoattack(
                 "skipped": {},
                 "n_target_classes": {},
                 "robust": {"clean": int(clean.sum())},
+                "masks": {},
             }
             if impl == COMPONENTS:
                 entry["settings"] = copy.deepcopy(merged)
@@ -488,5 +494,9 @@ ATTACKS.add(
         "else torchattacks components at the official settings); steps and step size are not used",
         run=run_autoattack,
         fixed_settings=AUTOATTACK_SETTINGS,
+        display="AutoAttack",
+        default_steps=None,
+        uses_step_size=False,
+        reports=True,
     ),
 )

@@ -9,7 +9,14 @@ from ..errors import ZSBenchError
 from ..registry import Registry
 
 NORMS = ("linf", "l2")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISION_NOTES = {
+    "bf16": "bfloat16 autocast forward, per-sample summed loss in fp32 from the logits; robust verdict by fp32 "
+    "forwards of the last iterate and of the iterate with the lowest bf16 margin",
+    "fp16": "the official PMG-AFT/TeCoA test attack: float16 autocast forward and batch-mean loss without loss "
+    "scaling (its input gradients can underflow, PMG-AFT issue #1); verdict from the float16 forward of the last "
+    "iterate; for reproducing the paper only",
+}
 
 
 def fmt255(v: float) -> str:
@@ -29,9 +36,10 @@ class Threat:
         steps: attack iterations.
         step_size: step in [0, 1] pixel units (L-inf: per coordinate; L2: Euclidean length of a step).
         random_start: start from a uniform random point of the eps-ball.
-        precision: ``fp32`` (default; autocast off) or ``bf16`` (the model's forward under bfloat16 autocast, the loss
-            still computed in fp32 from the logits; see ``attacks.precision``). Non-default precisions are part of the
-            label and slug.
+        precision: ``fp32`` (default; autocast off), ``bf16`` (the model's forward under bfloat16 autocast, the loss
+            still computed in fp32 from the logits) or ``fp16`` (the official code's float16 autocast with a
+            batch-mean loss; the ``paper`` profile); see ``attacks.precision`` and ``PRECISION_NOTES``. Non-default
+            precisions are part of the label and slug.
     """
 
     name: str = "clean"
@@ -56,19 +64,29 @@ class Threat:
     def is_clean(self) -> bool:
         return self.name == "clean"
 
+    def _entry(self) -> AttackEntry | None:
+        return ATTACKS.get(self.name) if self.name in ATTACKS else None
+
     @property
     def label(self) -> str:
+        """``PGD-10 L∞ ε=1/255``; attacks with a fixed schedule (AutoAttack) carry no step count."""
         if self.is_clean:
             return "Clean"
         norm = {"linf": "L∞", "l2": "L2"}[self.norm]
-        label = f"{self.name.upper()}-{self.steps} {norm} ε={fmt255(self.eps)}/255"
+        entry = self._entry()
+        name = entry.display if entry else self.name.upper()
+        if entry is None or entry.default_steps is not None:
+            name += f"-{self.steps}"
+        label = f"{name} {norm} ε={fmt255(self.eps)}/255"
         return label if self.precision == "fp32" else f"{label} {self.precision}"
 
     @property
     def slug(self) -> str:
         if self.is_clean:
             return "clean"
-        slug = f"{self.name}-{self.norm}-eps{fmt255(self.eps)}-steps{self.steps}"
+        entry = self._entry()
+        steps = "" if entry is not None and entry.default_steps is None else f"-steps{self.steps}"
+        slug = f"{self.name}-{self.norm}-eps{fmt255(self.eps)}{steps}"
         return slug if self.precision == "fp32" else f"{slug}-{self.precision}"
 
     def settings(self) -> dict:
@@ -79,17 +97,41 @@ class Threat:
         d["eps_255"] = round(self.eps * 255, 6)
         d["step_size_255"] = round(self.step_size * 255, 6)
         d.update(ATTACKS.get(self.name).fixed_settings)
+        if self.precision != "fp32":
+            d["precision_detail"] = PRECISION_NOTES[self.precision]
         return d
 
 
 @dataclass(frozen=True)
 class AttackEntry:
-    """A registered attack: ``run(model, x, y, threats, seeds) -> {threat: robust mask}`` plus its fixed settings."""
+    """A registered attack: ``run(model, x, y, threats, seeds) -> {threat: robust mask}`` plus its fixed settings.
+
+    Attributes:
+        display: the name in labels (``PGD``, ``AutoAttack``).
+        default_steps: iterations when the user gives none; ``None``: the attack fixes its own schedule and
+            ``Threat.steps`` is not used (nor shown in the label).
+        uses_step_size: whether ``Threat.step_size`` is used (APGD and AutoAttack adapt their own).
+        precisions: the ``Threat.precision`` values it supports.
+        reports: ``run`` accepts ``report=dict`` and fills it per threat slug with what ran and the per-component
+            robust masks (``masks``: component -> bool tensor), which the evaluator stores in the record.
+    """
 
     name: str
     description: str
     run: Callable
     fixed_settings: dict
+    display: str = ""
+    default_steps: int | None = 10
+    uses_step_size: bool = True
+    precisions: tuple[str, ...] = ("fp32",)
+    reports: bool = False
+
+    def check_precision(self, precision: str) -> None:
+        if precision not in self.precisions:
+            raise ZSBenchError(
+                f"attack {self.name!r} runs in {', '.join(self.precisions)} only, not {precision}; "
+                f"use --attack-precision {self.precisions[0]} or the pgd attack"
+            )
 
 
 ATTACKS: Registry[AttackEntry] = Registry("attack")

@@ -87,6 +87,8 @@ ATTACKS.add(
         name="cw",
         description="PGD on the CW margin loss with kappa = 50 (the TeCoA/PMG-AFT test attack), L-inf or L2 (fp32)",
         run=run_cw,
+        display="CW",
+        default_steps=10,
         fixed_settings={
             "loss": "cw margin: -relu(z_y - max_{j != y} z_j + kappa)",
             "kappa": KAPPA,

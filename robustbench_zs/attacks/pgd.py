@@ -82,41 +82,47 @@ def pgd_single(
     fp32: robust[i] = correct at every iterate. bf16: the iterates and their gradients come from the bf16 forward, but
     the verdict is taken in fp32 on the last iterate and on the iterate with the lowest bf16 margin, because a bf16
     forward alone flips the prediction of small-margin points (on the tiny test classifier, a quarter of the clean
-    images): a point counts as broken only if the fp32 model misclassifies a point the attack found.
+    images): a point counts as broken only if the fp32 model misclassifies a point the attack found. fp16: the
+    official PMG-AFT/TeCoA test attack, for the ``paper`` profile: float16 autocast, the batch-mean cross-entropy
+    without loss scaling, and the verdict of the float16 forward on the last iterate.
     """
-    eps, norm = threat.eps, threat.norm
-    exact = threat.precision == "fp32"
+    eps, norm, precision = threat.eps, threat.norm, threat.precision
     delta = torch.zeros_like(x)
     if threat.random_start and noise is not None and eps > 0:
         delta = _project(noise * eps, x, eps, norm)
     robust = torch.ones(len(x), dtype=torch.bool, device=x.device)
-    candidate = x if exact else x.clone()  # bf16: per image, the iterate of lowest bf16 margin so far
+    candidate = x.clone() if precision == "bf16" else x  # bf16: per image, the iterate of lowest bf16 margin so far
     best = torch.full((len(x),), float("inf"), device=x.device)
-    with attack_autocast(x.device, threat.precision):
+    with attack_autocast(x.device, precision):
         for _ in range(threat.steps):
             delta.requires_grad_(True)
             logits = model(x + delta)
-            if exact:
+            if precision == "fp32":
                 robust &= logits.argmax(dim=1) == y
-            else:
+            elif precision == "bf16":
                 with torch.no_grad():
                     margin = _margin(logits, y)
                     lower = margin < best
                     best = torch.where(lower, margin, best)
                     candidate[lower] = (x + delta)[lower]
-            loss = F.cross_entropy(logits.float(), y, reduction="sum")
+            if precision == "fp16":
+                loss = F.cross_entropy(logits, y)  # as the official code: batch mean, autocast's own dtype rules
+            else:
+                loss = F.cross_entropy(logits.float(), y, reduction="sum")
             (grad,) = torch.autograd.grad(loss, delta)
             with torch.no_grad():
+                grad = grad.float()
                 if norm == "linf":
                     step = threat.step_size * grad.sign()
                 else:
                     g = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
                     step = threat.step_size * grad / g
                 delta = _project(delta.detach() + step, x, eps, norm)
-    with torch.no_grad(), attack_autocast(x.device, "fp32"):
+    verdict = "fp16" if precision == "fp16" else "fp32"
+    with torch.no_grad(), attack_autocast(x.device, verdict):
         x_adv = x + delta
         robust &= model(x_adv).argmax(dim=1) == y
-        if not exact and threat.steps > 0:
+        if precision == "bf16" and threat.steps > 0:
             robust &= model(candidate).argmax(dim=1) == y
     return x_adv.detach(), robust
 
@@ -137,15 +143,18 @@ ATTACKS.add(
     "pgd",
     AttackEntry(
         name="pgd",
-        description="projected gradient descent, CE loss, uniform random start, L-inf or L2 (ours, fp32 or bf16)",
+        description="projected gradient descent, CE loss, uniform random start, L-inf or L2 (fp32; bf16; fp16 as "
+        "the official code)",
         run=run_pgd,
+        display="PGD",
+        default_steps=10,
+        precisions=("fp32", "bf16", "fp16"),
         fixed_settings={
             "loss": "ce",
             "loss_reduction": "sum",
             "restarts": 1,
             "random_start_seed": "per image: seed * 1000003 + index",
-            "robust_if": "correct on the clean image and at every iterate (bf16: in fp32, at the last iterate and at the "
-            "iterate of lowest bf16 margin)",
+            "robust_if": "correct on the clean image and at every iterate",
             "implementation": "robustbench_zs.attacks.pgd",
         },
     ),

@@ -4,19 +4,20 @@
 ``bf16``: the model's forward runs under ``torch.autocast(dtype=torch.bfloat16)``; the attack loss must then be computed
 from ``logits.float()`` with a per-sample (summed) reduction. bf16 has fp32's exponent range, so with summed losses the
 input gradients do not underflow the way fp16 ones with a batch-mean loss do (PMG-AFT issue #1, protocol.md section 4).
-There is deliberately no fp16: it needs loss scaling to be trusted, and bf16 gives the same speed-up on current GPUs.
+``fp16``: float16 autocast, only to reproduce the official PMG-AFT/TeCoA attack (the ``paper`` profile): with a
+batch-mean loss and no loss scaling its gradients underflow, so robust accuracy then depends on the batch size.
 """
 
 from __future__ import annotations
 
 import torch
 
-AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 """Autocast dtype per precision (``None``: autocast off); its keys are ``PRECISIONS``."""
 
 
 def attack_autocast(device: torch.device | str, precision: str) -> torch.autocast:
-    """The autocast region an attack's forward runs in: off for ``fp32``, bfloat16 for ``bf16``.
+    """The autocast region an attack's forward runs in: off for ``fp32``, bfloat16 for ``bf16``, float16 for ``fp16``.
 
     Args:
         device: the device of the attacked images (its type picks the autocast backend).

@@ -39,6 +39,9 @@ from .precision import attack_autocast
 
 __all__ = [
     "autoattack_above_pgd",
+    "record_checks",
+    "zero_gradient_check",
+    "zero_gradient_mask",
     "check_all",
     "leaderboard_flags",
     "robust_above_clean",
@@ -82,14 +85,37 @@ def _pct(k: int, n: int) -> str:
     return f"{k}/{n} ({k / n:.1%})" if n else f"{k}/0"
 
 
+def zero_gradient_mask(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per image: is the input gradient of its cross-entropy exactly zero (or not finite)? A CPU bool tensor.
+
+    The gradient is taken in fp32 (autocast off) on the per-sample summed loss, so each image's gradient is its own
+    and does not depend on the batch; the model's train/eval mode and ``requires_grad`` flags are restored and no
+    parameter gradient is accumulated. Non-finite gradients count as zero: no attack can follow them either.
+    """
+    with eval_mode_no_param_grad(model), torch.enable_grad(), attack_autocast(x.device, "fp32"):
+        xb = x.detach().float().requires_grad_(True)
+        loss = F.cross_entropy(model(xb).float(), y, reduction="sum")
+        grad = None
+        if loss.requires_grad:  # logits that do not depend on the input at all: the gradient is zero
+            (grad,) = torch.autograd.grad(loss, xb, allow_unused=True)
+        if grad is None:
+            grad = torch.zeros_like(xb)
+        g = grad.detach().flatten(1)
+        return ((g == 0).all(dim=1) | (~torch.isfinite(g)).any(dim=1)).cpu()
+
+
+def zero_gradient_check(zero: Any) -> dict:
+    """The ``zero_gradient_fraction`` check from a per-image mask (see ``zero_gradient_mask``); fails when above 0."""
+    z = _mask(zero)
+    k, n = int(z.sum()), len(z)
+    detail = f"{_pct(k, n)} images have an all-zero (or non-finite) input gradient of the cross-entropy (fp32)"
+    return _check("zero_gradient_fraction", k == 0, k / n if n else 0.0, detail)
+
+
 def zero_gradient_fraction(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int | None = None
 ) -> dict:
     """Fraction of images whose input gradient of the cross-entropy is exactly zero; fails when it is above 0.
-
-    The gradient is taken in fp32 (autocast off) on the per-sample summed loss, so each image's gradient is its own
-    and does not depend on the batch; the model's train/eval mode and ``requires_grad`` flags are restored and no
-    parameter gradient is accumulated.
 
     Args:
         model: maps images in [0, 1] (B, 3, H, W) to logits (B, C).
@@ -97,28 +123,9 @@ def zero_gradient_fraction(
         y: labels (B,).
         batch_size: split the images into chunks of this size (all at once by default).
     """
-    n = len(x)
-    zero = torch.zeros(n, dtype=torch.bool)
-    bad = torch.zeros(n, dtype=torch.bool)
-    step = batch_size or max(n, 1)
-    with eval_mode_no_param_grad(model), torch.enable_grad(), attack_autocast(x.device, "fp32"):
-        for s in range(0, n, step):
-            xb = x[s : s + step].detach().float().requires_grad_(True)
-            loss = F.cross_entropy(model(xb).float(), y[s : s + step], reduction="sum")
-            grad = None
-            if loss.requires_grad:  # logits that do not depend on the input at all: the gradient is zero
-                (grad,) = torch.autograd.grad(loss, xb, allow_unused=True)
-            if grad is None:
-                grad = torch.zeros_like(xb)
-            g = grad.detach().flatten(1)
-            zero[s : s + step] = (g == 0).all(dim=1).cpu()
-            bad[s : s + step] = (~torch.isfinite(g)).any(dim=1).cpu()
-    k = int(zero.sum())
-    frac = k / n if n else 0.0
-    detail = f"{_pct(k, n)} images have an all-zero input gradient of the cross-entropy (fp32)"
-    if bad.any():
-        detail += f"; {int(bad.sum())} have non-finite gradients"
-    return _check("zero_gradient_fraction", k == 0, frac, detail)
+    step = batch_size or max(len(x), 1)
+    parts = [zero_gradient_mask(model, x[s : s + step], y[s : s + step]) for s in range(0, len(x), step)]
+    return zero_gradient_check(torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool))
 
 
 def robust_above_clean(clean: Any, robust: Any, *, label: str = "") -> dict:
@@ -245,6 +252,29 @@ def square_beats_gradient(components: Mapping[str, Any], *, label: str = "") -> 
         f"({n} images)"
     )
     return _check("square_beats_gradient", k == 0, k, detail)
+
+
+def record_checks(
+    clean: Any, robust: Any, above_clean: Any, zero_grad: Any | None, report: Mapping | None, *, label: str = ""
+) -> list[dict]:
+    """The checks one evaluation record can carry on its own (the cross-record ones run in the leaderboard).
+
+    Args:
+        clean: per-image clean correctness.
+        robust: per-image robustness as recorded (correct on the clean image and under attack).
+        above_clean: per image, the attack's own verdict "robust" where the clean pass says misclassified.
+        zero_grad: per image, all-zero input gradient at the clean image (``zero_gradient_mask``), or None.
+        report: AutoAttack's report (``masks``: component -> cascade mask), or None for other attacks.
+        label: the threat, for the detail lines.
+    """
+    out = []
+    if zero_grad is not None:
+        out.append(zero_gradient_check(zero_grad))
+    out.append(robust_above_clean(clean, _mask(robust) | _mask(above_clean), label=label))
+    masks = (report or {}).get("masks") or {}
+    if "square" in masks and any(k != "square" for k in masks):
+        out.append(square_beats_gradient(masks, label=label))
+    return out
 
 
 def _results(results: Any) -> list:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ..attacks import ATTACKS, Threat
 from ..attacks.pgd import eval_mode_no_param_grad
+from ..attacks.sanity import zero_gradient_mask
 from ..datasets.spec import ImageDataset
 from ..datasets.subset import Subset, select_subset
 
@@ -31,6 +33,11 @@ class _State:
         self.done = np.zeros(n, dtype=bool)
         self.clean = np.zeros(n, dtype=bool)
         self.robust = {s: np.zeros(n, dtype=bool) for s in slugs}
+        # the attack's own verdict where the clean pass says misclassified (must never happen: a sanity check)
+        self.above_clean = {s: np.zeros(n, dtype=bool) for s in slugs}
+        self.zero_grad = np.zeros(n, dtype=bool)  # all-zero input gradient at the clean image (a sanity check)
+        self.components: dict[str, dict[str, np.ndarray]] = {s: {} for s in slugs}  # AutoAttack, per component
+        self.info: dict[str, dict] = {}  # AutoAttack: implementation, components run and skipped (per slug)
 
     @classmethod
     def open(cls, path: Path | None, indices: np.ndarray, slugs: list[str]) -> _State:
@@ -47,7 +54,13 @@ class _State:
                 if same:
                     st.done, st.clean = f["done"].astype(bool), f["clean"].astype(bool)
                     st.robust = {s: f[f"robust_{i}"].astype(bool) for i, s in enumerate(st.slugs)}
-        except (OSError, ValueError, KeyError):
+                    st.above_clean = {s: f[f"above_{i}"].astype(bool) for i, s in enumerate(st.slugs)}
+                    st.zero_grad = f["zero_grad"].astype(bool)
+                    st.info = json.loads(str(f["info"]))
+                    for i, s in enumerate(st.slugs):
+                        names = st.info.get(s, {}).get("components", [])
+                        st.components[s] = {c: f[f"comp_{i}_{j}"].astype(bool) for j, c in enumerate(names)}
+        except (OSError, ValueError, KeyError, json.JSONDecodeError):
             pass  # unreadable or from another evaluation: start afresh (it is overwritten below)
         return st
 
@@ -57,9 +70,35 @@ class _State:
         path = Path(self.path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-        arrays = {f"robust_{i}": self.robust[s] for i, s in enumerate(self.slugs)}
-        np.savez(tmp, indices=self.indices, slugs=np.array(self.slugs), done=self.done, clean=self.clean, **arrays)
+        arrays = {}
+        for i, s in enumerate(self.slugs):
+            arrays[f"robust_{i}"] = self.robust[s]
+            arrays[f"above_{i}"] = self.above_clean[s]
+            for j, c in enumerate(self.info.get(s, {}).get("components", [])):
+                arrays[f"comp_{i}_{j}"] = self.components[s][c]
+        np.savez(
+            tmp,
+            indices=self.indices,
+            slugs=np.array(self.slugs),
+            done=self.done,
+            clean=self.clean,
+            zero_grad=self.zero_grad,
+            info=np.array(json.dumps(self.info)),
+            **arrays,
+        )
         os.replace(tmp, path)
+
+    def add_report(self, slug: str, pos: np.ndarray, entry: dict) -> None:
+        """Merge one batch's AutoAttack report: per-component masks at ``pos``, and what ran (the same per batch)."""
+        info = self.info.setdefault(slug, {"components": []})
+        for key in ("implementation", "n_classes", "ran", "skipped", "n_target_classes", "settings", "seed"):
+            if key in entry:
+                info[key] = entry[key]
+        for c, mask in entry.get("masks", {}).items():
+            if c not in self.components[slug]:
+                self.components[slug][c] = np.zeros(len(self.indices), dtype=bool)
+                info["components"].append(c)
+            self.components[slug][c][pos] = mask.cpu().numpy()
 
 
 @dataclass
@@ -71,12 +110,21 @@ class EvalResult:
         clean: correct on the clean image.
         robust: per threat, correct on the clean image and under the attack.
         seconds: wall time per threat slug (``clean`` included).
+        above_clean: per threat, images the attack itself called robust although the clean pass misclassifies
+            them (a sanity check: should be all False).
+        zero_grad: images whose input gradient of the cross-entropy is all zero at the clean image (None without
+            threats).
+        reports: per threat of an attack that reports (AutoAttack): implementation, components run and skipped, and
+            ``masks`` (component -> per-image robust after it and every earlier one, subset order).
     """
 
     indices: np.ndarray
     clean: np.ndarray
     robust: dict[Threat, np.ndarray] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    above_clean: dict[Threat, np.ndarray] = field(default_factory=dict)
+    zero_grad: np.ndarray | None = None
+    reports: dict[Threat, dict] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -104,6 +152,7 @@ def evaluate(
     progress: bool | None = None,
     desc: str = "eval",
     clean: np.ndarray | None = None,
+    zero_grad: np.ndarray | None = None,
     state_path: Path | None = None,
 ) -> EvalResult:
     """Evaluate ``classifier`` clean and under each threat.
@@ -116,6 +165,7 @@ def evaluate(
         seed: drives the attacks' random starts (per image, so results do not depend on batching).
         progress: show a progress bar (None: only on a terminal).
         clean: clean correctness of these images (subset order) from an earlier pass; skips the clean forward.
+        zero_grad: the zero-input-gradient mask of these images from an earlier pass (skips that backward pass).
         state_path: per-example progress file (``.npz``). Each finished batch is saved there; a call with the same
             file, images and threats continues with the images not yet decided. Attacks are seeded per image, so a
             resumed evaluation gives the same per-example results as an uninterrupted one.
@@ -126,6 +176,9 @@ def evaluate(
     known = None if clean is None else np.asarray(clean, dtype=bool)
     if known is not None and len(known) != subset.n:
         raise ValueError(f"clean has {len(known)} entries for {subset.n} images")
+    known_zero = None if zero_grad is None else np.asarray(zero_grad, dtype=bool)
+    if known_zero is not None and len(known_zero) != subset.n:
+        raise ValueError(f"zero_grad has {len(known_zero)} entries for {subset.n} images")
     state = _State.open(state_path, subset.indices, [t.slug for t in threats])
     todo = np.flatnonzero(~state.done)  # positions (in subset order) still to evaluate
     loader = DataLoader(
@@ -153,18 +206,38 @@ def evaluate(
                 _sync(device)
                 seconds["clean"] += time.perf_counter() - t0
             state.clean[pos] = correct.cpu().numpy()
+            if threats:
+                if known_zero is not None:
+                    state.zero_grad[pos] = known_zero[pos]
+                else:
+                    state.zero_grad[pos] = zero_gradient_mask(classifier, x, y).numpy()
             for t in threats:
+                entry = ATTACKS.get(t.name)
+                report: dict | None = {} if entry.reports else None
                 t0 = time.perf_counter()
-                robust = ATTACKS.get(t.name).run(classifier, x, y, [t], seeds)[t]
+                if report is None:
+                    robust = entry.run(classifier, x, y, [t], seeds)[t]
+                else:
+                    robust = entry.run(classifier, x, y, [t], seeds, report=report)[t]
                 _sync(device)
                 seconds[t.slug] += time.perf_counter() - t0
                 state.robust[t.slug][pos] = (robust & correct).cpu().numpy()
+                state.above_clean[t.slug][pos] = (robust & ~correct).cpu().numpy()
+                if report:
+                    state.add_report(t.slug, pos, report[t.slug])
             state.done[pos] = True
             state.save()
-    clean_all = state.clean.copy()
+    reports = {}
+    for t in threats:
+        if t.slug in state.info:
+            info = {k: v for k, v in state.info[t.slug].items() if k != "components"}
+            reports[t] = {**info, "masks": {c: state.components[t.slug][c].copy() for c in state.components[t.slug]}}
     return EvalResult(
         indices=subset.indices,
-        clean=clean_all,
+        clean=state.clean.copy(),
         robust={t: state.robust[t.slug].copy() for t in threats},
         seconds=seconds,
+        above_clean={t: state.above_clean[t.slug].copy() for t in threats},
+        zero_grad=state.zero_grad.copy() if threats else None,
+        reports=reports,
     )

@@ -10,13 +10,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from ..attacks import Threat
+from ..attacks import ATTACKS, Threat
+from ..attacks.sanity import leaderboard_flags, record_checks
 from ..datasets import DATASETS, DatasetSpec, ImageDataset, select_subset
 from ..datasets.cache import TensorCache, worth_caching
 from ..datasets.preprocess import Preprocess, PreprocessedDataset, resolve_preprocess
 from ..datasets.prompts import prompt_set
+from ..datasets.subset import paper_subsample
 from ..errors import ZSBenchError
 from ..methods import METHODS
 from ..models import NORMALIZATIONS, HeadKnobs, LoadedModel, ModelSpec, ZeroShotClassifier, build_text_head
@@ -24,6 +27,7 @@ from ..models.loader import RANDOM, model_preprocess_cfg, resolve_spec
 from ..models.text_head import text_weights_sha256
 from ..provenance import device_description, sha256_file, software
 from ..results import SCHEMA_VERSION, RecordStore, ensure_writable, per_example, record_key, result_block
+from ..results.stats import pack_bools
 from .evaluator import evaluate
 from .variants import resolve_variants
 
@@ -57,6 +61,8 @@ class RunConfig:
     models_dir: Path = Path("models")
     train_dataset: str = "tinyimagenet"
     train_missing: bool = True
+    profile: str = "custom"  # the profile name the knobs came from (robustbench_zs.profiles), recorded
+    paper_subsample: bool = False  # evaluate every 20th batch of 256 images only, as the paper's validation did
 
 
 @dataclass
@@ -98,6 +104,21 @@ def _profile(knobs: HeadKnobs, preprocess: dict, prompts: str, classnames: list[
         "prompts": prompts,
         "templates": templates,
         "classnames_sha256": hashlib.sha256(json.dumps(classnames).encode()).hexdigest(),
+    }
+
+
+def attack_report_block(report: dict) -> dict:
+    """What an attack that reports (AutoAttack) ran, for the record: components run and skipped with the reason,
+    targets, and per component the points robust after it (counts and per-image bits, subset order)."""
+    masks = report.get("masks", {})
+    return {
+        **{k: v for k, v in report.items() if k != "masks"},
+        "robust_after": {c: int(np.asarray(m).sum()) for c, m in masks.items()},
+        "per_example": {
+            "encoding": "packbits-little-base64",
+            "order": "subset indices, ascending",
+            "robust_after": {c: pack_bools(m) for c, m in masks.items()},
+        },
     }
 
 
@@ -181,6 +202,12 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
     store = RecordStore(cfg.out_dir)
     summary = RunSummary()
     threats = (Threat(), *cfg.threats)
+    for t in cfg.threats:
+        ATTACKS.get(t.name).check_precision(t.precision)
+    precisions = sorted({t.precision for t in cfg.threats})
+    attack_precision = ",".join(precisions) if precisions else None
+    if cfg.paper_subsample and cfg.n is not None:
+        raise ZSBenchError("--paper-subsample and --n both choose the images; drop one of them")
 
     variants = resolve_variants(
         cfg.methods,
@@ -197,13 +224,20 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
         encoder = None
         text_sha: str | None = None
         for ds_id, (spec, data, pre) in datasets.items():
-            subset = select_subset(len(data), cfg.n, cfg.seed)
-            if cfg.n is not None and subset.is_full:
+            subset = paper_subsample(len(data)) if cfg.paper_subsample else select_subset(len(data), cfg.n, cfg.seed)
+            if cfg.paper_subsample:
+                echo(f"note: --paper-subsample: {ds_id} evaluates {subset.n} of {len(data)} images (every 20th batch)")
+            elif cfg.n is not None and subset.is_full:
                 echo(
                     f"note: --n {cfg.n} >= the {len(data)} images of {ds_id}/{spec.eval_split}; evaluating all of them"
                 )
             classnames, templates, prompts = prompt_set(spec, data, cfg.prompts, cfg.prompt_overrides)
-            profile = _profile(cfg.knobs, pre.describe(spec), prompts, classnames, templates)
+            profile = {
+                "name": cfg.profile,
+                **_profile(cfg.knobs, pre.describe(spec), prompts, classnames, templates),
+                "attack_precision": attack_precision,
+                "paper_subsample": cfg.paper_subsample,
+            }
             dataset_block = {
                 "id": ds_id,
                 "name": spec.name,
@@ -245,6 +279,7 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
             parts = []
             # the clean pass runs once per dataset; an existing clean record supplies it without any forward
             clean_mask = per_example(store.read(clean_path)) if clean_path in summary.skipped else None
+            zero_mask = None  # the zero-gradient sanity mask, computed by the first attack and reused by the others
             for t, key, path, seed in plan:
                 started = _now()
                 result = evaluate(
@@ -258,9 +293,12 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
                     progress=cfg.progress,
                     desc=f"{method_id}/{ds_id} {t.label}",
                     clean=clean_mask,
+                    zero_grad=zero_mask,
                     state_path=partial_path(path),
                 )
                 clean_mask = result.clean
+                if result.zero_grad is not None:
+                    zero_mask = result.zero_grad
                 correct = result.clean if t.is_clean else result.robust[t]
                 record = {
                     "schema_version": SCHEMA_VERSION,
@@ -291,10 +329,22 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
                     },
                     "result": result_block(correct, None if t.is_clean else result.clean),
                 }
+                if not t.is_clean:
+                    report = result.reports.get(t)
+                    checks = record_checks(
+                        result.clean, correct, result.above_clean[t], result.zero_grad, report, label=t.label
+                    )
+                    record["sanity"] = {"checks": checks, "flags": leaderboard_flags(checks)}
+                    if report is not None:
+                        record["attack_report"] = attack_report_block(report)
                 store.write(path, record)
                 partial_path(path).unlink(missing_ok=True)
                 summary.written.append(path)
                 lo, hi = record["result"]["ci95"]
-                parts.append(f"{t.label} {100 * record['result']['accuracy']:.2f}% [{100 * lo:.1f}, {100 * hi:.1f}]")
+                flags = record.get("sanity", {}).get("flags")
+                parts.append(
+                    f"{t.label} {100 * record['result']['accuracy']:.2f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+                    + (f" {flags}" if flags else "")
+                )
             echo(f"{variant.label} / {ds_id} (n={subset.n}): " + " | ".join(parts))
     return summary

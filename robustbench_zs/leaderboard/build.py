@@ -32,20 +32,36 @@ def _method_order() -> list[str]:
     return METHODS.names()
 
 
-def records_frame(out_dir: Path) -> pd.DataFrame:
-    """One row per valid record, with the fields that place it in a table."""
+def profile_knobs(profile: dict) -> dict:
+    """The knobs of a record's profile that decide whether two rows may share a table."""
+    return {
+        "profile": profile.get("name", "custom"),
+        **{k: profile.get(k) for k in _PROTOCOL_KEYS},
+        "preprocess": _preprocess_label(profile),
+    }
+
+
+def records_frame(out_dir: Path, mix_profiles: bool = False) -> pd.DataFrame:
+    """One row per valid record, with the fields that place it in a table.
+
+    Args:
+        mix_profiles: leave the profile knobs out of the table key, so rows measured under different knobs share a
+            table (each row then names its profile); off by default: such numbers are not comparable.
+    """
     rows = []
     for path, r in RecordStore(out_dir).iter_records():
         attack = dict(r["attack"])
         profile = r["profile"]
         d = r["dataset"]
+        knobs = profile_knobs(profile)
         # a table holds one threat under one set of knobs; robust tables also one attack seed (random starts)
         protocol = {
             "attack": attack,
-            "profile": {**{k: profile.get(k) for k in _PROTOCOL_KEYS}, "preprocess": _preprocess_label(profile)},
+            "profile": "mixed" if mix_profiles else knobs,
             "attack_seed": None if attack.get("name") == "clean" else r["seed"],
         }
         lo, hi = r["result"]["ci95"]
+        sanity = r.get("sanity") or {}
         rows.append(
             {
                 "table": r.get("threat_label", attack.get("name")),
@@ -65,11 +81,69 @@ def records_frame(out_dir: Path) -> pd.DataFrame:
                 "ci95_low": 100.0 * lo,
                 "ci95_high": 100.0 * hi,
                 "eps_255": attack.get("eps_255", 0.0),
+                "attack": attack.get("name"),
+                "norm": attack.get("norm"),
+                "steps": attack.get("steps"),
+                "precision": attack.get("precision", "fp32"),
+                "seed": r["seed"],
+                "knobs": json.dumps(knobs, sort_keys=True),
+                "profile_name": knobs["profile"],
+                "flags": sanity.get("flags", ""),
+                "failed_checks": json.dumps([c for c in sanity.get("checks", []) if not c.get("passed", True)]),
                 "created_utc": r["created_utc"],
                 "record": str(path),
             }
         )
     return pd.DataFrame(rows)
+
+
+def cross_record_checks(df: pd.DataFrame) -> pd.DataFrame:
+    """Checks that need several records of one row and dataset: AutoAttack vs PGD, robust accuracy vs eps.
+
+    Records are grouped by leaderboard row (method, model, weights), dataset images, profile knobs and attack seed;
+    within a group, ``autoattack_above_pgd`` compares every AutoAttack record with every PGD record of the same norm and eps,
+    and ``robust_rises_with_eps`` runs per attack, norm, steps and precision over its radii. Returns one row per
+    check: its group, the threat labels it concerns, and the check dict.
+    """
+    from ..attacks.sanity import autoattack_above_pgd, robust_rises_with_eps
+    from ..results import per_example
+
+    cols = ["row", "dataset", "indices_sha256", "content_sha256", "knobs", "seed"]
+    out = []
+    if df.empty:
+        return pd.DataFrame(out)
+    robust = df[df["attack"] != "clean"].copy()
+    if "row" not in robust:
+        robust["row"] = _row_labels(robust)
+    if robust.empty:
+        return pd.DataFrame(out)
+    masks: dict[str, object] = {}
+
+    def mask(path: str):
+        if path not in masks:
+            masks[path] = per_example(RecordStore.read_path(Path(path)))
+        return masks[path]
+
+    for key, g in robust.groupby(cols, sort=False, dropna=False):
+        g = g.sort_values("created_utc").drop_duplicates(["table"], keep="last")
+        base = dict(zip(cols, key, strict=True))
+        aa, pgd = g[g["attack"] == "autoattack"], g[g["attack"] == "pgd"]
+        for _, a in aa.iterrows():
+            for _, b in pgd[(pgd["norm"] == a["norm"]) & (pgd["eps_255"] == a["eps_255"])].iterrows():
+                check = autoattack_above_pgd(
+                    mask(a["record"]), mask(b["record"]), label=f"{a['table']} vs {b['table']}"
+                )
+                out.append({**base, "tables": [a["table"], b["table"]], "check": check})
+        for _, fam in g.groupby(["attack", "norm", "steps", "precision"], sort=False, dropna=False):
+            if fam["eps_255"].nunique() < 2 or len(fam) != fam["eps_255"].nunique():
+                continue
+            fam = fam.sort_values("eps_255")
+            check = robust_rises_with_eps(
+                {row["eps_255"] / 255: mask(row["record"]) for _, row in fam.iterrows()},
+                label=f"{fam['attack'].iloc[0]} {fam['norm'].iloc[0]}",
+            )
+            out.append({**base, "tables": list(fam["table"]), "check": check})
+    return pd.DataFrame(out)
 
 
 def _preprocess_label(profile: dict) -> str:
@@ -95,26 +169,60 @@ def _images(n: int, n_total: int) -> str:
     return str(n) if n == n_total else f"{n} of {n_total}"
 
 
+def _attack_line(a: dict, seed) -> str:
+    head = f"{a['name']} {a['norm']} eps {a['eps_255']:g}/255"
+    if a.get("name") == "autoattack":
+        how = f"standard ({', '.join(a.get('components', []))}; {a.get('implementation')}"
+        how += f" {a['commit'][:12]})" if a.get("commit") else ")"
+    elif not a.get("step_size_255"):
+        how = f"{a['steps']} iterations, adaptive step"
+    else:
+        how = f"{a['steps']} steps of {a['step_size_255']:g}/255"
+        how += ", random start" if a.get("random_start") else ", no random start"
+    return f"{head}, {how}, {a.get('precision', 'fp32')}, attack seed {seed}"
+
+
 def _protocol_line(protocol: str) -> str:
     p = json.loads(protocol)
     a, prof = p["attack"], p["profile"]
-    parts = [
-        f"normalization {prof['normalization']}",
-        f"logit scale {prof['logit_scale']}",
-        f"prompts {prof['prompts']}",
-        prof.get("preprocess", "native resolution"),
-        f"{prof['resize']} resize to the model's input inside the model",
-    ]
+    if prof == "mixed":
+        parts = ["profiles mixed on request (--mix-profiles): each row names its profile; rows are not comparable"]
+    else:
+        parts = [
+            f"profile {prof.get('profile', 'custom')}",
+            f"normalization {prof['normalization']}",
+            f"logit scale {prof['logit_scale']}",
+            f"prompts {prof['prompts']}",
+            prof.get("preprocess", "native resolution"),
+            f"{prof['resize']} resize to the model's input inside the model",
+        ]
     if a.get("name") != "clean":
-        parts.append(
-            f"{a['name']} {a['norm']} eps {a['eps_255']:g}/255, {a['steps']} steps of {a['step_size_255']:g}/255, "
-            f"{'random start' if a.get('random_start') else 'no random start'}, {a.get('precision', 'fp32')}, "
-            f"attack seed {p['attack_seed']}"
-        )
+        parts.append(_attack_line(a, p["attack_seed"]))
     return "; ".join(parts)
 
 
-def build_tables(df: pd.DataFrame) -> list[dict]:
+def _knob_notes(tables: list[dict]) -> None:
+    """Tell, under each table, which knobs separate it from the tables of the same threat measured otherwise."""
+    from ..profiles import knob_differences
+
+    by_title: dict[str, list[dict]] = {}
+    for t in tables:
+        by_title.setdefault(t["title"], []).append(t)
+    for same in by_title.values():
+        for t in same:
+            mine = json.loads(t["protocol"])["profile"]
+            notes = []
+            for other in same:
+                theirs = json.loads(other["protocol"])["profile"]
+                if other is t or not isinstance(mine, dict) or not isinstance(theirs, dict):
+                    continue
+                diff = knob_differences(mine, theirs)
+                if diff:
+                    notes.append("; ".join(diff))
+            t["knob_notes"] = sorted(set(notes))
+
+
+def build_tables(df: pd.DataFrame, checks: pd.DataFrame | None = None) -> list[dict]:
     """Each table: title, protocol line, wide frames (rows: methods; columns: datasets, Average), image counts.
 
     A column is one dataset evaluated on one set of images (subset hash and content hash): rows measured on other
@@ -124,6 +232,10 @@ def build_tables(df: pd.DataFrame) -> list[dict]:
         return []
     df = df.copy()
     df["row"] = _row_labels(df)
+    if "profile_name" in df and df["protocol"].str.contains('"profile": "mixed"').any():
+        df["row"] = df["row"] + " [" + df["profile_name"] + "]"
+    if checks is None:
+        checks = cross_record_checks(df)
     df["column"] = df["dataset"] + "|" + df["indices_sha256"] + "|" + df["content_sha256"]
     datasets = _dataset_order()
     methods = _method_order()
@@ -164,10 +276,13 @@ def build_tables(df: pd.DataFrame) -> list[dict]:
         order = sorted(
             wide.index, key=lambda r: (methods.index(method_of[r]) if method_of[r] in methods else len(methods), r)
         )
+        flags, failed = _table_flags(g, checks, title, order)
         tables.append(
             {
                 "title": title,
                 "protocol": protocol,
+                "flags": flags,
+                "failed": failed,
                 "protocol_line": _protocol_line(protocol),
                 "accuracy": wide.loc[order],
                 "ci95_low": lo.loc[order],
@@ -178,7 +293,35 @@ def build_tables(df: pd.DataFrame) -> list[dict]:
                 "mixed": mixed,
             }
         )
+    _knob_notes(tables)
     return tables
+
+
+def _table_flags(g: pd.DataFrame, checks: pd.DataFrame, title: str, rows: list[str]) -> tuple[dict, list[str]]:
+    """Per row, the leaderboard marker of every failed sanity check behind this table's numbers, and their details.
+
+    A record's own checks (zero gradients, robust above clean, Square beating the gradient attacks) count for its
+    row; a cross-record check (AutoAttack above PGD, robust accuracy rising with eps) for every table it involves.
+    """
+    from ..attacks.sanity import leaderboard_flags
+
+    if "failed_checks" not in g:
+        return {}, []
+    per_row: dict[str, list[dict]] = {r: [] for r in rows}
+    details = []
+    for _, rec in g.iterrows():
+        for c in json.loads(rec["failed_checks"]):
+            per_row[rec["row"]].append(c)
+            details.append(f"{rec['row']} / {rec['dataset_name']}: {c['detail']}")
+    if checks is not None and not checks.empty:
+        for _, c in checks.iterrows():
+            if title in c["tables"] and c["row"] in per_row and not c["check"]["passed"]:
+                per_row[c["row"]].append(c["check"])
+                name = g.loc[g["dataset"] == c["dataset"], "dataset_name"]
+                where = name.iloc[0] if len(name) else c["dataset"]
+                details.append(f"{c['row']} / {where}: {c['check']['detail']}")
+    flags = {r: leaderboard_flags(cs) for r, cs in per_row.items()}
+    return {r: f for r, f in flags.items() if f}, sorted(set(details))
 
 
 def _cell(acc: float, lo: float, hi: float) -> str:
@@ -201,20 +344,29 @@ def render_markdown(tables: list[dict]) -> str:
     for t in tables:
         acc, lo, hi = t["accuracy"], t["ci95_low"], t["ci95_high"]
         cols = list(acc.columns[:-1])
+        flags = t.get("flags", {})
         body = []
         for r in acc.index:
             cells = [_cell(acc.at[r, c], lo.at[r, c], hi.at[r, c]) for c in cols]
             avg = acc.at[r, "Average"]
-            body.append([r, *cells, "—" if np.isnan(avg) else f"{avg:.2f}"])
-        body.append(["*images*", *t["counts"], ""])
+            body.append([r, *cells, "—" if np.isnan(avg) else f"{avg:.2f}", *([flags.get(r, "")] if flags else [])])
+        body.append(["*images*", *t["counts"], "", *([""] if flags else [])])
         lines += [f"## {t['title']}", "", f"Protocol: {t['protocol_line']}.", ""]
-        lines.append(
-            tabulate(body, headers=["Method", *t["dataset_names"], "Average"], tablefmt="github", disable_numparse=True)
-        )
+        headers = ["Method", *t["dataset_names"], "Average", *(["Sanity"] if flags else [])]
+        lines.append(tabulate(body, headers=headers, tablefmt="github", disable_numparse=True))
+        if flags:
+            lines += ["", "⚠ marks a failed sanity check (listed at the end): the number needs a second look."]
+        for note in t.get("knob_notes", []):
+            lines += ["", f"Not ranked with the {t['title']} table measured under other knobs ({note})."]
         if t["incomplete"]:
             lines += ["", f"No average for rows missing a dataset: {', '.join(t['incomplete'])}."]
         if t["mixed"]:
             lines += ["", f"No averages: rows were evaluated on different images of {', '.join(t['mixed'])}."]
+        lines.append("")
+    failed = [(t["title"], d) for t in tables for d in t.get("failed", [])]
+    if failed:
+        lines += ["## Sanity checks that failed", ""]
+        lines += [f"- {title}: {detail}" for title, detail in failed]
         lines.append("")
     return "\n".join(lines)
 
@@ -224,6 +376,7 @@ def wide_frame(tables: list[dict]) -> pd.DataFrame:
     for t in tables:
         w = t["accuracy"].copy()
         w.columns = [*t["dataset_names"], "Average"]
+        w.insert(0, "sanity", [t.get("flags", {}).get(r, "") for r in w.index])
         w.insert(0, "protocol", t["protocol_line"])
         w.insert(0, "table", t["title"])
         frames.append(w.rename_axis("method").reset_index())
@@ -239,10 +392,14 @@ def _write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_leaderboard(out_dir: Path) -> dict[str, Path]:
-    """Write ``leaderboard.md``, ``leaderboard.csv`` (the wide tables) and ``records.csv`` (one row per record)."""
+def write_leaderboard(out_dir: Path, mix_profiles: bool = False) -> dict[str, Path]:
+    """Write ``leaderboard.md``, ``leaderboard.csv`` (the wide tables) and ``records.csv`` (one row per record).
+
+    Args:
+        mix_profiles: rank rows measured under different profile knobs in one table (each row names its profile).
+    """
     out_dir = Path(out_dir)
-    df = records_frame(out_dir)
+    df = records_frame(out_dir, mix_profiles=mix_profiles)
     tables = build_tables(df)
     paths = {
         "markdown": out_dir / "leaderboard.md",

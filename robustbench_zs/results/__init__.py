@@ -1,14 +1,28 @@
 """Evaluation records: schema, statistics and storage."""
 
 from .schema import SCHEMA_VERSION, per_example, record_key, result_block, validate
-from .stats import pack_bools, unpack_bools, wilson_interval
+from .stats import (
+    McNemarResult,
+    MeanCI,
+    bootstrap_mean_ci,
+    holm_adjust,
+    mcnemar,
+    pack_bools,
+    unpack_bools,
+    wilson_interval,
+)
 from .store import RecordStore, atomic_write_json, ensure_writable
 
 __all__ = [
     "SCHEMA_VERSION",
+    "McNemarResult",
+    "MeanCI",
     "RecordStore",
     "atomic_write_json",
+    "bootstrap_mean_ci",
     "ensure_writable",
+    "holm_adjust",
+    "mcnemar",
     "pack_bools",
     "per_example",
     "record_key",

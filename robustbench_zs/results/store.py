@@ -69,7 +69,12 @@ class RecordStore:
             return False
 
     def read(self, path: Path) -> dict:
-        return validate(json.loads(path.read_text(encoding="utf-8")))
+        return self.read_path(path)
+
+    @staticmethod
+    def read_path(path: Path) -> dict:
+        """One record, validated (ValueError names what is wrong)."""
+        return validate(json.loads(Path(path).read_text(encoding="utf-8")))
 
     def write(self, path: Path, record: dict) -> None:
         atomic_write_json(path, validate(record))

@@ -1,0 +1,95 @@
+"""``zsbench reproduce TARGET``: the subcommand (its parser and handler); the work is in :mod:`.reproduce`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    """Add ``reproduce`` to the ``zsbench`` subparsers ``sub``; its handler is set with ``set_defaults``."""
+    from ..profiles import PROFILES
+
+    rp = sub.add_parser(
+        "reproduce",
+        help="regenerate a table or figure of the PMG-AFT paper: our numbers beside the paper's, runs what is missing",
+        description="Regenerate one of the PMG-AFT paper's tables (table1..table13) or figures (fig4, fig5) from the "
+        "records, running (and training) what is missing first; writes <out>/reproduce/<target>-<profile>.md. "
+        "'zsbench reproduce list' lists the targets.",
+    )
+    rp.add_argument("target", help="table1 ... table13, fig4, fig5, or 'list'")
+    rp.add_argument(
+        "--profile",
+        default="paper",
+        help=f"evaluation profile, one of {', '.join(PROFILES)} (default paper: the official code's knobs)",
+    )
+    rp.add_argument("--dry-run", action="store_true", help="list the missing runs and trainings with a cost estimate")
+    rp.add_argument(
+        "--paper-subsample",
+        action="store_true",
+        help="evaluate only every 20th batch of 256 images, as the paper's validation loop did (recorded)",
+    )
+    rp.add_argument("--out", help="results folder (default $ZSBENCH_RESULTS or ./results)")
+    rp.add_argument("--data-root", help="dataset root (default $ZSBENCH_DATA or ./datasets)")
+    rp.add_argument("--models-dir", help="checkpoint root (default $ZSBENCH_MODELS or ./models)")
+    rp.add_argument("--arch", default="ViT-B-32", help="open_clip architecture (default ViT-B-32)")
+    rp.add_argument("--pretrained", default="openai", help="open_clip pretrained tag or 'random' (default openai)")
+    rp.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
+    rp.add_argument("--batch-size", help="evaluation batch size (default 128)")
+    rp.add_argument("--n", help="evaluate a seeded random subset of N images per dataset (default: the full split)")
+    rp.add_argument(
+        "--no-train", action="store_true", help="never train: rows without a checkpoint are skipped (shown missing)"
+    )
+    rp.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bars (default: on a terminal)"
+    )
+    rp.set_defaults(handler=_reproduce)
+    return rp
+
+
+def _list_targets() -> int:
+    from tabulate import tabulate
+
+    from .targets import targets
+
+    rows = [[t.id, t.kind, t.caption] for t in targets().values()]
+    print(tabulate(rows, headers=["target", "kind", "caption"], tablefmt="simple"))
+    return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from ..cli import _positive_int
+    from ..profiles import get_profile
+    from ..provenance import default_cache_dir, default_data_root, default_models_dir, default_results_dir
+    from .estimate import dry_run_report
+    from .reproduce import reproduce
+    from .targets import get_target
+
+    if args.target == "list":
+        return _list_targets()
+    get_target(args.target)  # unknown targets and profiles fail first, in one line
+    get_profile(args.profile)
+    n = _positive_int("n", args.n)
+    batch_size = _positive_int("batch-size", args.batch_size) or 128
+    out = Path(args.out) if args.out else default_results_dir()
+    models_dir = Path(args.models_dir) if args.models_dir else default_models_dir()
+    common = dict(arch=args.arch, pretrained=args.pretrained, n=n, paper_subsample=args.paper_subsample)
+    if args.dry_run:
+        print(dry_run_report(args.target, out, args.profile, models_dir=models_dir, **common), end="")
+        return 0
+    result = reproduce(
+        args.target,
+        profile=args.profile,
+        out_dir=out,
+        data_root=Path(args.data_root) if args.data_root else default_data_root(),
+        models_dir=models_dir,
+        device=args.device,
+        batch_size=batch_size,
+        train=not args.no_train,
+        progress=args.progress,
+        cache_dir=default_cache_dir(),
+        **common,
+    )
+    print(result.text, end="")
+    print(f"written: {result.markdown} ({result.written} new records)")
+    return 0

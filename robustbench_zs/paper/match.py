@@ -1,0 +1,224 @@
+"""Which record supplies each cell of a plan.
+
+A record fits a cell when it has the same method, method config (defaults plus the row's options), training set and
+training eps (``record["model"]["training"]``; a foreign checkpoint, whose training is unknown, never fits a trained
+row), the same base model, dataset, attack, eps and steps, and was measured under the requested profile (its name,
+or exactly its knobs: see :func:`profile_matches`) with the same paper-subsample setting. Of several fitting records
+the newest that covers the requested images wins (the whole split, ``--n N`` or the paper's subsample); a record on
+fewer images is still returned, marked incomplete, so the table can show it with its "n of N" while its run stays
+planned.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..profiles import Profile
+from .plan import (
+    Cell,
+    attack_precision,
+    expected_train_eps,
+    resolve_options,
+    resolve_profile,
+    same_config,
+    same_value,
+    split_options,
+)
+
+
+@dataclass(frozen=True)
+class Found:
+    """The record that supplies a cell.
+
+    Attributes:
+        accuracy: 0..1; ``ci95``: its Wilson interval.
+        n, n_total: images evaluated, images in the split.
+        complete: it covers the requested images (the whole split, ``--n N`` or the paper's subsample); an
+            incomplete record is shown but its run is still planned.
+        others: further records of the same cell that were passed over (older, or on other images).
+    """
+
+    path: Path
+    accuracy: float
+    ci95: tuple[float, float]
+    n: int
+    n_total: int
+    created_utc: str
+    complete: bool
+    checkpoint_name: str | None
+    wall_time_s: float | None
+    others: int = 0
+
+
+def _record_knobs(record: dict, attack_name: str | None) -> dict:
+    prof = record.get("profile") or {}
+    pre = prof.get("preprocess")
+    precision = prof.get("attack_precision")
+    if precision is None and attack_name not in (None, "clean"):
+        precision = record["attack"].get("precision", "fp32")  # records from before the knob was stored
+    return {
+        "normalization": prof.get("normalization"),
+        "logit_scale": str(prof.get("logit_scale")),
+        "prompts": prof.get("prompts"),
+        "preprocess": pre.get("profile") if isinstance(pre, dict) else pre,
+        "paper_subsample": bool(prof.get("paper_subsample", False)),
+        "attack_precision": precision,
+    }
+
+
+def profile_matches(record: dict, profile: Profile) -> bool:
+    """True if ``record`` was measured under ``profile`` (name and subsample), or under exactly its knobs.
+
+    The knob comparison admits records named ``custom`` whose knobs equal a named profile's, and records written
+    before profiles had names. A clean record has no attack precision; an attack the profile's precision does not
+    support (AutoAttack) is compared with the precision it falls back to.
+    """
+    prof = record.get("profile") or {}
+    subsample = bool(prof.get("paper_subsample", False))
+    if prof.get("name") == profile.name and subsample == profile.paper_subsample:
+        return True
+    attack = record["attack"].get("name")
+    have = _record_knobs(record, attack)
+    want = profile.knobs()
+    want["logit_scale"] = str(want["logit_scale"])
+    if attack in (None, "clean"):
+        have.pop("attack_precision")
+        want.pop("attack_precision")
+    else:
+        want["attack_precision"] = attack_precision(attack, profile)
+        have["attack_precision"] = record["attack"].get("precision", have["attack_precision"])
+    return have == want
+
+
+def _attack_matches(record: dict, threat) -> bool:
+    a = record["attack"]
+    if threat.is_clean:
+        return a.get("name") == "clean"
+    return (
+        a.get("name") == threat.name
+        and a.get("norm") == threat.norm
+        and same_value(a.get("eps_255", a.get("eps", -1) * 255), threat.eps * 255)
+        and int(a.get("steps", -1)) == threat.steps
+    )
+
+
+class _Expectation:
+    """What a cell's record must hold: the method config and, for trained methods, training set and eps."""
+
+    def __init__(self, cell: Cell, models_dir: Path | None, arch: str, pretrained: str) -> None:
+        from ..methods import METHODS
+
+        cls = METHODS.get(cell.method)
+        self.trains = cls.trains != "nothing"
+        self.config: dict | None = None
+        self.train_eps = 0.0
+        from ..provenance import default_models_dir
+
+        folder = Path(models_dir) if models_dir is not None else default_models_dir()
+        options = resolve_options(cell.options, folder, cell.train_dataset, arch, pretrained)
+        if options is None:
+            return  # its checkpoint (e.g. interpolation's theta1) does not exist yet: no record can match
+        config_opts, recipe_opts = split_options(cell.method, options)
+        self.config = cls.Config.from_overrides(config_opts).to_dict()
+        self.train_eps = expected_train_eps(cell.method, recipe_opts)
+
+    def fits(self, record: dict, cell: Cell) -> bool:
+        if self.config is None:
+            return False
+        model = record["model"]
+        if not same_config(model.get("method_config") or {}, self.config):
+            return False
+        if not self.trains:
+            return True
+        training = model.get("training") or {}  # None: a foreign checkpoint, whose training is unknown
+        return training.get("train_dataset") == cell.train_dataset and same_value(
+            training.get("train_eps_255"), self.train_eps
+        )
+
+
+def _complete(n: int, n_total: int, want_n: int | None, paper_subsample: bool) -> bool:
+    if paper_subsample:
+        return True
+    if want_n is None:
+        return n >= n_total
+    return n >= min(want_n, n_total)
+
+
+def load_records(out_dir: Path) -> list[tuple[Path, dict]]:
+    """Every valid record under ``out_dir`` (read once, then shared by :func:`match` and the cost estimate)."""
+    from ..results import RecordStore
+
+    return list(RecordStore(out_dir).iter_records())
+
+
+def match(
+    cells: Iterable[Cell],
+    out_dir: Path,
+    profile: str | Profile = "paper",
+    *,
+    arch: str = "ViT-B-32",
+    pretrained: str = "openai",
+    models_dir: Path | None = None,
+    n: int | None = None,
+    paper_subsample: bool = False,
+    records: list[tuple[Path, dict]] | None = None,
+) -> dict[Cell, Found | None]:
+    """The record of each cell under ``out_dir`` (None where there is none); see the module docstring for the rules.
+
+    Args:
+        cells: from :func:`plan`.
+        profile: the profile name (or object) the records must have been measured under.
+        arch, pretrained: the base model of the records (a trained method's backbone before fine-tuning).
+        models_dir: where ``@checkpoint:`` options are resolved (fig5's interpolation).
+        n: the requested images per dataset (None: the whole split); a record on fewer is shown but not complete.
+        paper_subsample: match records of the paper's every-20th-batch subsample instead of full ones.
+        records: :func:`load_records` of ``out_dir``, when the caller has them already.
+    """
+    prof = resolve_profile(profile, paper_subsample)
+    index: dict[tuple[str, str], list[tuple[Path, dict]]] = defaultdict(list)
+    for path, record in load_records(Path(out_dir)) if records is None else records:
+        index[(record["method"], record["dataset"]["id"])].append((path, record))
+    expectations: dict[tuple, _Expectation] = {}
+    out: dict[Cell, Found | None] = {}
+    for cell in cells:
+        if cell.variant not in expectations:
+            expectations[cell.variant] = _Expectation(cell, models_dir, arch, pretrained)
+        want = expectations[cell.variant]
+        fits = []
+        for path, r in index.get((cell.method, cell.dataset), ()):
+            model = r["model"]
+            if (
+                model.get("arch") == arch
+                and model.get("pretrained") == pretrained
+                and _attack_matches(r, cell.threat)
+                and profile_matches(r, prof)
+                and want.fits(r, cell)
+            ):
+                fits.append((path, r))
+        if not fits:
+            out[cell] = None
+            continue
+        done = [f for f in fits if _complete(f[1]["result"]["n"], f[1]["dataset"]["n_total"], n, prof.paper_subsample)]
+        path, r = max(done or fits, key=lambda f: (f[1]["created_utc"], str(f[0])))
+        res = r["result"]
+        out[cell] = Found(
+            path=path,
+            accuracy=float(res["accuracy"]),
+            ci95=(float(res["ci95"][0]), float(res["ci95"][1])),
+            n=int(res["n"]),
+            n_total=int(r["dataset"]["n_total"]),
+            created_utc=r["created_utc"],
+            complete=bool(done),
+            checkpoint_name=r["model"].get("checkpoint_name"),
+            wall_time_s=(r.get("run") or {}).get("wall_time_s"),
+            others=len(fits) - 1,
+        )
+    return out
+
+
+def missing_cells(matches: dict[Cell, Found | None]) -> list[Cell]:
+    """Cells whose run is still to do: no record, or one on fewer images than requested."""
+    return [c for c, f in matches.items() if f is None or not f.complete]

@@ -1,0 +1,223 @@
+"""The cells a PMG-AFT target needs, and the checkpoints behind them.
+
+:func:`plan` lists one :class:`Cell` per (row, dataset, metric) of a target, each naming the run that produces it:
+method, option overrides, training set, dataset and threat (the paper's PGD-10 with steps of 1/255, or standard
+AutoAttack, at the row's eps and the profile's attack precision). An average needs all 16 datasets of its row; rows
+whose settings the paper lost have no cells. :func:`find_checkpoint` finds the checkpoint folder a trained row needs
+by its ``meta.json`` (method config, training set, training eps and the recipe fields given as options).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ZSBenchError
+from ..profiles import Profile, get_profile
+from .targets import AVERAGE, get_target, paper_datasets
+
+#: Option values of the form ``@checkpoint:METHOD`` stand for the folder of that method's checkpoint for the same
+#: backbone, training set and default options (fig5's interpolation needs the FT-TeCoA weights as ``theta1``).
+CHECKPOINT_REF = "@checkpoint:"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One number a target needs: a row's metric on one dataset, and the run that produces it.
+
+    Attributes:
+        target, row: where the number goes.
+        method: our method id; ``options``: its ``(key, value)`` overrides (config fields and recipe fields).
+        train_dataset: the training set of the target (ignored for methods that train nothing).
+        dataset: our dataset id.
+        metric: ``clean`` or ``robust``.
+        threat: the attack of a robust cell (the clean ``Threat()`` for a clean one).
+    """
+
+    target: str
+    row: str
+    method: str
+    options: tuple[tuple[str, str], ...]
+    train_dataset: str
+    dataset: str
+    metric: str
+    threat: object  # attacks.Threat (imported lazily: this module imports without torch's attack stack)
+
+    @property
+    def variant(self) -> tuple:
+        """What identifies the weights: method, options and training set."""
+        return (self.method, self.options, self.train_dataset)
+
+    def clean(self) -> Cell:
+        """The clean cell of the same variant and dataset (a robust run always evaluates it first)."""
+        from ..attacks import Threat
+
+        return dataclasses.replace(self, metric="clean", threat=Threat())
+
+
+def attack_precision(attack: str, profile: Profile) -> str:
+    """The profile's attack precision where the attack supports it, else fp32 (AutoAttack runs in fp32 only)."""
+    from ..attacks import ATTACKS
+
+    supported = getattr(ATTACKS.get(attack), "precisions", ("fp32",))
+    return profile.attack_precision if profile.attack_precision in supported else "fp32"
+
+
+def paper_threat(attack: str, eps_255: float, profile: Profile):
+    """The paper's test attack at ``eps_255``/255: PGD-10 with steps of 1/255, or standard AutoAttack (L-inf)."""
+    from ..attacks import Threat
+
+    eps = eps_255 / 255
+    if attack == "pgd10":
+        return Threat("pgd", "linf", eps, 10, 1 / 255, precision=attack_precision("pgd", profile))
+    if attack == "autoattack":
+        return Threat("autoattack", "linf", eps, 0, 0.0, precision=attack_precision("autoattack", profile))
+    raise ZSBenchError(f"unknown paper attack {attack!r}")
+
+
+def resolve_profile(profile: str | Profile, paper_subsample: bool | None = None) -> Profile:
+    """The named profile (or the one given), with the paper subsample set where ``paper_subsample`` is not None."""
+    prof = profile if isinstance(profile, Profile) else get_profile(profile)
+    if paper_subsample is not None and paper_subsample != prof.paper_subsample:
+        # the subsample is a knob of its own (recorded and matched); the profile keeps its name
+        prof = dataclasses.replace(prof, paper_subsample=paper_subsample)
+    return prof
+
+
+def plan(target: str, profile: str | Profile = "paper") -> list[Cell]:
+    """Every cell ``target`` needs under ``profile``, in the paper's row and column order.
+
+    Rows the paper gives without their settings have no cells (they are never run). Average columns expand to the
+    16 datasets of their metric.
+    """
+    from ..attacks import Threat
+
+    t = get_target(target)
+    prof = resolve_profile(profile)
+    cells: dict[Cell, None] = {}
+    for row in t.rows:
+        if not row.reproducible:
+            continue
+        threat = paper_threat(t.attack, row.eps_255, prof)
+        for col in t.columns:
+            datasets = [d.id for d in paper_datasets()] if col.dataset == AVERAGE else [col.dataset]
+            for ds in datasets:
+                cell = Cell(
+                    target=t.id,
+                    row=row.key,
+                    method=row.method,
+                    options=row.options or (),
+                    train_dataset=t.train_dataset,
+                    dataset=ds,
+                    metric=col.metric,
+                    threat=threat if col.metric == "robust" else Threat(),
+                )
+                cells[cell] = None
+    return list(cells)
+
+
+def split_options(method: str, options: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """Method options -> (config fields, recipe fields); unknown keys are a one-line error."""
+    from ..methods import METHODS, Recipe
+
+    cls = METHODS.get(method)
+    config_fields = {f.name for f in dataclasses.fields(cls.Config)}
+    recipe_fields = {f.name for f in dataclasses.fields(Recipe)}
+    config, recipe = {}, {}
+    for k, v in options.items():
+        if k in config_fields:
+            config[k] = v
+        elif k in recipe_fields:
+            recipe[k] = v
+        else:
+            raise ZSBenchError(f"{method} has no option {k!r}")
+    return config, recipe
+
+
+def same_value(a, b) -> bool:
+    """Config/recipe values compare as numbers where both are numbers, checkpoint paths by their last component."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return str(a).lower() == str(b).lower()
+    try:
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+    except (TypeError, ValueError):
+        pass
+    if isinstance(a, str) and isinstance(b, str):
+        return a == b or (bool(a) and bool(b) and Path(a).name == Path(b).name)
+    return a == b
+
+
+def same_config(have: dict, want: dict) -> bool:
+    """The same keys, and equal values by :func:`same_value`."""
+    return set(have) == set(want) and all(same_value(have[k], want[k]) for k in want)
+
+
+def expected_train_eps(method: str, recipe: dict[str, str]) -> float:
+    """The training eps (1/255) of a run with these recipe options: the option, else the method's recipe default."""
+    from ..methods import METHODS
+
+    return float(recipe.get("train_eps_255", METHODS.get(method).recipe.train_eps_255))
+
+
+def find_checkpoint(
+    models_dir: Path, method: str, options: dict[str, str], train_dataset: str, arch: str, pretrained: str
+) -> Path | None:
+    """The newest complete checkpoint of ``method`` with these options, training set and backbone, or None.
+
+    Compares the checkpoint's ``meta.json``: method config (defaults plus the option overrides), training set,
+    recipe fields given as options and the training eps.
+    """
+    from ..methods import METHODS
+
+    cls = METHODS.get(method)
+    if cls.trains == "nothing":
+        return None
+    config_opts, recipe_opts = split_options(method, options)
+    want_config = cls.Config.from_overrides(config_opts).to_dict()
+    want_eps = expected_train_eps(method, recipe_opts)
+    best: tuple[str, Path] | None = None
+    for meta_path in sorted(Path(models_dir).glob("*/meta.json")):
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        recipe = meta.get("recipe") or {}
+        if (
+            meta.get("method") != method
+            or not meta.get("complete")
+            or meta.get("arch") != arch
+            or meta.get("pretrained") != pretrained
+            or meta.get("train_dataset") != train_dataset
+            or not same_config(meta.get("config") or {}, want_config)
+            or not same_value(recipe.get("train_eps_255"), want_eps)
+            or not all(same_value(recipe.get(k), v) for k, v in recipe_opts.items())
+        ):
+            continue
+        stamp = str(meta.get("created_utc", ""))
+        if best is None or stamp > best[0]:
+            best = (stamp, meta_path.parent)
+    return best[1] if best else None
+
+
+def resolve_options(
+    options: Iterable[tuple[str, str]], models_dir: Path, train_dataset: str, arch: str, pretrained: str
+) -> dict[str, str] | None:
+    """Options with ``@checkpoint:METHOD`` values replaced by that checkpoint's folder; None if one is missing."""
+    out = {}
+    for k, v in options:
+        if isinstance(v, str) and v.startswith(CHECKPOINT_REF):
+            path = find_checkpoint(models_dir, v[len(CHECKPOINT_REF) :], {}, train_dataset, arch, pretrained)
+            if path is None:
+                return None
+            v = str(path)
+        out[k] = v
+    return out
+
+
+def options_text(options: Iterable[tuple[str, str]]) -> str:
+    """``beta=0, distance=kl`` (``—`` for none), as ``--set`` would take them."""
+    return ", ".join(f"{k}={v}" for k, v in options) or "—"

@@ -1,0 +1,173 @@
+"""``zsbench reproduce``: a table or figure of the PMG-AFT paper, our numbers beside the paper's.
+
+:func:`reproduce` plans the target's cells (:mod:`.plan`), finds their records (:mod:`.match`), runs what is missing
+through ``engine.runner.run`` (one ``RunConfig`` per group of runs sharing a method variant, training set and
+threats; trainings happen there, through the runner's ``train_missing``), then writes the Markdown of
+:mod:`.render` to ``<out>/reproduce/<target>-<profile>.md`` and, for figures, draws them with
+``robustbench_zs.figures``. Runs whose dataset is not under the data root, or whose checkpoint is missing under
+``--no-train``, are skipped with one line each and shown as missing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ZSBenchError
+from ..profiles import Profile
+from .match import match, missing_cells
+from .plan import Cell, find_checkpoint, options_text, paper_threat, plan, resolve_options, resolve_profile
+from .render import render
+from .targets import Target, get_target
+
+
+def dataset_available(dataset: str, data_root: Path) -> bool:
+    """Cheap check that a dataset's folder is under the data root (the loader reports a wrong layout later)."""
+    from ..datasets import DATASETS
+
+    spec = DATASETS.get(dataset)
+    return not spec.needs_root or (spec.folder is not None and (Path(data_root) / spec.folder).exists())
+
+
+@dataclass(frozen=True)
+class ReproduceResult:
+    """What :func:`reproduce` did: the Markdown file, records written, and what it skipped (one line each)."""
+
+    markdown: Path
+    text: str
+    written: int
+    skipped: list[str]
+    figures: dict
+
+
+def _groups(cells: list[Cell]) -> list[tuple[tuple, tuple, list[str]]]:
+    """Missing cells grouped for ``run``: (variant, non-clean threats, datasets), in the plan's order."""
+    per_dataset: dict[tuple, dict[str, dict]] = defaultdict(dict)
+    for c in cells:
+        threats = per_dataset[c.variant].setdefault(c.dataset, {})
+        if c.metric == "robust":
+            threats[c.threat] = None
+    out: dict[tuple[tuple, tuple], list[str]] = {}
+    for variant, datasets in per_dataset.items():
+        for ds, threats in datasets.items():
+            out.setdefault((variant, tuple(threats)), []).append(ds)
+    return [(v, th, ds) for (v, th), ds in out.items()]
+
+
+def reproduce(
+    target: str,
+    *,
+    profile: str = "paper",
+    out_dir: Path,
+    data_root: Path,
+    models_dir: Path,
+    arch: str = "ViT-B-32",
+    pretrained: str = "openai",
+    device: str = "auto",
+    batch_size: int = 128,
+    n: int | None = None,
+    paper_subsample: bool = False,
+    train: bool = True,
+    progress: bool | None = None,
+    cache_dir: Path | None = None,
+    echo: Callable[[str], None] = print,
+) -> ReproduceResult:
+    """Run what ``target`` still lacks, then write ``<out>/reproduce/<target>-<profile>.md`` and return it.
+
+    Runs are skipped, each with one line saying why, where their dataset is not under ``data_root`` or (with
+    ``train=False``) their checkpoint does not exist; the table then shows those cells as missing.
+    """
+    from ..engine.runner import RunConfig, run
+    from ..methods import METHODS
+    from ..models import ModelSpec
+    from ..profiles import run_config_fields
+    from ..results import ensure_writable
+
+    t = get_target(target)
+    prof = resolve_profile(profile, paper_subsample)
+    out_dir, models_dir, data_root = Path(out_dir), Path(models_dir), Path(data_root)
+    kw = dict(arch=arch, pretrained=pretrained, models_dir=models_dir, n=n, paper_subsample=paper_subsample)
+    cells = plan(target, prof)
+    todo = missing_cells(match(cells, out_dir, prof, **kw))
+    ensure_writable(out_dir)
+    skipped: list[str] = []
+    absent = sorted({c.dataset for c in todo if not dataset_available(c.dataset, data_root)})
+    if absent:
+        skipped.append(
+            f"not under {data_root}: {', '.join(absent)} (see zsbench datasets check --data-root {data_root})"
+        )
+    written = 0
+    for (method, options, train_dataset), threats, datasets in _groups(todo):
+        datasets = [d for d in datasets if d not in absent]
+        if not datasets:
+            continue
+        resolved = resolve_options(options, models_dir, train_dataset, arch, pretrained)
+        label = f"{method}({options_text(options)})" if options else method
+        if resolved is None:
+            skipped.append(f"{label}: the checkpoint it interpolates to does not exist")
+            continue
+        if (
+            not train
+            and METHODS.get(method).trains != "nothing"
+            and find_checkpoint(models_dir, method, resolved, train_dataset, arch, pretrained) is None
+        ):
+            skipped.append(f"{label}: no checkpoint trained on {train_dataset} in {models_dir} (--no-train)")
+            continue
+        cfg = RunConfig(
+            methods=(method,),
+            datasets=tuple(datasets),
+            model=ModelSpec(arch, pretrained),
+            threats=threats,
+            data_root=data_root,
+            out_dir=out_dir,
+            n=n,
+            cache_dir=cache_dir,
+            device=device,
+            batch_size=batch_size,
+            progress=progress,
+            method_options={method: resolved} if resolved else {},
+            models_dir=models_dir,
+            train_dataset=train_dataset,
+            train_missing=train,
+            **run_config_fields(prof),
+        )
+        written += len(run(cfg, echo=echo).written)
+    for line in skipped:
+        echo(f"skipped: {line}")
+    found = match(cells, out_dir, prof, **kw)
+    folder = out_dir / "reproduce"
+    folder.mkdir(parents=True, exist_ok=True)
+    figures = _draw_figure(t, out_dir, folder, prof) if t.figure else {}
+    extra = [f"Skipped: {s}." for s in skipped]
+    for kind, path in figures.items():
+        extra.append(f"Figure {kind}: {path}")
+    text = render(target, found, prof, arch=arch, pretrained=pretrained, models_dir=models_dir, extra=extra)
+    name = f"{t.id}-{prof.name}{'-subsample' if prof.paper_subsample else ''}.md"
+    (folder / name).write_text(text, encoding="utf-8")
+    return ReproduceResult(folder / name, text, written, skipped, figures)
+
+
+def _draw_figure(t: Target, out_dir: Path, folder: Path, prof: Profile) -> dict:
+    """Draw a figure target with ``robustbench_zs.figures`` (imported here: the module is optional to this one)."""
+    try:
+        from .. import figures
+        from ..leaderboard.build import records_frame
+    except ImportError as e:  # pragma: no cover - depends on the optional module being present
+        return {"error": f"not drawn: {e}"}
+    spec = dict(t.figure or {})
+    fn = getattr(figures, spec.pop("function"))
+    df = records_frame(out_dir)
+    if df.empty:
+        return {"error": "not drawn: no records yet"}
+    knobs = {"normalization": prof.normalization, "logit_scale": prof.logit_scale, "prompts": prof.prompts}
+    label = paper_threat(t.attack, float(t.rows[0].eps_255), prof).label
+    # fig4 selects a threat family (the label without its radius), fig5 one threat
+    threat = re.sub(r"\s*ε=\S+/255", "", label).strip() if spec.get("along_eps") else label
+    spec.pop("along_eps", None)
+    try:
+        return dict(fn(df, folder, profile=knobs, threat=threat, **spec))
+    except (ZSBenchError, TypeError) as e:
+        return {"error": f"not drawn: {e}"}

@@ -1,0 +1,189 @@
+"""``zsbench reproduce``: the paper's tables in its order beside our records, flags on its numbers, dry runs."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from robustbench_zs.cli import main
+from robustbench_zs.datasets.fixtures import write_cifar10
+from robustbench_zs.datasets.fixtures.pcam import write_pcam
+from robustbench_zs.datasets.fixtures.stl10 import write_stl10
+from robustbench_zs.engine.runner import RunConfig, run
+from robustbench_zs.methods.pmg_aft import PMGAFTConfig
+from robustbench_zs.models import ModelSpec
+from robustbench_zs.paper.reproduce import match, paper_threat, plan, render
+from robustbench_zs.paper.targets import Column, flags_for, get_target, paper_value
+from robustbench_zs.profiles import get_profile, run_config_fields
+from robustbench_zs.results import RecordStore
+
+PAPER_COLUMNS = [
+    "CIFAR10", "CIFAR100", "STL10", "SUN397", "Food101", "Oxfordpet", "Flowers102", "DTD", "EuroSAT",
+    "Fgvc_Aircraft", "TinyImageNet", "ImageNet", "Caltech101", "Caltech256", "StanfordCars", "PCAM", "Average",
+]  # fmt: skip
+TABLE1_ROWS = ["CLIP", "FT-Standard", "FT-TeCoA [32]", "PMG-AFT (ours)", "VP-TeCoA [32]", "VPT-PMG-AFT (ours)"]
+TINY = ["--arch", "zsbench-tiny", "--pretrained", "random"]
+
+
+def _table(text: str) -> list[list[str]]:
+    """The cells of the first Markdown table in ``text`` (header first, the separator line dropped)."""
+    rows = [line for line in text.splitlines() if line.startswith("|")]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in rows]
+    return [cells[0], *cells[2:]]
+
+
+def _records(out: Path) -> dict[Path, dict]:
+    return dict(RecordStore(out).iter_records())
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """CLIP (tiny, random weights) on three fixtures under the paper's profile and attack, 32 images each."""
+    base = tmp_path_factory.mktemp("reproduce")
+    data = base / "data"
+    write_cifar10(data, n_test=40, seed=1)
+    write_stl10(data, n_test=40, seed=1)
+    write_pcam(data, seed=1)  # 8 images: the whole split
+    prof = get_profile("paper")
+    cfg = RunConfig(
+        methods=("clip",),
+        datasets=("cifar10", "stl10", "pcam"),
+        model=ModelSpec("zsbench-tiny", "random"),
+        threats=(paper_threat("pgd10", 1.0, prof),),
+        data_root=data,
+        out_dir=base / "out",
+        n=32,
+        cache_dir=base / "cache",
+        device="cpu",
+        progress=False,
+        **run_config_fields(prof),
+    )
+    run(cfg, echo=lambda s: None)
+    return base
+
+
+def test_table1_from_records_in_the_papers_order(results, capsys, monkeypatch):
+    out, models = results / "out", results / "models"
+    monkeypatch.setenv("ZSBENCH_CACHE", str(results / "cache"))
+    before = _records(out)
+    argv = ["reproduce", "table1", *TINY, "--no-train", "--n", "32", "--device", "cpu"]
+    argv += ["--data-root", str(results / "data"), "--out", str(out), "--models-dir", str(models)]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert set(_records(out)) == set(before)  # every cell with a record was reused, nothing else could run
+    table = _table(text)
+    assert table[0] == ["Method", *PAPER_COLUMNS]
+    assert [r[0] for r in table[1:]] == TABLE1_ROWS
+    clip = dict(zip(PAPER_COLUMNS, table[1][1:], strict=True))
+    for ds, col in (("cifar10", "CIFAR10"), ("stl10", "STL10"), ("pcam", "PCAM")):
+        (record,) = [r for r in before.values() if r["dataset"]["id"] == ds and r["attack"]["name"] == "pgd"]
+        ours, paper, diff = clip[col].split(" / ")
+        acc = 100 * record["result"]["accuracy"]
+        assert ours.startswith(f"{acc:.2f} [")
+        assert float(paper) == paper_value(get_target("table1").rows[0], Column("robust", ds))
+        assert float(diff) == pytest.approx(acc - float(paper), abs=0.011)
+    assert "(32 of 40 images)" in clip["CIFAR10"] and " of " not in clip["PCAM"]  # PCAM's 8 images: all of them
+    assert clip["SUN397"] == "missing / 10.49"
+    assert clip["Average"].startswith("n/a (3 of 16) / 17.38")
+    pmg = dict(zip(PAPER_COLUMNS, table[4][1:], strict=True))
+    assert pmg["CIFAR10"] == "missing / 66.99"
+    assert "skipped:" in text and "--no-train" in text
+    assert (out / "reproduce" / "table1-paper.md").read_text(encoding="utf-8").startswith("# Table 1 of PMG-AFT")
+
+    # the measured throughput now prices the missing CLIP runs; trainings were never measured
+    dry = ["reproduce", "table1", *TINY, "--n", "32", "--dry-run", "--out", str(out), "--models-dir", str(models)]
+    assert main(dry) == 0
+    report = capsys.readouterr().out
+    assert "3 of 96 cells have a record; 93 evaluation runs are missing; 5 trainings are needed" in report
+    clip_food = next(line for line in report.splitlines() if "| clip " in line and "| food101 " in line)
+    assert "no measured throughput yet" not in clip_food and clip_food.rstrip(" |").endswith(" s")
+    assert "5: no measured throughput yet" in report
+
+
+def test_match_follows_options_training_and_newest(results):
+    """A record counts for a cell only with the row's config, training set and train eps; the newest one wins."""
+    out = results / "match"
+    store = RecordStore(out)
+    pgd = next(r for r in _records(results / "out").values() if r["attack"]["name"] == "pgd")
+
+    def fake(config: dict, acc: int, train_dataset="tinyimagenet", train_eps=1.0, created="2030-01-01T00:00:00+00:00"):
+        r = copy.deepcopy(pgd)
+        r["method"], r["created_utc"] = "pmg_aft", created
+        r["model"]["method_config"] = config
+        r["model"]["training"] = {"train_dataset": train_dataset, "train_eps_255": train_eps}
+        r["result"]["correct"], r["result"]["accuracy"] = acc, acc / r["result"]["n"]
+        key = hashlib.sha256(json.dumps([config, acc, train_dataset, train_eps, created]).encode()).hexdigest()
+        store.write(store.path_for("pmg_aft", r["dataset"]["id"], "pgd", key), r)
+
+    full, beta0 = PMGAFTConfig().to_dict(), PMGAFTConfig(beta=0.0).to_dict()
+    fake(beta0, 3)
+    fake(full, 5, train_dataset="cifar100")  # table 6's model, not table 10's
+    fake(full, 7, train_eps=2.0)  # table 8's eps-2 model, evaluated at eps 1
+    fake(full, 9, created="2030-01-02T00:00:00+00:00")
+    fake(full, 11, created="2029-12-31T00:00:00+00:00")  # older: passed over
+
+    def found(target: str, row: str, profile: str = "paper"):
+        (cell,) = [c for c in plan(target) if c.row == row and c.dataset == pgd["dataset"]["id"]]
+        return match([cell], out, profile, arch="zsbench-tiny", pretrained="random", n=32)[cell]
+
+    assert found("table10", "beta0").accuracy == 3 / 32
+    assert found("table10", "full").accuracy == 9 / 32 and found("table10", "full").others == 1
+    assert found("table6", "pmg_aft").accuracy == 5 / 32
+    assert found("table8", "pmg_aft_eps2") is None  # the eps-2 model has no record of the eps-2 attack
+    assert found("table1", "tecoa") is None
+    assert found("table10", "beta0", profile="standard") is None  # another profile never matches
+
+
+def test_dry_run_lists_every_run_of_table1_and_runs_nothing(tmp_path, capsys):
+    out = tmp_path / "empty"
+    argv = ["reproduce", "table1", "--dry-run", "--out", str(out), "--models-dir", str(tmp_path / "models")]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    runs = [line for line in text.splitlines() if line.startswith("| ") and line.split("|")[1].strip().isdigit()]
+    assert len(runs) == 96
+    for method in ("clip", "ft_standard", "tecoa", "pmg_aft", "vp_tecoa", "vp_pmg_aft"):
+        assert sum(f"| {method} " in line for line in runs) == 16
+    assert "96 evaluation runs are missing; 5 trainings are needed" in text
+    trainings = text.split("## Trainings")[1].split("##")[0]
+    assert sum(line.startswith("|") for line in trainings.splitlines()) == 2 + 5  # header, separator, five rows
+    assert "| imagenet " in text and "50,000" in text  # sizes from protocol.md section 5
+    assert "no measured throughput yet" in text
+    assert not out.exists() and not (tmp_path / "models").exists()
+
+
+def test_paper_flags_fire_on_table2_pcam_and_cross_table_cells():
+    t2 = get_target("table2")
+    rows = {r.key: r for r in t2.rows}
+    pcam = Column("clean", "pcam")
+    assert any("StanfordCars (37.89)" in f for f in flags_for(rows["tecoa"], pcam))
+    assert any("54.29 in table 11" in f for f in flags_for(rows["tecoa"], pcam))
+    assert any("StanfordCars (48.24)" in f for f in flags_for(rows["pmg_aft"], pcam))
+    assert not flags_for(rows["clip"], pcam) and not flags_for(rows["tecoa"], Column("clean", "cifar10"))
+    full = next(r for r in get_target("table4").rows if r.key == "full")
+    assert any("31.95 in table 1" in f for f in flags_for(full, Column("robust", "average")))
+    text = render("table2", {})
+    (header, *body) = _table(text)
+    assert header == ["Method", *PAPER_COLUMNS]
+    cells = {r[0]: dict(zip(PAPER_COLUMNS, r[1:], strict=True)) for r in body}
+    assert cells["FT-TeCoA [32]"]["PCAM"].startswith("missing / 37.89 ⚠")
+    assert cells["PMG-AFT (ours)"]["PCAM"].startswith("missing / 48.24 ⚠")
+    assert "⚠" not in cells["CLIP"]["PCAM"]
+
+
+def test_rows_without_settings_show_only_the_papers_numbers():
+    assert [c.row for c in plan("table10") if c.row.startswith("variant")] == []
+    body = _table(render("table10", {}))[1:]
+    lost = [r for r in body if "values lost" in r[0]]
+    assert len(lost) == 4 and all(c.startswith("not reproducible / ") for r in lost for c in r[1:])
+
+
+def test_unknown_target_is_one_line(capsys):
+    assert main(["reproduce", "table99", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "table99" in err and "table1, table2" in err and "fig5" in err
+    assert main(["reproduce", "table1", "--profile", "nope", "--dry-run"]) == 2
+    assert "standard" in capsys.readouterr().err
