@@ -207,8 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument(
         "--train-dataset",
-        default="tinyimagenet",
-        help="where a trained method without a checkpoint is trained first (default tinyimagenet)",
+        help="use checkpoints trained on this dataset, training one there when none exists (default: any "
+        "checkpoint; missing ones are trained on tinyimagenet)",
     )
     r.add_argument(
         "--train-missing",

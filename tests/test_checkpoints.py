@@ -396,3 +396,42 @@ def test_interpolation_build_encoder(src, tmp_path):
         got = method.build_encoder(_fresh(0))(x)
         want = _fresh(9).visual(x)
     assert torch.equal(got, want)
+
+
+def test_find_checkpoints_matches_training_dataset_config_and_recipe(tmp_path):
+    import json as _json
+
+    from robustbench_zs.engine.variants import find_checkpoints
+    from robustbench_zs.methods import METHODS
+    from robustbench_zs.models import ModelSpec
+
+    spec = ModelSpec("zsbench-tiny", "random")
+    cls = METHODS.get("pmg_aft")
+    full = cls.Config.from_overrides({}).to_dict()
+    no_beta = cls.Config.from_overrides({"beta": "0"}).to_dict()
+
+    def ckpt(name, train, config, eps, created):
+        folder = tmp_path / name
+        folder.mkdir()
+        meta = {
+            "method": "pmg_aft",
+            "complete": True,
+            "arch": spec.arch,
+            "pretrained": spec.pretrained,
+            "train_dataset": train,
+            "config": config,
+            "recipe": {"train_eps_255": eps},
+            "created_utc": created,
+        }
+        (folder / "meta.json").write_text(_json.dumps(meta))
+        return folder
+
+    a = ckpt("a", "tinyimagenet", full, 1.0, "2026-01-01")
+    b = ckpt("b", "cifar100", full, 1.0, "2026-01-02")
+    c = ckpt("c", "tinyimagenet", no_beta, 1.0, "2026-01-03")
+    d = ckpt("d", "tinyimagenet", full, 4.0, "2026-01-04")
+    assert find_checkpoints(tmp_path, "pmg_aft", spec) == [d, c, b, a]  # no constraint: newest first
+    assert find_checkpoints(tmp_path, "pmg_aft", spec, train_dataset="tinyimagenet", config=full) == [d, a]
+    assert find_checkpoints(tmp_path, "pmg_aft", spec, config=no_beta) == [c]  # never a beta = 1 checkpoint
+    assert find_checkpoints(tmp_path, "pmg_aft", spec, config=full, recipe={"train_eps_255": 1.0}) == [b, a]
+    assert find_checkpoints(tmp_path, "pmg_aft", spec, train_dataset="cifar10") == []

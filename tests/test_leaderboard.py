@@ -79,9 +79,10 @@ def test_average_only_for_complete_rows(tmp_path):
     paths = write_leaderboard(tmp_path / "out")
     wide = pd.read_csv(paths["csv"])
     clean = wide[wide["table"] == "Clean"].set_index("method")
-    assert list(clean.columns[-3:]) == ["CIFAR-10", "Synthetic", "Average"]
+    assert list(clean.columns[-5:]) == ["CIFAR-10", "Synthetic", "Average", "Average_ci95_low", "Average_ci95_high"]
     full = clean.loc["clip · zsbench-tiny/random(seed=0)"]
     assert full["Average"] == pytest.approx((full["CIFAR-10"] + full["Synthetic"]) / 2)
+    assert full["Average_ci95_low"] <= full["Average"] <= full["Average_ci95_high"]
     assert pd.isna(clean.loc["clip · zsbench-tiny/random(seed=1)", "Average"])
     md = paths["markdown"].read_text()
     assert "No average for rows missing a dataset: clip · zsbench-tiny/random(seed=1)" in md

@@ -59,7 +59,7 @@ class RunConfig:
     method_options: dict = field(default_factory=dict)  # method id -> {option: value} (--set METHOD.key=value)
     checkpoints: dict = field(default_factory=dict)  # method id -> Path (--checkpoint METHOD=PATH)
     models_dir: Path = Path("models")
-    train_dataset: str = "tinyimagenet"
+    train_dataset: str | None = None  # checkpoints must be trained on it; None: any, and train on tinyimagenet
     train_missing: bool = True
     profile: str = "custom"  # the profile name the knobs came from (robustbench_zs.profiles), recorded
     paper_subsample: bool = False  # evaluate every 20th batch of 256 images only, as the paper's validation did
@@ -141,7 +141,7 @@ def _trainer(cfg: RunConfig, echo: Callable[[str], None]):
             TrainConfig(
                 method=method_id,
                 model=cfg.model,
-                train_dataset=cfg.train_dataset,
+                train_dataset=cfg.train_dataset or "tinyimagenet",
                 data_root=Path(cfg.data_root),
                 out_dir=Path(cfg.models_dir),
                 options=options,
@@ -217,6 +217,7 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
         cfg.models_dir,
         _trainer(cfg, echo) if cfg.train_missing else None,
         echo,
+        train_dataset=cfg.train_dataset,
     )
     for variant in variants:
         method_id = variant.method.id

@@ -80,21 +80,43 @@ def _base_loader(model: ModelSpec, method: Method):
     return load
 
 
-def find_checkpoints(models_dir: Path, method_id: str, model: ModelSpec) -> list[Path]:
-    """Complete checkpoints of ``method_id`` trained from ``model`` under ``models_dir``, newest first."""
+def find_checkpoints(
+    models_dir: Path,
+    method_id: str,
+    model: ModelSpec,
+    *,
+    train_dataset: str | None = None,
+    config: dict | None = None,
+    recipe: dict | None = None,
+) -> list[Path]:
+    """Complete checkpoints of ``method_id`` trained from ``model`` under ``models_dir``, newest first.
+
+    Args:
+        train_dataset: only checkpoints trained on this dataset (any when None).
+        config: only checkpoints whose method config equals this one (``Config.to_dict()``; any when None), so that
+            ``--set pmg_aft.beta=0`` never evaluates a checkpoint trained with beta = 1.
+        recipe: only checkpoints whose recipe has these values (the recipe overrides asked for).
+    """
     found = []
     for meta_path in sorted(Path(models_dir).glob("*/meta.json")):
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             continue
-        if (
+        if not (
             meta.get("method") == method_id
             and meta.get("complete")
             and meta.get("arch") == model.arch
             and meta.get("pretrained") == model.pretrained
         ):
-            found.append((meta.get("created_utc", ""), meta_path.parent))
+            continue
+        if train_dataset is not None and meta.get("train_dataset") != train_dataset:
+            continue
+        if config is not None and meta.get("config") != config:
+            continue
+        if recipe and any((meta.get("recipe") or {}).get(k) != v for k, v in recipe.items()):
+            continue
+        found.append((meta.get("created_utc", ""), meta_path.parent))
     return [p for _, p in sorted(found, reverse=True)]
 
 
@@ -130,6 +152,12 @@ def _checkpoint_identity(path: Path) -> dict:
     return {"checkpoint": checkpoint_identity(path), "checkpoint_name": path.name}
 
 
+def _wanted(train_dataset: str | None, config: dict, recipe: dict) -> str:
+    parts = [f"trained on {train_dataset}"] if train_dataset else []
+    parts += [f"{k}={v}" for k, v in {**config, **recipe}.items()]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def resolve_variants(
     method_ids: tuple[str, ...],
     model: ModelSpec,
@@ -138,8 +166,13 @@ def resolve_variants(
     models_dir: Path,
     train_fn: Callable[[str, dict[str, str], dict], Path] | None,
     echo: Callable[[str], None] = print,
+    train_dataset: str | None = None,
 ) -> list[MethodVariant]:
-    """The variants to evaluate, in the order of ``method_ids``; trains missing checkpoints with ``train_fn``."""
+    """The variants to evaluate, in the order of ``method_ids``; trains missing checkpoints with ``train_fn``.
+
+    A trained method without ``--checkpoint`` uses the newest complete checkpoint under ``models_dir`` of the same
+    backbone, method options and recipe overrides (and training dataset, when ``train_dataset`` is given).
+    """
     unknown = sorted(set(options) - set(method_ids))
     if unknown:
         raise ZSBenchError(f"--set {unknown[0]}.…: {unknown[0]} is not among --methods {','.join(method_ids)}")
@@ -161,7 +194,10 @@ def resolve_variants(
         config_opts, recipe_opts = _split_options(cls, opts)
         path = checkpoints.get(mid)
         if path is None:
-            found = find_checkpoints(models_dir, mid, model)
+            wanted = cls.Config.from_overrides(config_opts).to_dict()
+            found = find_checkpoints(
+                models_dir, mid, model, train_dataset=train_dataset, config=wanted, recipe=recipe_opts
+            )
             if found:
                 path = found[0]
                 if len(found) > 1:
@@ -169,11 +205,13 @@ def resolve_variants(
                         f"note: {len(found)} {mid} checkpoints for {model.label} in {models_dir}; using the newest, {path.name}"
                     )
             elif train_fn is None:
+                what = _wanted(train_dataset, config_opts, recipe_opts)
                 raise ZSBenchError(
-                    f"no {mid} checkpoint for {model.label} in {models_dir}; pass --checkpoint {mid}=PATH"
+                    f"no {mid} checkpoint for {model.label}{what} in {models_dir}; pass --checkpoint {mid}=PATH"
                 )
             else:
-                echo(f"{mid}: no checkpoint for {model.label} in {models_dir}; training it first")
+                what = _wanted(train_dataset, config_opts, recipe_opts)
+                echo(f"{mid}: no checkpoint for {model.label}{what} in {models_dir}; training it first")
                 path = train_fn(mid, config_opts, recipe_opts)
         path = Path(path)
         if not path.exists():
