@@ -268,3 +268,29 @@ def test_mixed_precision_trains(tmp_path, small_train, precision: str) -> None:
     assert res.steps == 3 and all(np.isfinite(res.losses))
     _, meta = load_checkpoint(res.folder)
     assert meta["precision"] == precision
+
+
+def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_state(tmp_path, small_train, monkeypatch) -> None:
+    monkeypatch.setitem(synthetic.SIZES, "train", 96)
+    recipe = {"batch_size": 32, "epochs": 2, "lr": 1e-2}  # 6 steps
+    good = train(_cfg(tmp_path / "a", "ft_standard", recipe=recipe, max_steps=2), echo=lambda s: None)
+    cls = METHODS.get("ft_standard")
+    real_loss = cls.loss
+
+    def poisoned(self, st):
+        loss, terms = real_loss(self, st)
+        return (loss * float("nan"), terms) if st.extras["step"] == 2 else (loss, terms)
+
+    monkeypatch.setattr(cls, "loss", poisoned)
+    with pytest.raises(ZSBenchError) as err:
+        train(_cfg(tmp_path / "b", "ft_standard", recipe=recipe), echo=lambda s: None)
+    message = str(err.value)
+    assert "the loss is nan at step 3 of 6" in message and "state after step 2" in message and "\n" not in message
+    (folder,) = (tmp_path / "b" / "models").iterdir()
+    state = json.loads((folder / "resume" / "state.json").read_text())
+    assert state["step"] == 2
+    # the kept state is the weights after two good steps, untouched by the non-finite one
+    kept, _ = load_checkpoint(folder / "resume")
+    before, _ = load_checkpoint(good.folder)
+    for k in before:
+        assert torch.equal(kept[k], before[k]), k

@@ -28,6 +28,7 @@ from ..models.text_head import text_weights_sha256
 from ..provenance import device_description, sha256_file, software
 from ..results import SCHEMA_VERSION, RecordStore, ensure_writable, per_example, record_key, result_block
 from ..results.stats import pack_bools
+from ..results.store import record_lock
 from .evaluator import evaluate
 from .variants import resolve_variants
 
@@ -282,70 +283,77 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
             clean_mask = per_example(store.read(clean_path)) if clean_path in summary.skipped else None
             zero_mask = None  # the zero-gradient sanity mask, computed by the first attack and reused by the others
             for t, key, path, seed in plan:
-                started = _now()
-                result = evaluate(
-                    classifier,
-                    images,
-                    [] if t.is_clean else [t],
-                    subset=subset,
-                    batch_size=cfg.batch_size,
-                    seed=cfg.seed,
-                    workers=eval_workers,
-                    progress=cfg.progress,
-                    desc=f"{method_id}/{ds_id} {t.label}",
-                    clean=clean_mask,
-                    zero_grad=zero_mask,
-                    state_path=partial_path(path),
-                )
-                clean_mask = result.clean
-                if result.zero_grad is not None:
-                    zero_mask = result.zero_grad
-                correct = result.clean if t.is_clean else result.robust[t]
-                record = {
-                    "schema_version": SCHEMA_VERSION,
-                    "record_key": key,
-                    "created_utc": _now(),
-                    "software": software(),
-                    "method": method_id,
-                    "method_label": variant.label,
-                    "model": {
-                        **loaded.provenance(),
-                        **variant.identity,
-                        "training": variant.training,
-                        "label": cfg.model.label + (f"+{variant.model_label}" if variant.model_label else ""),
-                    },
-                    "dataset": dataset_block,
-                    "attack": t.settings(),
-                    "threat_label": t.label,
-                    "profile": {**profile, "logit_scale_value": scale, "text_head_key": head_info["key"]},
-                    "seed": seed,
-                    "run": {
-                        "started_utc": started,
-                        "wall_time_s": round(result.seconds[t.slug], 4),
-                        "device": device_description(device),
-                        "batch_size": cfg.batch_size,
-                        "workers": eval_workers,
-                        "text_head_cache_hit": head_info["cache_hit"],
-                        "tensor_cache": cache_info,
-                    },
-                    "result": result_block(correct, None if t.is_clean else result.clean),
-                }
-                if not t.is_clean:
-                    report = result.reports.get(t)
-                    checks = record_checks(
-                        result.clean, correct, result.above_clean[t], result.zero_grad, report, label=t.label
+                with record_lock(path, echo):
+                    if not cfg.force and store.exists(path, key):  # another run wrote it meanwhile
+                        summary.skipped.append(path)
+                        if t.is_clean:
+                            clean_mask = per_example(store.read(path))
+                        parts.append(f"{t.label}: written by another run")
+                        continue
+                    started = _now()
+                    result = evaluate(
+                        classifier,
+                        images,
+                        [] if t.is_clean else [t],
+                        subset=subset,
+                        batch_size=cfg.batch_size,
+                        seed=cfg.seed,
+                        workers=eval_workers,
+                        progress=cfg.progress,
+                        desc=f"{method_id}/{ds_id} {t.label}",
+                        clean=clean_mask,
+                        zero_grad=zero_mask,
+                        state_path=partial_path(path),
                     )
-                    record["sanity"] = {"checks": checks, "flags": leaderboard_flags(checks)}
-                    if report is not None:
-                        record["attack_report"] = attack_report_block(report)
-                store.write(path, record)
-                partial_path(path).unlink(missing_ok=True)
-                summary.written.append(path)
-                lo, hi = record["result"]["ci95"]
-                flags = record.get("sanity", {}).get("flags")
-                parts.append(
-                    f"{t.label} {100 * record['result']['accuracy']:.2f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
-                    + (f" {flags}" if flags else "")
-                )
+                    clean_mask = result.clean
+                    if result.zero_grad is not None:
+                        zero_mask = result.zero_grad
+                    correct = result.clean if t.is_clean else result.robust[t]
+                    record = {
+                        "schema_version": SCHEMA_VERSION,
+                        "record_key": key,
+                        "created_utc": _now(),
+                        "software": software(),
+                        "method": method_id,
+                        "method_label": variant.label,
+                        "model": {
+                            **loaded.provenance(),
+                            **variant.identity,
+                            "training": variant.training,
+                            "label": cfg.model.label + (f"+{variant.model_label}" if variant.model_label else ""),
+                        },
+                        "dataset": dataset_block,
+                        "attack": t.settings(),
+                        "threat_label": t.label,
+                        "profile": {**profile, "logit_scale_value": scale, "text_head_key": head_info["key"]},
+                        "seed": seed,
+                        "run": {
+                            "started_utc": started,
+                            "wall_time_s": round(result.seconds[t.slug], 4),
+                            "device": device_description(device),
+                            "batch_size": cfg.batch_size,
+                            "workers": eval_workers,
+                            "text_head_cache_hit": head_info["cache_hit"],
+                            "tensor_cache": cache_info,
+                        },
+                        "result": result_block(correct, None if t.is_clean else result.clean),
+                    }
+                    if not t.is_clean:
+                        report = result.reports.get(t)
+                        checks = record_checks(
+                            result.clean, correct, result.above_clean[t], result.zero_grad, report, label=t.label
+                        )
+                        record["sanity"] = {"checks": checks, "flags": leaderboard_flags(checks)}
+                        if report is not None:
+                            record["attack_report"] = attack_report_block(report)
+                    store.write(path, record)
+                    partial_path(path).unlink(missing_ok=True)
+                    summary.written.append(path)
+                    lo, hi = record["result"]["ci95"]
+                    flags = record.get("sanity", {}).get("flags")
+                    parts.append(
+                        f"{t.label} {100 * record['result']['accuracy']:.2f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+                        + (f" {flags}" if flags else "")
+                    )
             echo(f"{variant.label} / {ds_id} (n={subset.n}): " + " | ".join(parts))
     return summary

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..errors import ZSBenchError
@@ -47,6 +48,35 @@ def atomic_write_json(path: Path, obj: object) -> None:
         if e.errno == errno.ENOSPC:
             raise ZSBenchError(f"no space left on device while writing {path}") from None
         raise
+
+
+@contextlib.contextmanager
+def record_lock(path: Path, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on one record while it is computed, so that two runs sharing a results folder never
+    compute or write the same record at once (the second waits, then finds the record written).
+
+    The lock is ``fcntl.flock`` on a hidden ``.<record>.lock`` file beside the record; the kernel releases it when
+    the process dies, even by SIGKILL, so a crashed run never leaves a stale lock. The lock files stay (deleting
+    them would race with a waiting process); they are empty. Without ``fcntl`` (Windows) no lock is taken.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = path.with_name(f".{path.stem}.lock")
+    with open(lock_path, "a+b") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait(f"another zsbench process is computing {path.name}; waiting for it")
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 class RecordStore:

@@ -319,6 +319,14 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
                 loss, terms = method.loss(st)
             # each process holds an equal share: scaling by it and summing over processes gives the global loss
             scaled = loss.float() * (local / recipe.batch_size)
+            # checked before anything of this step is applied, so the state saved below is the last good one
+            global_loss = dist_utils.sum_scalar(float(scaled.detach()), env)
+            if not math.isfinite(global_loss):
+                raise ZSBenchError(
+                    f"{cfg.method}: the loss is {global_loss} at step {step + 1} of {total_steps}; that step was not "
+                    f"applied and the state after step {step} is kept in {folder / 'resume'}; lower --lr or train "
+                    "with --precision fp32"
+                )
             opt.zero_grad(set_to_none=True)
             (scaler.scale(scaled) if scaler else scaled).backward()
             dist_utils.sum_gradients(trainable, env)
@@ -328,9 +336,6 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
             else:
                 opt.step()
             step += 1
-            global_loss = dist_utils.sum_scalar(float(scaled.detach()), env)
-            if not math.isfinite(global_loss):
-                raise ZSBenchError(f"{cfg.method}: the loss became {global_loss} at step {step}; lower --lr")
             losses.append(global_loss)
             bar.set_postfix({k: f"{float(v):.3f}" for k, v in {"loss": global_loss, **terms}.items()})
             bar.update(1)
