@@ -17,7 +17,15 @@ from robustbench_zs.engine.runner import RunConfig, run
 from robustbench_zs.methods.pmg_aft import PMGAFTConfig
 from robustbench_zs.models import ModelSpec
 from robustbench_zs.paper.reproduce import match, paper_threat, plan, render
-from robustbench_zs.paper.targets import Column, flags_for, get_target, paper_value
+from robustbench_zs.paper.targets import (
+    Column,
+    flags_for,
+    get_target,
+    paper_name,
+    paper_numbers,
+    paper_value,
+    targets,
+)
 from robustbench_zs.profiles import get_profile, run_config_fields
 from robustbench_zs.results import RecordStore
 
@@ -137,6 +145,15 @@ def test_match_follows_options_training_and_newest(results):
     assert found("table1", "tecoa") is None
     assert found("table10", "beta0", profile="standard") is None  # another profile never matches
 
+    # `zsbench run --profile paper --paper-subsample` records a `custom` profile: its knobs match, its name cannot
+    sub = copy.deepcopy(pgd)
+    sub["profile"].update(name="custom", paper_subsample=True)
+    store.write(store.path_for("clip", sub["dataset"]["id"], "pgd", "f" * 64), sub)
+    (cell,) = [c for c in plan("table1") if c.row == "clip" and c.dataset == pgd["dataset"]["id"]]
+    kw = dict(arch="zsbench-tiny", pretrained="random")
+    assert match([cell], out, "paper", paper_subsample=True, **kw)[cell].path.name.startswith("pgd-")
+    assert match([cell], out, "paper", **kw)[cell] is None
+
 
 def test_dry_run_lists_every_run_of_table1_and_runs_nothing(tmp_path, capsys):
     out = tmp_path / "empty"
@@ -172,6 +189,19 @@ def test_paper_flags_fire_on_table2_pcam_and_cross_table_cells():
     assert cells["FT-TeCoA [32]"]["PCAM"].startswith("missing / 37.89 ⚠")
     assert cells["PMG-AFT (ours)"]["PCAM"].startswith("missing / 48.24 ⚠")
     assert "⚠" not in cells["CLIP"]["PCAM"]
+
+
+def test_every_paper_number_has_its_cell():
+    """tables.json and paper_tables.csv agree: each table cell finds its number, and each number has a cell."""
+    placed = set()
+    for t in targets().values():
+        for row in t.rows:
+            for col in t.columns:
+                value = paper_value(row, col)
+                if t.kind == "table":
+                    assert value is not None, (t.id, row.key, col)
+                    placed.add(row.paper.key(col.metric, paper_name(col.dataset)))
+    assert placed == set(paper_numbers())
 
 
 def test_rows_without_settings_show_only_the_papers_numbers():

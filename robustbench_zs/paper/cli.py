@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import ZSBenchError
+
 
 def add_parser(sub) -> argparse.ArgumentParser:
     """Add ``reproduce`` to the ``zsbench`` subparsers ``sub``; its handler is set with ``set_defaults``."""
@@ -70,6 +72,8 @@ def _reproduce(args: argparse.Namespace) -> int:
     get_target(args.target)  # unknown targets and profiles fail first, in one line
     get_profile(args.profile)
     n = _positive_int("n", args.n)
+    if args.paper_subsample and n is not None:
+        raise ZSBenchError("--paper-subsample and --n both choose the images; drop one of them")
     batch_size = _positive_int("batch-size", args.batch_size) or 128
     out = Path(args.out) if args.out else default_results_dir()
     models_dir = Path(args.models_dir) if args.models_dir else default_models_dir()

@@ -68,6 +68,7 @@ def measured_eval_rates(records: list[tuple[Path, dict]], arch: str) -> dict[tup
 
 
 def _rate_key(name: str, steps: int | None, precision: str | None) -> tuple[str, int, str]:
+    """What makes attacks cost the same per image: name, steps and precision (clean: one forward pass)."""
     if name == "clean":
         return ("clean", 0, "fp32")
     return (name, int(steps or 0), precision or "fp32")
@@ -88,6 +89,7 @@ def measured_train_rates(models_dir: Path, arch: str) -> dict[str, float]:
 
 
 def _duration(seconds: float) -> str:
+    """``42 s``, ``17 min``, ``3.5 h``."""
     if seconds >= 3600:
         return f"{seconds / 3600:.1f} h"
     if seconds >= 60:
@@ -115,16 +117,19 @@ def needed_trainings(
     from ..methods import METHODS
 
     trainings: dict[Training, None] = {}
+    waits: dict[tuple, bool] = {}  # per variant: waits for another's checkpoint
     waiting = []
     for c in cells:
-        if any(isinstance(v, str) and v.startswith(CHECKPOINT_REF) for _, v in c.options):
-            if resolve_options(c.options, models_dir, c.train_dataset, arch, pretrained) is None:
-                waiting.append(c)
-            continue
-        if METHODS.get(c.method).trains == "nothing":
-            continue
-        if find_checkpoint(models_dir, c.method, dict(c.options), c.train_dataset, arch, pretrained) is None:
-            trainings[Training(c.method, c.options, c.train_dataset)] = None
+        if c.variant not in waits:
+            waits[c.variant] = False
+            if any(isinstance(v, str) and v.startswith(CHECKPOINT_REF) for _, v in c.options):
+                waits[c.variant] = resolve_options(c.options, models_dir, c.train_dataset, arch, pretrained) is None
+            elif METHODS.get(c.method).trains != "nothing" and (
+                find_checkpoint(models_dir, c.method, dict(c.options), c.train_dataset, arch, pretrained) is None
+            ):
+                trainings[Training(c.method, c.options, c.train_dataset)] = None
+        if waits[c.variant]:
+            waiting.append(c)
     return list(trainings), waiting
 
 
@@ -137,7 +142,7 @@ def dry_run_report(
     pretrained: str = "openai",
     models_dir: Path = Path("models"),
     n: int | None = None,
-    paper_subsample: bool = False,
+    paper_subsample: bool | None = None,
 ) -> str:
     """What ``zsbench reproduce TARGET`` would run, with its estimated cost; reads records and checkpoints only.
 
@@ -156,7 +161,7 @@ def dry_run_report(
     records = load_records(Path(out_dir))
     # a robust run evaluates the clean images first unless their record exists: match those cells too
     cleans = [c.clean() for c in cells if c.metric == "robust"]
-    kw = dict(arch=arch, pretrained=pretrained, models_dir=models_dir, n=n, paper_subsample=paper_subsample)
+    kw = dict(arch=arch, pretrained=pretrained, models_dir=models_dir, n=n, paper_subsample=prof.paper_subsample)
     found = match([*cells, *cleans], out_dir, prof, records=records, **kw)
     todo = missing_cells({c: found[c] for c in cells})
     runs: dict[tuple, dict] = {}
@@ -174,7 +179,7 @@ def dry_run_report(
     for i, run in enumerate(runs.values(), 1):
         c = run["cell"]
         passes = sorted(run["threats"], key=lambda th: not th.is_clean)
-        images = eval_images(c.dataset, n, paper_subsample)
+        images = eval_images(c.dataset, n, prof.paper_subsample)
         rates = [eval_rates.get(_rate_key(p.name, p.steps, p.precision)) for p in passes]
         if images is None or any(r is None for r in rates):
             estimate = NO_THROUGHPUT
@@ -198,8 +203,9 @@ def dry_run_report(
         )
     train_rows, train_total, train_unmeasured = [], 0.0, 0
     for tr in trainings:
+        cls = METHODS.get(tr.method)
         _, recipe_opts = split_options(tr.method, dict(tr.options))
-        recipe = resolve_recipe(METHODS.get(tr.method), recipe_opts)
+        recipe = resolve_recipe(cls, {k: type(getattr(cls.recipe, k))(v) for k, v in recipe_opts.items()})
         per_epoch = train_images(tr.train_dataset)
         images = None if per_epoch is None else recipe.epochs * (per_epoch // recipe.batch_size) * recipe.batch_size
         ips = train_rates.get(tr.method)
@@ -255,7 +261,8 @@ def dry_run_report(
     if waiting:
         lines += [
             "",
-            f"{len(waiting)} runs use a checkpoint that does not exist yet (trained by this plan's own rows first).",
+            f"{len({(c.variant, c.dataset) for c in waiting})} runs use a checkpoint that does not exist yet "
+            "(trained by this plan's own rows first).",
         ]
     lines += ["", "## Estimated cost", ""]
     measured = len(rows) - unmeasured

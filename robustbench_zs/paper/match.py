@@ -70,15 +70,16 @@ def _record_knobs(record: dict, attack_name: str | None) -> dict:
 
 
 def profile_matches(record: dict, profile: Profile) -> bool:
-    """True if ``record`` was measured under ``profile`` (name and subsample), or under exactly its knobs.
+    """True if ``record`` was measured under ``profile``: the same named profile, or exactly its knobs.
 
-    The knob comparison admits records named ``custom`` whose knobs equal a named profile's, and records written
-    before profiles had names. A clean record has no attack precision; an attack the profile's precision does not
-    support (AutoAttack) is compared with the precision it falls back to.
+    The knob comparison admits records named ``custom`` whose knobs equal the requested ones (a named profile with
+    the paper subsample, say), and records written before profiles had names; a ``custom`` request is matched by its
+    knobs only. A clean record has no attack precision; an attack the profile's precision does not support
+    (AutoAttack) is compared with the precision it falls back to.
     """
     prof = record.get("profile") or {}
     subsample = bool(prof.get("paper_subsample", False))
-    if prof.get("name") == profile.name and subsample == profile.paper_subsample:
+    if profile.name != "custom" and prof.get("name") == profile.name and subsample == profile.paper_subsample:
         return True
     attack = record["attack"].get("name")
     have = _record_knobs(record, attack)
@@ -163,7 +164,7 @@ def match(
     pretrained: str = "openai",
     models_dir: Path | None = None,
     n: int | None = None,
-    paper_subsample: bool = False,
+    paper_subsample: bool | None = None,
     records: list[tuple[Path, dict]] | None = None,
 ) -> dict[Cell, Found | None]:
     """The record of each cell under ``out_dir`` (None where there is none); see the module docstring for the rules.
@@ -174,7 +175,7 @@ def match(
         arch, pretrained: the base model of the records (a trained method's backbone before fine-tuning).
         models_dir: where ``@checkpoint:`` options are resolved (fig5's interpolation).
         n: the requested images per dataset (None: the whole split); a record on fewer is shown but not complete.
-        paper_subsample: match records of the paper's every-20th-batch subsample instead of full ones.
+        paper_subsample: True or False overrides the profile's knob (the paper's every-20th-batch subsample).
         records: :func:`load_records` of ``out_dir``, when the caller has them already.
     """
     prof = resolve_profile(profile, paper_subsample)

@@ -10,7 +10,6 @@ by its ``meta.json`` (method config, training set, training eps and the recipe f
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -80,11 +79,14 @@ def paper_threat(attack: str, eps_255: float, profile: Profile):
 
 
 def resolve_profile(profile: str | Profile, paper_subsample: bool | None = None) -> Profile:
-    """The named profile (or the one given), with the paper subsample set where ``paper_subsample`` is not None."""
+    """The named profile (or the one given), with the paper subsample set where ``paper_subsample`` is not None.
+
+    As with ``zsbench run --paper-subsample``, a profile with the subsample changed is named ``custom`` (its knobs
+    tell it apart), so records of either command share one identity.
+    """
     prof = profile if isinstance(profile, Profile) else get_profile(profile)
     if paper_subsample is not None and paper_subsample != prof.paper_subsample:
-        # the subsample is a knob of its own (recorded and matched); the profile keeps its name
-        prof = dataclasses.replace(prof, paper_subsample=paper_subsample)
+        prof = prof.with_overrides(paper_subsample=paper_subsample)
     return prof
 
 
@@ -166,41 +168,29 @@ def expected_train_eps(method: str, recipe: dict[str, str]) -> float:
 def find_checkpoint(
     models_dir: Path, method: str, options: dict[str, str], train_dataset: str, arch: str, pretrained: str
 ) -> Path | None:
-    """The newest complete checkpoint of ``method`` with these options, training set and backbone, or None.
+    """The newest complete checkpoint of ``method`` with these options, training set, training eps and backbone.
 
-    Compares the checkpoint's ``meta.json``: method config (defaults plus the option overrides), training set,
-    recipe fields given as options and the training eps.
+    The same rule ``zsbench run`` uses to pick a checkpoint (``engine.variants.find_checkpoints``), with the
+    training eps pinned to the row's (the option, else the method's recipe default), so the plan and the run agree.
     """
+    from ..engine.variants import _split_options, find_checkpoints
     from ..methods import METHODS
+    from ..models import ModelSpec
 
     cls = METHODS.get(method)
     if cls.trains == "nothing":
         return None
-    config_opts, recipe_opts = split_options(method, options)
-    want_config = cls.Config.from_overrides(config_opts).to_dict()
-    want_eps = expected_train_eps(method, recipe_opts)
-    best: tuple[str, Path] | None = None
-    for meta_path in sorted(Path(models_dir).glob("*/meta.json")):
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            continue
-        recipe = meta.get("recipe") or {}
-        if (
-            meta.get("method") != method
-            or not meta.get("complete")
-            or meta.get("arch") != arch
-            or meta.get("pretrained") != pretrained
-            or meta.get("train_dataset") != train_dataset
-            or not same_config(meta.get("config") or {}, want_config)
-            or not same_value(recipe.get("train_eps_255"), want_eps)
-            or not all(same_value(recipe.get(k), v) for k, v in recipe_opts.items())
-        ):
-            continue
-        stamp = str(meta.get("created_utc", ""))
-        if best is None or stamp > best[0]:
-            best = (stamp, meta_path.parent)
-    return best[1] if best else None
+    config_opts, recipe_opts = _split_options(cls, options)
+    recipe = {"train_eps_255": expected_train_eps(method, options), **recipe_opts}
+    found = find_checkpoints(
+        Path(models_dir),
+        method,
+        ModelSpec(arch, pretrained),
+        train_dataset=train_dataset,
+        config=cls.Config.from_overrides(config_opts).to_dict(),
+        recipe=recipe,
+    )
+    return found[0] if found else None
 
 
 def resolve_options(

@@ -52,13 +52,17 @@ def _ours(found: Found | None) -> str:
 
 def profile_line(prof: Profile) -> str:
     """The profile's name and knobs in one line (the knobs are what make numbers comparable)."""
+    from ..profiles import PROFILES
+
     knobs = ", ".join(f"{k} {v}" for k, v in prof.knobs().items() if k != "paper_subsample")
-    sub = (
-        f"; paper subsample (every {PAPER_SUBSAMPLE_EVERY}th batch of {PAPER_SUBSAMPLE_BATCH} images)"
-        if prof.paper_subsample
-        else ""
-    )
-    return f"profile `{prof.name}` ({knobs}){sub}"
+    name = f"`{prof.name}`"
+    if prof.paper_subsample:
+        base = next(
+            (p.name for p in PROFILES.values() if p.knobs() == {**prof.knobs(), "paper_subsample": False}), None
+        )
+        name = f"`{base}` with the paper subsample (recorded as `{prof.name}`)" if base else name
+        knobs += f"; every {PAPER_SUBSAMPLE_EVERY}th batch of {PAPER_SUBSAMPLE_BATCH} images only"
+    return f"profile {name} ({knobs})"
 
 
 def _column_header(t: Target, col: Column) -> str:
@@ -106,9 +110,9 @@ def _training_lines(
 
     seconds = paper_epoch_seconds()
     images = train_images(t.train_dataset)
-    lines = []
+    lines, seen = [], set()
     for row in t.rows:
-        if not row.reproducible or METHODS.get(row.method).trains == "nothing":
+        if not row.reproducible or METHODS.get(row.method).trains == "nothing" or (row.method, row.options) in seen:
             continue
         paper = None
         if row.paper is not None:
@@ -136,6 +140,7 @@ def _training_lines(
             ips = meta.get("images_per_second") or None
         if paper is None and ips is None:
             continue
+        seen.add((row.method, row.options))  # one line per trained model (fig4 evaluates each at several eps)
         ours = "ours: no measured training throughput yet"
         if ips:
             ours = f"ours: {ips:.1f} training images/s"
@@ -163,7 +168,7 @@ def render(
     arch: str = "ViT-B-32",
     pretrained: str = "openai",
     models_dir: Path | None = None,
-    paper_subsample: bool = False,
+    paper_subsample: bool | None = None,
     extra: Iterable[str] = (),
 ) -> str:
     """Markdown of ``target`` in the paper's row and column order: ours [95% CI] / paper / difference per cell.
@@ -176,7 +181,7 @@ def render(
     prof = resolve_profile(profile, paper_subsample)
     by_key = {(c.row, c.metric, c.dataset): f for c, f in matches.items() if c.target == t.id}
     flags = _FlagNotes()
-    body, averages_missing = [], []
+    body = []
     for row in t.rows:
         cells = [row.label]
         for col in t.columns:
@@ -187,10 +192,6 @@ def render(
                 continue
             if col.dataset == AVERAGE:
                 ours_value, ours_text = _average(row, col.metric, by_key)
-                if ours_value is None:
-                    have = ours_text.removeprefix("n/a (").removesuffix(")")
-                    what = f" {col.metric}" if len(t.metrics) > 1 else ""
-                    averages_missing.append(f"{row.label}{what} {have}")
             else:
                 found = by_key.get((row.key, col.metric, col.dataset))
                 ours_value, ours_text = (None if found is None else found.accuracy), _ours(found)
@@ -215,7 +216,7 @@ def render(
         "",
         "Each cell: ours [Wilson 95% interval] / the paper's / ours − paper, in %. "
         f"*{MISSING}*: no record yet (`zsbench reproduce {t.id}` runs it); ⚠N: the paper's number looks wrong "
-        "(see the notes). Our averages need every one of the 16 datasets.",
+        "(see the notes). Our averages need all 16 datasets: *n/a (k of 16)* says how many have a record.",
         "",
         f"Records found for {n_found} of the {len(planned)} cells our table needs.",
         "",
@@ -226,18 +227,12 @@ def render(
     partial = sorted(
         {f"{ds} ({f.n} of {f.n_total} images)" for (_, _, ds), f in by_key.items() if f and f.n < f.n_total}
     )
-    if notes or unreproducible or partial or averages_missing or flags.lines:
+    if notes or unreproducible or partial or flags.lines:
         lines += ["", "## Notes", ""]
         lines += [f"- {n}" for n in notes]
         lines += [f"- Not reproducible: {u}." for u in unreproducible]
         if partial:
             lines.append(f"- Evaluated on part of a split: {', '.join(partial)}.")
-        if averages_missing:
-            lines.append(
-                "- Our average is shown only where all 16 datasets have a record; datasets with a record: "
-                + "; ".join(averages_missing)
-                + "."
-            )
         lines += [f"- {f}" for f in flags.lines]
     training = _training_lines(t, by_key, models_dir, arch, pretrained)
     if training:

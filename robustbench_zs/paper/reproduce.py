@@ -19,7 +19,16 @@ from pathlib import Path
 from ..errors import ZSBenchError
 from ..profiles import Profile
 from .match import match, missing_cells
-from .plan import Cell, find_checkpoint, options_text, paper_threat, plan, resolve_options, resolve_profile
+from .plan import (
+    Cell,
+    expected_train_eps,
+    find_checkpoint,
+    options_text,
+    paper_threat,
+    plan,
+    resolve_options,
+    resolve_profile,
+)
 from .render import render
 from .targets import Target, get_target
 
@@ -34,18 +43,25 @@ def dataset_available(dataset: str, data_root: Path) -> bool:
 
 @dataclass(frozen=True)
 class ReproduceResult:
-    """What :func:`reproduce` did: the Markdown file, records written, and what it skipped (one line each)."""
+    """What :func:`reproduce` did.
+
+    Attributes:
+        markdown, text: the file written and its text.
+        written: records written by this call.
+        skipped: one line per run skipped (dataset absent, checkpoint missing under ``--no-train``).
+        figure: for figures, its files or why it was not drawn.
+    """
 
     markdown: Path
     text: str
     written: int
     skipped: list[str]
-    figures: dict
+    figure: list[str]
 
 
 def _groups(cells: list[Cell]) -> list[tuple[tuple, tuple, list[str]]]:
     """Missing cells grouped for ``run``: (variant, non-clean threats, datasets), in the plan's order."""
-    per_dataset: dict[tuple, dict[str, dict]] = defaultdict(dict)
+    per_dataset: dict[tuple, dict[str, dict]] = defaultdict(dict)  # variant -> dataset -> {threat: None}
     for c in cells:
         threats = per_dataset[c.variant].setdefault(c.dataset, {})
         if c.metric == "robust":
@@ -60,7 +76,7 @@ def _groups(cells: list[Cell]) -> list[tuple[tuple, tuple, list[str]]]:
 def reproduce(
     target: str,
     *,
-    profile: str = "paper",
+    profile: str | Profile = "paper",
     out_dir: Path,
     data_root: Path,
     models_dir: Path,
@@ -69,7 +85,7 @@ def reproduce(
     device: str = "auto",
     batch_size: int = 128,
     n: int | None = None,
-    paper_subsample: bool = False,
+    paper_subsample: bool | None = None,
     train: bool = True,
     progress: bool | None = None,
     cache_dir: Path | None = None,
@@ -89,7 +105,7 @@ def reproduce(
     t = get_target(target)
     prof = resolve_profile(profile, paper_subsample)
     out_dir, models_dir, data_root = Path(out_dir), Path(models_dir), Path(data_root)
-    kw = dict(arch=arch, pretrained=pretrained, models_dir=models_dir, n=n, paper_subsample=paper_subsample)
+    kw = dict(arch=arch, pretrained=pretrained, models_dir=models_dir, n=n, paper_subsample=prof.paper_subsample)
     cells = plan(target, prof)
     todo = missing_cells(match(cells, out_dir, prof, **kw))
     ensure_writable(out_dir)
@@ -116,6 +132,9 @@ def reproduce(
         ):
             skipped.append(f"{label}: no checkpoint trained on {train_dataset} in {models_dir} (--no-train)")
             continue
+        if METHODS.get(method).trains != "nothing":
+            # pin the training eps, so that the run picks (or trains) the checkpoint this row needs, as the plan did
+            resolved = {**resolved, "train_eps_255": str(expected_train_eps(method, resolved))}
         cfg = RunConfig(
             methods=(method,),
             datasets=tuple(datasets),
@@ -135,39 +154,46 @@ def reproduce(
             **run_config_fields(prof),
         )
         written += len(run(cfg, echo=echo).written)
+    if written:
+        from ..leaderboard import write_leaderboard
+
+        write_leaderboard(out_dir)
     for line in skipped:
         echo(f"skipped: {line}")
     found = match(cells, out_dir, prof, **kw)
     folder = out_dir / "reproduce"
     folder.mkdir(parents=True, exist_ok=True)
-    figures = _draw_figure(t, out_dir, folder, prof) if t.figure else {}
-    extra = [f"Skipped: {s}." for s in skipped]
-    for kind, path in figures.items():
-        extra.append(f"Figure {kind}: {path}")
+    figure = _draw_figure(t, out_dir, folder, prof) if t.figure else []
+    extra = [*(f"Skipped: {s}." for s in skipped), *figure]
     text = render(target, found, prof, arch=arch, pretrained=pretrained, models_dir=models_dir, extra=extra)
-    name = f"{t.id}-{prof.name}{'-subsample' if prof.paper_subsample else ''}.md"
+    base = profile if isinstance(profile, str) else prof.name
+    name = f"{t.id}-{base}{'-subsample' if prof.paper_subsample else ''}.md"
     (folder / name).write_text(text, encoding="utf-8")
-    return ReproduceResult(folder / name, text, written, skipped, figures)
+    return ReproduceResult(folder / name, text, written, skipped, figure)
 
 
-def _draw_figure(t: Target, out_dir: Path, folder: Path, prof: Profile) -> dict:
-    """Draw a figure target with ``robustbench_zs.figures`` (imported here: the module is optional to this one)."""
-    try:
-        from .. import figures
-        from ..leaderboard.build import records_frame
-    except ImportError as e:  # pragma: no cover - depends on the optional module being present
-        return {"error": f"not drawn: {e}"}
+def _draw_figure(t: Target, out_dir: Path, folder: Path, prof: Profile) -> list[str]:
+    """Draw a figure target with ``robustbench_zs.figures`` into ``folder``; returns lines for the Markdown.
+
+    The figure functions pick the records of this profile's knobs and of the target's threat (fig4: the threat
+    family, its label without the radius); a figure that cannot be drawn yet (no records) says why in one line.
+    """
+    from .. import figures
+    from ..leaderboard.build import records_frame
+
     spec = dict(t.figure or {})
     fn = getattr(figures, spec.pop("function"))
+    along_eps = spec.pop("along_eps", False)
     df = records_frame(out_dir)
-    if df.empty:
-        return {"error": "not drawn: no records yet"}
+    if "methods" in spec and not df.empty:  # draw the methods measured so far
+        spec["methods"] = [m for m in spec["methods"] if m in set(df["method_id"])]
+    if df.empty or spec.get("methods") == []:
+        return ["Figure not drawn: no records yet."]
     knobs = {"normalization": prof.normalization, "logit_scale": prof.logit_scale, "prompts": prof.prompts}
     label = paper_threat(t.attack, float(t.rows[0].eps_255), prof).label
-    # fig4 selects a threat family (the label without its radius), fig5 one threat
-    threat = re.sub(r"\s*ε=\S+/255", "", label).strip() if spec.get("along_eps") else label
-    spec.pop("along_eps", None)
+    threat = re.sub(r"\s*ε=\S+/255", "", label).strip() if along_eps else label
     try:
-        return dict(fn(df, folder, profile=knobs, threat=threat, **spec))
-    except (ZSBenchError, TypeError) as e:
-        return {"error": f"not drawn: {e}"}
+        paths = fn(df, folder, profile=knobs, threat=threat, **spec)
+    except ZSBenchError as e:
+        return [f"Figure not drawn: {e}."]
+    return [f"Figure: {paths['png']} (its numbers: {paths['csv']})."]
