@@ -181,6 +181,11 @@ def resolve_variants(
         cls = METHODS.get(mid)
         opts = dict(options.get(mid, {}))
         if cls.trains == "nothing":
+            fields = [f.name for f in dataclasses.fields(cls.Config)]
+            for key in opts:
+                if key not in fields:
+                    known = f"options: {', '.join(fields)}" if fields else "it takes none"
+                    raise ZSBenchError(f"--set {mid}.{key}: {mid} has no option {key!r}; {known}")
             sweep_key = next((k for k, v in opts.items() if "," in v), None)
             values = opts.pop(sweep_key).split(",") if sweep_key else [None]
             for value in values:

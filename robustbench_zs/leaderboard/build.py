@@ -405,12 +405,17 @@ def wide_frame(tables: list[dict]) -> pd.DataFrame:
 
 
 def _write_text(path: Path, text: str) -> None:
+    """Write atomically (temporary file, fsync, rename); on any error the temporary file is removed."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def write_leaderboard(out_dir: Path, mix_profiles: bool = False) -> dict[str, Path]:

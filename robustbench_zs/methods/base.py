@@ -57,8 +57,8 @@ class MethodConfig:
         values = {}
         for key, raw in overrides.items():
             if key not in fields:
-                known = ", ".join(fields) or "none"
-                raise ZSBenchError(f"{cls.__name__} has no option {key!r}; options: {known}")
+                known = f"options: {', '.join(fields)}" if fields else "it has none"
+                raise ZSBenchError(f"{cls.__name__} has no option {key!r}; {known}")
             default = getattr(cls(), key)
             try:
                 if isinstance(default, bool):

@@ -31,6 +31,7 @@ import json
 import os
 import pickle
 import re
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -252,15 +253,59 @@ def _sniff_safetensors(p: Path) -> bool:
 _GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)|but got <class '([\w.]+)'>")
 
 
+def _looks_like_html(p: Path) -> bool:
+    """A web page saved in place of weights (a login wall, a Google Drive interstitial, an error page)."""
+    with open(p, "rb") as f:
+        head = f.read(512).lstrip().lower()
+    return head.startswith((b"<!doctype html", b"<html", b"<head", b"<?xml")) or b"<html" in head[:200]
+
+
+#: modules whose names a weights file may reference (what torch's weights-only unpickler itself accepts)
+_SAFE_GLOBAL_PREFIXES = ("torch.", "collections.OrderedDict", "numpy.", "_codecs.encode", "builtins.set")
+
+
+def _pickle_globals(p: Path) -> list[str]:
+    """The callables a pickle (plain, or torch's zip archive) references, read with pickletools: nothing runs."""
+    import pickletools
+
+    streams = []
+    if zipfile.is_zipfile(p):
+        with zipfile.ZipFile(p) as z:
+            streams = [z.read(n) for n in z.namelist() if n.endswith(".pkl")]
+    else:
+        streams = [p.read_bytes()]
+    found = []
+    for data in streams:
+        strings: list[str] = []
+        try:
+            for op, arg, _ in pickletools.genops(data):
+                if op.name in ("GLOBAL", "INST"):
+                    found.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str):
+                    strings.append(arg)
+        except Exception:  # noqa: BLE001 - a damaged stream: report what was read before the damage
+            pass
+    return found
+
+
 def _torch_load(p: Path) -> object:
+    if _looks_like_html(p):
+        raise ZSBenchError(
+            f"{p} is a web page, not weights (an error or login page saved in place of the checkpoint); "
+            "download it again, e.g. with zsbench models download"
+        )
     try:
-        with _numpy_scalar_globals():
+        with _numpy_scalar_globals(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         msg = str(e)
         found = _GLOBAL_RE.search(msg)
-        if found or "Can only build" in msg or "global" in msg.lower():
-            what = (found.group(1) or found.group(2)) if found else "a non-tensor object"
+        unsafe = [g for g in _pickle_globals(p) if not g.startswith(_SAFE_GLOBAL_PREFIXES)]
+        if found or unsafe or "Can only build" in msg or "global" in msg.lower():
+            what = (found.group(1) or found.group(2)) if found else unsafe[0] if unsafe else "a non-tensor object"
             # a legacy (non-zip) pickle cut short can end inside a name; a zip archive is checked as a whole first
             cut = "" if zipfile.is_zipfile(p) else " (or, if this file was cut short, copy it again)"
             raise ZSBenchError(
