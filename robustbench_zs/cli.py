@@ -202,8 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="METHOD=PATH",
-        help="weights of a trained method: a robustbench_zs checkpoint folder, or an official PMG-AFT/TeCoA or "
-        "RobustVLM file",
+        help="weights of a trained method: a robustbench_zs checkpoint folder, an official PMG-AFT/TeCoA or "
+        "RobustVLM file, or zoo:ID (a published checkpoint fetched with zsbench models download ID)",
     )
     r.add_argument(
         "--train-dataset",
@@ -295,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .paper import cli as reproduce_cmd
 
     reproduce_cmd.add_parser(sub)
+    from .zoo import cli as models_cmd
+
+    models_cmd.add_parser(sub)
     return p
 
 
@@ -368,6 +371,7 @@ def _run(args: argparse.Namespace) -> int:
         given=[f for f in ("eps", "step_size", "steps", "norm", "attack_precision") if getattr(args, f) is not None],
     )
     out = Path(opts["out"]) if opts["out"] else default_results_dir()
+    models_dir = Path(args.models_dir) if args.models_dir else default_models_dir()
     cfg = RunConfig(
         methods=tuple(methods),
         datasets=tuple(datasets),
@@ -388,8 +392,8 @@ def _run(args: argparse.Namespace) -> int:
         force=args.force,
         progress=args.progress,
         method_options=_method_sets(args.set, methods),
-        checkpoints=_checkpoints(args.checkpoint),
-        models_dir=Path(args.models_dir) if args.models_dir else default_models_dir(),
+        checkpoints=_checkpoints(args.checkpoint, models_dir, opts["arch"], opts["pretrained"]),
+        models_dir=models_dir,
         train_dataset=args.train_dataset,
         train_missing=args.train_missing,
     )
@@ -432,13 +436,16 @@ def _method_sets(items: list[str], methods: list[str]) -> dict[str, dict[str, st
     return out
 
 
-def _checkpoints(items: list[str]) -> dict[str, Path]:
+def _checkpoints(items: list[str], models_dir: Path, arch: str, pretrained: str) -> dict[str, Path]:
+    """``--checkpoint METHOD=PATH`` or ``METHOD=zoo:ID`` (a downloaded, verified zoo entry: zsbench models)."""
+    from .zoo import resolve_zoo_checkpoint
+
     out = {}
     for item in items:
         method, sep, path = item.partition("=")
         if not sep or not method or not path:
-            raise ZSBenchError(f"--checkpoint {item!r}: expected METHOD=PATH")
-        out[method.strip()] = Path(path.strip())
+            raise ZSBenchError(f"--checkpoint {item!r}: expected METHOD=PATH or METHOD=zoo:ID")
+        out[method.strip()] = resolve_zoo_checkpoint(path.strip(), models_dir, arch=arch, pretrained=pretrained)
     return out
 
 

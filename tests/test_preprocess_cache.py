@@ -176,6 +176,7 @@ TINY_ARGS = ["--arch", "zsbench-tiny", "--pretrained", "random", "--device", "cp
 def test_second_run_reads_no_image_file_and_matches(tiny_data, tmp_path, monkeypatch, capsys) -> None:
     opened = _count_opens(monkeypatch)
     base = ["run", "--datasets", "tinyimagenet", "--data-root", str(tiny_data), "--n", "40", "--steps", "2"]
+    base += ["--preprocess", "paper"]
     base += ["--eps", "1", *TINY_ARGS]
     assert main([*base, "--out", str(tmp_path / "a")]) == 0
     assert len(opened) == 40
