@@ -20,7 +20,7 @@ from torch import nn
 
 from .apgd import require_fp32
 from .base import ATTACKS, AttackEntry, Threat
-from .pgd import _project, eval_mode_no_param_grad, unit_noise
+from .pgd import _project, ascent_step, eval_mode_no_param_grad, unit_noise
 
 KAPPA = 50.0
 
@@ -52,12 +52,7 @@ def cw_single(
             if grad is None:
                 grad = torch.zeros_like(delta)
             with torch.no_grad():
-                if norm == "linf":
-                    step = threat.step_size * grad.sign()
-                else:
-                    g = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
-                    step = threat.step_size * grad / g
-                delta = _project(delta.detach() + step, x, eps, norm)
+                delta = ascent_step(delta, grad, x, threat.step_size, eps, norm)
         with torch.no_grad():
             x_adv = x + delta
             robust &= model(x_adv).argmax(dim=1) == y

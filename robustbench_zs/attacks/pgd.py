@@ -67,6 +67,20 @@ def _project(delta: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> tor
     return (x + delta).clamp(0.0, 1.0) - x
 
 
+def ascent_step(
+    delta: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, step_size: float, eps: float, norm: str
+) -> torch.Tensor:
+    """One steepest-ascent step on the perturbation (sign of the gradient for L-inf, its direction for L2),
+    projected back into the eps-ball and the [0, 1] box."""
+    grad = grad.float()
+    if norm == "linf":
+        step = step_size * grad.sign()
+    else:
+        g = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
+        step = step_size * grad / g
+    return _project(delta.detach() + step, x, eps, norm)
+
+
 def _margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Logit of the true class minus the largest other logit (negative: misclassified), in fp32."""
     z = logits.float()
@@ -111,13 +125,7 @@ def pgd_single(
                 loss = F.cross_entropy(logits.float(), y, reduction="sum")
             (grad,) = torch.autograd.grad(loss, delta)
             with torch.no_grad():
-                grad = grad.float()
-                if norm == "linf":
-                    step = threat.step_size * grad.sign()
-                else:
-                    g = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
-                    step = threat.step_size * grad / g
-                delta = _project(delta.detach() + step, x, eps, norm)
+                delta = ascent_step(delta, grad, x, threat.step_size, eps, norm)
     verdict = "fp16" if precision == "fp16" else "fp32"
     with torch.no_grad(), attack_autocast(x.device, verdict):
         x_adv = x + delta

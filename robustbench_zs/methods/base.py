@@ -123,6 +123,8 @@ class Step:
         attack: ``attack(loss_fn) -> x_adv``: the recipe's training PGD from ``x``, maximizing
             ``loss_fn(x_adv).sum()`` where ``loss_fn`` returns one loss per image; gradients flow only to the
             perturbation, never into the parameters. Random starts are seeded per image.
+        joint_forward: let :meth:`pair` run two batches through the model as one (the default; off only to
+            compare).
     """
 
     x: torch.Tensor
@@ -131,6 +133,39 @@ class Step:
     frozen: nn.Module | None
     attack: Callable[[Callable[[torch.Tensor], torch.Tensor]], torch.Tensor]
     extras: dict = field(default_factory=dict)
+    joint_forward: bool = True
+
+    def pair(
+        self, fn: Callable[[torch.Tensor], torch.Tensor], a: torch.Tensor, b: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(fn(a), fn(b))`` for a function of :attr:`model` (``step.model``, ``step.model.embed``).
+
+        Computed as one forward of the concatenated batch when every image's output depends on that image alone
+        (:func:`batch_independent`): one pass with twice the rows keeps the matrix units busier and walks the
+        weights once, and the outputs equal the separate ones up to float rounding. BatchNorm in training mode or
+        active dropout would make the joint batch change the results, so those models get two forwards.
+        """
+        if self.joint_forward and a.shape[1:] == b.shape[1:] and batch_independent(self.model):
+            out = fn(torch.cat([a, b]))
+            return out[: len(a)], out[len(a) :]
+        return fn(a), fn(b)
+
+
+def batch_independent(module: nn.Module) -> bool:
+    """Whether ``module`` maps each image of a batch to an output that depends on that image alone.
+
+    False when a BatchNorm normalizes with batch statistics (training mode, or no running statistics: TWINS' wings
+    included) or when dropout is active (a joint batch would draw other masks); such models must not see two
+    batches concatenated.
+    """
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or not m.track_running_stats):
+            return False
+        if m.training and any(
+            isinstance(getattr(m, name, None), float) and getattr(m, name) > 0 for name in ("p", "dropout", "prob")
+        ):
+            return False
+    return True
 
 
 class Method:

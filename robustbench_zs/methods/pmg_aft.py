@@ -95,14 +95,16 @@ class PMGAFT(Method):
         if step.frozen is None:
             raise ZSBenchError("PMG-AFT needs the frozen pre-trained classifier (Step.frozen is None)")
         x_adv = step.attack(self.attack_loss(step))
-        logits_adv = step.model(x_adv)
         if cfg.distance in FEATURE_DISTANCES:
-            feats_adv, feats_clean = step.model.embed(x_adv), step.model.embed(step.x)
+            # the logits come from the same embeddings: tau * cos(f(x'), T_c), as step.model(x_adv) computes them
+            feats_adv, feats_clean = step.pair(step.model.embed, x_adv, step.x)
+            logits_adv = step.model.logits_from_embeddings(feats_adv)
             with torch.no_grad():
                 feats0_adv = step.frozen.embed(x_adv)
             loss, terms = self.combine(logits_adv, None, None, step.y, feats=(feats_adv, feats_clean, feats0_adv))
         else:
-            logits_clean = step.model(step.x)
+            # p(x') and p(x) under the model being trained: one forward of both batches where that changes nothing
+            logits_adv, logits_clean = step.pair(step.model, x_adv, step.x)
             with torch.no_grad():
                 logits0_adv = step.frozen(x_adv)
             loss, terms = self.combine(logits_adv, logits_clean, logits0_adv, step.y)

@@ -113,5 +113,12 @@ class ZeroShotClassifier(nn.Module):
         """L2-normalized image embeddings (B, D)."""
         return F.normalize(self.embed(x), dim=-1)
 
+    def logits_from_embeddings(self, emb: torch.Tensor) -> torch.Tensor:
+        """The logits of unnormalized embeddings (B, D): ``forward(x)`` is ``logits_from_embeddings(embed(x))``.
+
+        For losses that need both the embeddings and the logits of the same images, without a second forward.
+        """
+        return self.logit_scale * F.normalize(emb, dim=-1) @ self.head.to(emb.dtype).T
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.logit_scale * self.features(x) @ self.head.to(x.dtype).T
+        return self.logits_from_embeddings(self.embed(x))

@@ -44,7 +44,7 @@ from ..datasets.preprocess import PreprocessedDataset, resolve_preprocess
 from ..datasets.prompts import prompt_set
 from ..errors import ZSBenchError
 from ..methods import METHODS, Method, Recipe, Step
-from ..models import HeadKnobs, ModelSpec, ZeroShotClassifier, build_text_head, load_model
+from ..models import HeadKnobs, LoadedModel, ModelSpec, ZeroShotClassifier, build_text_head, load_model
 from ..models.loader import model_preprocess_cfg
 from ..models.text_head import text_weights_sha256
 from ..provenance import software
@@ -205,6 +205,104 @@ def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.
 
 
 @dataclass
+class TrainingModels:
+    """What a training run works on (built by :func:`prepare_models`).
+
+    Attributes:
+        encoder: the image encoder being trained (``method.build_encoder``'s result).
+        trainable: the parameters the optimizer updates, the only ones with ``requires_grad``.
+        model: the classifier being trained, on ``encoder``.
+        frozen: the pre-trained classifier (eval mode, no gradients); None unless ``method.needs_frozen``.
+    """
+
+    encoder: nn.Module
+    trainable: list[nn.Parameter]
+    model: ZeroShotClassifier
+    frozen: ZeroShotClassifier | None
+
+
+def prepare_models(
+    method: Method, loaded: LoadedModel, recipe: Recipe, head: torch.Tensor | None, device: torch.device
+) -> TrainingModels:
+    """The classifier ``method`` trains and its frozen pre-trained copy, with gradients only where it trains.
+
+    Args:
+        loaded: the backbone from :func:`~robustbench_zs.models.load_model`; ``method.build_encoder`` modifies its
+            image tower in place.
+        head: the (C, D) text head, or None for methods without one (a placeholder that is never read).
+    """
+    frozen_visual = copy.deepcopy(loaded.model.visual).eval() if method.needs_frozen else None
+    encoder = method.build_encoder(loaded.model)
+    trainable = method.trainable_parameters(encoder)
+    trainable_ids = {id(p) for p in trainable}
+    for p in loaded.model.parameters():
+        p.requires_grad_(False)
+    for p in encoder.parameters():
+        p.requires_grad_(id(p) in trainable_ids)
+    for p in trainable:
+        p.requires_grad_(True)
+    knobs = HeadKnobs(normalization=recipe.normalization, logit_scale=recipe.logit_scale)
+    if head is None:
+        head = torch.zeros(1, int(getattr(loaded.model.visual, "output_dim", 1)))  # never used: no logits needed
+    model = ZeroShotClassifier.from_model(loaded.model, head, loaded.image_size, knobs, encoder).to(device)
+    frozen = None
+    if frozen_visual is not None:
+        frozen = ZeroShotClassifier.from_model(loaded.model, head, loaded.image_size, knobs, frozen_visual).to(device)
+        frozen.eval().requires_grad_(False)
+    return TrainingModels(encoder, trainable, model, frozen)
+
+
+def step_loss(
+    method: Method,
+    models: TrainingModels,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    seeds: torch.Tensor,
+    recipe: Recipe,
+    precision: str,
+    extras: dict,
+    joint_forward: bool = True,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The training attack and the method's loss on this process's share ``x, y`` of a global batch.
+
+    Returns the loss scaled by the share, ``len(x) / extras["global_batch"]`` (summed over processes it is the
+    loss of the global batch), still attached to the graph, and the method's named terms. ``joint_forward`` is
+    :attr:`~robustbench_zs.methods.Step.joint_forward` (switched off only to compare).
+    """
+    st = Step(
+        x=x,
+        y=y if method.needs_labels else None,
+        model=models.model,
+        frozen=models.frozen,
+        attack=make_attack(models.model, x, seeds, recipe, precision),
+        extras=extras,
+        joint_forward=joint_forward,
+    )
+    with _autocast(x.device, precision):
+        loss, terms = method.loss(st)
+    # each process holds an equal share: scaling by it and summing over processes gives the global loss
+    return loss.float() * (len(x) / extras.get("global_batch", len(x))), terms
+
+
+def apply_update(
+    scaled: torch.Tensor,
+    trainable: list[nn.Parameter],
+    opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    env: dist_utils.DistEnv,
+) -> None:
+    """Backpropagate ``scaled`` (from :func:`step_loss`), sum gradients across processes and step the optimizer."""
+    opt.zero_grad(set_to_none=True)
+    (scaler.scale(scaled) if scaler else scaled).backward()
+    dist_utils.sum_gradients(trainable, env)
+    if scaler:
+        scaler.step(opt)
+        scaler.update()
+    else:
+        opt.step()
+
+
+@dataclass
 class TrainResult:
     folder: Path
     steps: int
@@ -251,30 +349,14 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
 
     loaded = load_model(cfg.model, device)
     method.check_model(loaded.model, cfg.model.arch)
-    frozen_visual = copy.deepcopy(loaded.model.visual).eval() if method.needs_frozen else None
-    encoder = method.build_encoder(loaded.model)
-    trainable = method.trainable_parameters(encoder)
-    trainable_ids = {id(p) for p in trainable}
-    for p in loaded.model.parameters():
-        p.requires_grad_(False)
-    for p in encoder.parameters():
-        p.requires_grad_(id(p) in trainable_ids)
-    for p in trainable:
-        p.requires_grad_(True)
-
-    knobs = HeadKnobs(normalization=recipe.normalization, logit_scale=recipe.logit_scale)
+    head = None
     if method.needs_text_head:
         names, templates, _ = prompt_set(spec, data, cfg.prompts)
         head, _ = build_text_head(
             loaded.model, loaded.tokenizer, names, templates, cfg.cache_dir, text_sha=text_weights_sha256(loaded.model)
         )
-    else:
-        head = torch.zeros(1, int(getattr(loaded.model.visual, "output_dim", 1)))  # never used: no logits needed
-    model = ZeroShotClassifier.from_model(loaded.model, head, loaded.image_size, knobs, encoder).to(device)
-    frozen = None
-    if frozen_visual is not None:
-        frozen = ZeroShotClassifier.from_model(loaded.model, head, loaded.image_size, knobs, frozen_visual).to(device)
-        frozen.eval().requires_grad_(False)
+    models = prepare_models(method, loaded, recipe, head, device)
+    encoder, trainable, model = models.encoder, models.trainable, models.model
 
     opt = _optimizer(trainable, recipe)
     scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
@@ -307,18 +389,8 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
             seeds = attack_seeds(idx, cfg.seed, epoch)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, recipe.lr, recipe.warmup_steps, total_steps)
-            st = Step(
-                x=x,
-                y=y if method.needs_labels else None,
-                model=model,
-                frozen=frozen,
-                attack=make_attack(model, x, seeds, recipe, cfg.precision),
-                extras={"global_batch": recipe.batch_size, "epoch": epoch, "step": step},
-            )
-            with _autocast(device, cfg.precision):
-                loss, terms = method.loss(st)
-            # each process holds an equal share: scaling by it and summing over processes gives the global loss
-            scaled = loss.float() * (local / recipe.batch_size)
+            extras = {"global_batch": recipe.batch_size, "epoch": epoch, "step": step}
+            scaled, terms = step_loss(method, models, x, y, seeds, recipe, cfg.precision, extras)
             # checked before anything of this step is applied, so the state saved below is the last good one
             global_loss = dist_utils.sum_scalar(float(scaled.detach()), env)
             if not math.isfinite(global_loss):
@@ -327,14 +399,7 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
                     f"applied and the state after step {step} is kept in {folder / 'resume'}; lower --lr or train "
                     "with --precision fp32"
                 )
-            opt.zero_grad(set_to_none=True)
-            (scaler.scale(scaled) if scaler else scaled).backward()
-            dist_utils.sum_gradients(trainable, env)
-            if scaler:
-                scaler.step(opt)
-                scaler.update()
-            else:
-                opt.step()
+            apply_update(scaled, trainable, opt, scaler, env)
             step += 1
             losses.append(global_loss)
             bar.set_postfix({k: f"{float(v):.3f}" for k, v in {"loss": global_loss, **terms}.items()})
