@@ -214,7 +214,8 @@ def test_standard_native_on_mixed_sizes_is_refused(capsys, tmp_path) -> None:
     )  # fmt: skip
     with pytest.raises(ZSBenchError, match="differ in size"):
         resolve_preprocess("standard", mixed, None, "native")
-    argv = ["run", "--datasets", "cifar10", "--attack-resolution", "native", "--data-root", str(tmp_path), *TINY_ARGS]
+    argv = ["run", "--datasets", "cifar10", "--attack-resolution", "native", "--profile", "paper"]
+    argv += ["--data-root", str(tmp_path), *TINY_ARGS]
     assert main(argv) == 2
     assert "goes with --preprocess standard" in capsys.readouterr().err
 

@@ -86,7 +86,7 @@ def test_ensemble_run_is_recorded_and_kept_apart(tmp_path, capsys):
     out = tmp_path / "out"
     base = ["run", "--datasets", "synthetic", "--n", "16", "--attack", "none", "--out", str(out)]
     base += ["--arch", "zsbench-tiny", "--pretrained", "random", "--device", "cpu", "--no-progress"]
-    assert main(base) == 0 and main([*base, "--prompts", "ensemble"]) == 0
+    assert main([*base, "--prompts", "paper"]) == 0 and main([*base, "--prompts", "ensemble"]) == 0
     recs = [json.loads(p.read_text()) for p in (out / "records").rglob("*.json")]
     assert sorted(r["profile"]["prompts"] for r in recs) == ["ensemble", "paper"]
     assert {len(r["profile"]["templates"]) for r in recs} == {1, 18}
