@@ -298,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .zoo import cli as models_cmd
 
     models_cmd.add_parser(sub)
+    from .bench import cli as bench_cmd
+
+    bench_cmd.add_parser(sub)
     return p
 
 

@@ -123,8 +123,8 @@ class Step:
         attack: ``attack(loss_fn) -> x_adv``: the recipe's training PGD from ``x``, maximizing
             ``loss_fn(x_adv).sum()`` where ``loss_fn`` returns one loss per image; gradients flow only to the
             perturbation, never into the parameters. Random starts are seeded per image.
-        joint_forward: let :meth:`pair` run two batches through the model as one (the default; off only to
-            compare).
+        joint_forward: let :meth:`pair` run two batches through the model as one (the training engine sets it
+            for GPUs only; see :func:`robustbench_zs.train.engine.step_loss`).
     """
 
     x: torch.Tensor

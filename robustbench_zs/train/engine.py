@@ -261,14 +261,21 @@ def step_loss(
     recipe: Recipe,
     precision: str,
     extras: dict,
-    joint_forward: bool = True,
+    joint_forward: bool | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The training attack and the method's loss on this process's share ``x, y`` of a global batch.
 
     Returns the loss scaled by the share, ``len(x) / extras["global_batch"]`` (summed over processes it is the
-    loss of the global batch), still attached to the graph, and the method's named terms. ``joint_forward`` is
-    :attr:`~robustbench_zs.methods.Step.joint_forward` (switched off only to compare).
+    loss of the global batch), still attached to the graph, and the method's named terms.
+
+    ``joint_forward`` is :attr:`~robustbench_zs.methods.Step.joint_forward`; None (the default) turns it on for
+    GPUs only. On the CPU the joint batch measured slower, not faster (``zsbench bench``, ViT-B/32, batch 32, 2
+    cores: 2-7%): a matrix of 1600 rows already keeps the cores busy, and the doubled activations (over 32 MiB)
+    fall out of the allocator's reuse and the caches. On a GPU, which a batch of 32 underfills, one forward of both
+    batches is expected to help (not measured yet). Results are the same either way, up to float rounding.
     """
+    if joint_forward is None:
+        joint_forward = x.device.type == "cuda"
     st = Step(
         x=x,
         y=y if method.needs_labels else None,
