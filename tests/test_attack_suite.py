@@ -19,6 +19,7 @@ from robustbench_zs.cli import build_threats, main
 from robustbench_zs.datasets import DATASETS, select_subset
 from robustbench_zs.datasets.fixtures import WRITERS
 from robustbench_zs.datasets.subset import paper_subsample
+from robustbench_zs.engine import runner
 from robustbench_zs.engine.evaluator import evaluate
 from robustbench_zs.errors import ZSBenchError
 from robustbench_zs.leaderboard import write_leaderboard
@@ -29,6 +30,15 @@ DEVICE = torch.device(os.environ.get("ZSBENCH_TEST_DEVICE", "cpu"))
 # the paper's single prompts keep the random tiny model's class embeddings apart, so PGD leaves some points robust
 SMOKE = ["run", "--preset", "smoke", "--prompts", "paper"]
 TINY = ["--arch", "zsbench-tiny", "--pretrained", "random", "--device", "cpu", "--no-progress"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """The tiny model gains nothing from intra-op threads, and they thrash when other processes share the CPUs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture
@@ -111,6 +121,8 @@ def test_autoattack_and_pgd_run_end_to_end_with_reports_and_checks(pgd_and_aa_ru
         assert names == {"zero_gradient_fraction", "robust_above_clean", "square_beats_gradient"}
         # AutoAttack never leaves more points robust than PGD-10 on the same images
         assert np.all(per_example(r) <= per_example(pgd[r["attack"]["eps_255"]]))
+    for r in aa:  # the torchattacks components do not depend on the batch size: not part of the record key
+        assert ("attack_batch_size" in r["attack"]) is (rep["implementation"] == "fra31/auto-attack")
     for r in pgd.values():
         assert "attack_report" not in r
         assert {c["name"] for c in r["sanity"]["checks"]} == {"zero_gradient_fraction", "robust_above_clean"}
@@ -145,6 +157,51 @@ def test_two_class_dataset_runs_autoattack_to_the_end(tmp_path, quick_standard):
     rep = r["attack_report"]
     assert rep["n_classes"] == 2 and rep["ran"] == ["apgd-ce", "fab-t", "square"]
     assert "4 classes" in rep["skipped"]["apgd-t"] and rep["n_target_classes"] == {"fab-t": 1}
+
+
+def test_undefined_attack_is_skipped_with_a_note_and_the_run_goes_on(tmp_path, capsys, monkeypatch):
+    """APGD-T on PCAM (2 classes) is undefined: `zsbench run` says so in one line, lists it in the summary as
+    skipped-undefined and runs every other (dataset, threat), before and after PCAM."""
+    data = tmp_path / "data"
+    WRITERS["pcam"](data)
+    out = tmp_path / "r"
+    summaries = []
+    real_run = runner.run
+
+    def keep_summary(*args, **kwargs):
+        summaries.append(real_run(*args, **kwargs))
+        return summaries[-1]
+
+    monkeypatch.setattr(runner, "run", keep_summary)
+    argv = ["run", *TINY, "--methods", "clip", "--data-root", str(data), "--out", str(out), "--n", "8"]
+    argv += ["--datasets", "pcam,synthetic", "--attack", "pgd,apgd-t", "--eps", "1", "--steps", "2"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out.splitlines()
+    (note,) = [line for line in printed if "skipped on pcam" in line]
+    assert note.startswith("note: APGD-T-2 L∞ ε=1/255 skipped on pcam (undefined): APGD-T's targeted DLR loss")
+    assert "at least 4 classes" in note and "has 2" in note
+    done = sorted((r["dataset"]["id"], r["attack"]["name"]) for r in _records(out))
+    assert done == [
+        ("pcam", "clean"),
+        ("pcam", "pgd"),
+        ("synthetic", "apgd-t"),
+        ("synthetic", "clean"),
+        ("synthetic", "pgd"),
+    ]
+    (summary,) = summaries
+    (undefined,) = summary.skipped_undefined
+    assert (
+        undefined["dataset"] == "pcam"
+        and undefined["method"] == "clip"
+        and undefined["slug"] == "apgd-t-linf-eps1-steps2"
+    )
+    assert "4 classes" in undefined["reason"] and len(summary.written) == 5
+    # the same run again: every defined record exists, the undefined one is noted again, nothing fails
+    assert main(argv) == 0
+    assert summaries[-1].written == [] and len(summaries[-1].skipped) == 5 and len(summaries[-1].skipped_undefined) == 1
+    # the registry says which attacks are undefined where
+    assert ATTACKS.get("apgd-t").undefined_for(2) and ATTACKS.get("apgd-t").undefined_for(4) is None
+    assert all(ATTACKS.get(n).undefined_for(2) is None for n in ATTACKS.names() if n != "apgd-t")
 
 
 def test_resumed_autoattack_gives_the_same_per_example_results(

@@ -24,7 +24,9 @@ from robustbench_zs.attacks.apgd import (
 from robustbench_zs.attacks.autoattack import COMPONENTS, OFFICIAL, STANDARD, run_autoattack
 from robustbench_zs.attacks.base import ATTACKS, PRECISIONS, Threat
 from robustbench_zs.attacks.pgd import pgd_single, run_pgd, unit_noise
+from robustbench_zs.cli import main
 from robustbench_zs.datasets import DATASETS
+from robustbench_zs.engine import runner
 from robustbench_zs.errors import ZSBenchError
 from robustbench_zs.models import NORMALIZATIONS, ModelSpec, ZeroShotClassifier, load_model
 
@@ -155,6 +157,124 @@ def test_standard_ensemble_settings_are_the_official_ones(centroid, synthetic):
     report: dict = {}
     run_autoattack(centroid, x, y, [_aa(0)], seeds, report=report, implementation=COMPONENTS)
     assert report[_aa(0).slug]["settings"] == STANDARD
+
+
+def test_components_run_with_every_setting_the_report_records(centroid, synthetic, monkeypatch):
+    """Each component receives the settings the record claims: the official standard ones, or the overrides; values
+    a component cannot run are refused before anything runs."""
+    import torchattacks
+
+    calls: dict = {}
+
+    def recorder(name):
+        def component(model, x, y, seeds, **kwargs):
+            calls[name] = kwargs
+            return kwargs["robust"].clone()
+
+        return component
+
+    class _Fake:
+        def __init__(self, model, **kwargs):
+            self.kwargs = kwargs
+            calls[type(self).__name__] = self
+
+        def perturb(self, x, y):
+            return x.clone()
+
+    class FAB(_Fake):
+        pass
+
+    class Square(_Fake):
+        pass
+
+    monkeypatch.setattr(aa_mod, "apgd_ce", recorder("apgd-ce"))
+    monkeypatch.setattr(aa_mod, "apgd_targeted", recorder("apgd-t"))
+    monkeypatch.setattr(torchattacks, "FAB", FAB)
+    monkeypatch.setattr(torchattacks, "Square", Square)
+    x, y, seeds = _batch(synthetic, 4)
+    t = _aa(4)
+    report: dict = {}
+    run_autoattack(centroid, x, y, [t], seeds, report=report, implementation=COMPONENTS)
+    picked = {name: {k: calls[name][k] for k in STANDARD[name]} for name in ("apgd-ce", "apgd-t")}
+    assert picked["apgd-ce"] == {"n_iter": 100, "n_restarts": 1, "loss": "ce", "rho": 0.75, "eot_iter": 1}
+    assert picked["apgd-t"] == {
+        "n_iter": 100,
+        "n_restarts": 1,
+        "loss": "dlr-targeted",
+        "n_target_classes": 9,  # min(9, C - 1) with C = 10, capped inside apgd_targeted
+        "rho": 0.75,
+        "eot_iter": 1,
+    }
+    for name in ("apgd-ce", "apgd-t"):
+        assert (calls[name]["norm"], calls[name]["eps"]) == ("linf", 4 / 255)
+    fab, square = calls["FAB"], calls["Square"]
+    assert {k: fab.kwargs[k] for k in ("steps", "n_restarts", "alpha_max", "eta", "beta", "norm", "eps")} == {
+        "steps": 100,
+        "n_restarts": 1,
+        "alpha_max": 0.1,
+        "eta": 1.05,
+        "beta": 0.9,
+        "norm": "Linf",
+        "eps": 4 / 255,
+    }
+    assert fab.kwargs["multi_targeted"] and fab.n_target_classes == 9
+    assert {k: square.kwargs[k] for k in ("n_queries", "n_restarts", "p_init", "loss", "resc_schedule")} == {
+        "n_queries": 5000,
+        "n_restarts": 1,
+        "p_init": 0.8,
+        "loss": "margin",
+        "resc_schedule": False,
+    }
+    entry = report[t.slug]
+    assert entry["settings"] == STANDARD and entry["n_target_classes"] == {"apgd-t": 9, "fab-t": 9}
+
+    overrides = {
+        "apgd-ce": {"rho": 0.5, "eot_iter": 2, "n_restarts": 3},
+        "apgd-t": {"rho": 0.6, "n_target_classes": 3, "n_iter": 7},
+        "fab-t": {"eta": 1.2},
+        "square": {"p_init": 0.3, "loss": "ce"},
+    }
+    report = {}
+    run_autoattack(centroid, x, y, [t], seeds, report=report, implementation=COMPONENTS, settings=overrides)
+    for name in ("apgd-ce", "apgd-t"):
+        assert {k: calls[name][k] for k in overrides[name]} == overrides[name]
+    assert calls["FAB"].kwargs["eta"] == 1.2
+    assert (calls["Square"].kwargs["p_init"], calls["Square"].kwargs["loss"]) == (0.3, "ce")
+    for name, values in overrides.items():
+        assert {k: report[t.slug]["settings"][name][k] for k in values} == values
+
+    for bad in ({"apgd-ce": {"loss": "dlr"}}, {"apgd-t": {"loss": "ce-targeted"}}, {"square": {"loss": "l2"}}):
+        calls.clear()
+        with pytest.raises(ZSBenchError, match="cannot run with loss") as err:
+            run_autoattack(centroid, x, y, [t], seeds, implementation=COMPONENTS, settings=bad)
+        assert not calls and "\n" not in str(err.value)
+
+
+def test_apgd_passes_rho_and_eot_iter_to_every_run(centroid, synthetic, monkeypatch):
+    from robustbench_zs.attacks import apgd as apgd_mod
+
+    x, y, seeds = _batch(synthetic, 8)
+    centroid.eval()
+    base = apgd_mod.apgd_ce(centroid, x, y, seeds, norm="linf", eps=1 / 255, n_iter=3)
+    # a deterministic model: averaging 2 identical gradients changes nothing
+    assert torch.equal(apgd_mod.apgd_ce(centroid, x, y, seeds, norm="linf", eps=1 / 255, n_iter=3, eot_iter=2), base)
+    seen = []
+    real = apgd_mod.apgd_single
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs["rho"], kwargs["eot_iter"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(apgd_mod, "apgd_single", spy)
+    apgd_mod.apgd_ce(centroid, x, y, seeds, norm="linf", eps=1 / 255, n_iter=2, n_restarts=2, rho=0.5, eot_iter=2)
+    apgd_mod.apgd_targeted(
+        centroid, x, y, seeds, norm="linf", eps=1 / 255, n_iter=2, n_target_classes=2, rho=0.4, eot_iter=3
+    )
+    assert seen and set(seen) == {(0.5, 2), (0.4, 3)}
+    with pytest.raises(ZSBenchError, match="'ce' loss only"):
+        apgd_mod.apgd_ce(centroid, x, y, seeds, norm="linf", eps=1 / 255, loss="dlr")
+    with pytest.raises(ZSBenchError, match="eot_iter"):
+        real(centroid, x, y, norm="linf", eps=1 / 255, n_iter=1, start=torch.zeros_like(x), eot_iter=0)
 
 
 def test_our_apgd_equals_torchattacks_apgd_from_the_same_start(centroid, synthetic):
@@ -302,10 +422,17 @@ def test_eps_zero_is_the_clean_accuracy(centroid, synthetic, name):
     t = Threat(name, "linf", 0.0, 3, 0.0)
     robust = ATTACKS.get(name).run(centroid, x, y, [t], seeds)[t]
     with torch.no_grad():
-        assert torch.equal(robust, centroid(x).argmax(1) == y)
-    if "bf16" in PRECISIONS:  # these attacks run in fp32 only and say so rather than mislabel a record
-        with pytest.raises(ZSBenchError, match="fp32 only"):
-            ATTACKS.get(name).run(centroid, x, y, [Threat(name, "linf", 0.0, 3, 0.0, precision="bf16")], seeds)
+        clean = centroid(x).argmax(1) == y
+    assert torch.equal(robust, clean)
+    entry = ATTACKS.get(name)
+    for precision in PRECISIONS:
+        tp = Threat(name, "linf", 0.0, 3, 0.0, precision=precision)
+        if precision == "bf16" and precision in entry.precisions:  # the bf16 verdict is an fp32 forward
+            assert torch.equal(entry.run(centroid, x, y, [tp], seeds)[tp], clean)
+        elif precision not in entry.precisions:  # refused, rather than mislabel a record
+            with pytest.raises(ZSBenchError, match=f"{precision!r}"):
+                entry.run(centroid, x, y, [tp], seeds)
+    assert ATTACKS.get("autoattack").precisions == ("fp32",)
 
 
 def test_attacks_restore_train_mode_and_requires_grad(centroid, synthetic, quick_standard):
@@ -388,7 +515,7 @@ def _fake_autoattack(tmp_path, calls: list):
     return module
 
 
-def test_official_package_path_with_a_fake_module(tmp_path, monkeypatch, centroid, synthetic, two_class):
+def test_official_package_path_with_a_fake_module(tmp_path, monkeypatch, capsys, centroid, synthetic, two_class):
     calls: list = []
     x, y, seeds = _batch(synthetic, 16)
     try:
@@ -423,18 +550,49 @@ def test_official_package_path_with_a_fake_module(tmp_path, monkeypatch, centroi
                 expected = (centroid(x).argmax(1) == y) & (centroid(x_adv).argmax(1) == y)
             assert torch.equal(robust, expected) and robust.sum() < expected.numel()
             assert report[t.slug]["implementation"] == OFFICIAL and report[t.slug]["ran"] == list(aa_mod.ORDER)
+            # the official code's results depend on the batch: the settings say so and the report gives each bs
+            assert settings["depends_on_batch_size"] is True and "bs=len(x)" in settings["batch"]
+            assert report[t.slug]["batch_sizes"] == [16]
+            ATTACKS.get("autoattack").run(centroid, x[:5], y[:5], [t], seeds[:5], report=report)
+            assert report[t.slug]["batch_sizes"] == [16, 5] and calls[-1]["run"]["bs"] == 5
+            # its adversarial images: misclassified exactly where the run says not robust
+            x_adv = ATTACKS.get("autoattack").perturb(centroid, x, y, t, seeds)
+            with torch.no_grad():
+                assert torch.equal(centroid(x_adv).argmax(1) != y, ~robust)
+            calls.clear()
 
             model2, x2, y2 = two_class
             report = {}
             ATTACKS.get("autoattack").run(model2, x2, y2, [t], torch.arange(len(y2)), report=report)
-            assert calls[1]["run"]["attacks_to_run"] == ["apgd-ce", "fab-t", "square"]
-            assert calls[1]["run"]["apgd_t_targets"] == 1 and calls[1]["run"]["fab_targets"] == 1
+            assert calls[0]["run"]["attacks_to_run"] == ["apgd-ce", "fab-t", "square"]
+            assert calls[0]["run"]["apgd_t_targets"] == 1 and calls[0]["run"]["fab_targets"] == 1
             assert "apgd-t" in report[t.slug]["skipped"]
             with pytest.raises(ZSBenchError):
                 run_autoattack(centroid, x, y, [t], seeds, settings={"square": {"n_queries": 10}})
+
+            # zsbench run: the attack batch size is in the record and in its key, so a run (or a resumed run) with
+            # another batch size gets its own record and partial file instead of mixing per-example results
+            argv = ["run", "--arch", "zsbench-tiny", "--pretrained", "random", "--device", "cpu", "--no-progress"]
+            argv += ["--methods", "clip", "--datasets", "synthetic", "--n", "8", "--attack", "autoattack", "--eps", "2"]
+            out = tmp_path / "r"
+            paths = {}
+            calls.clear()
+            for bs in (4, 8, 4):
+                assert main([*argv, "--out", str(out), "--batch-size", str(bs)]) == 0
+                recs = {p: json.loads(p.read_text()) for p in (out / "records").rglob("autoattack-*.json")}
+                paths[bs] = sorted(p for p, r in recs.items() if r["attack"]["attack_batch_size"] == bs)
+            assert len(paths[4]) == len(paths[8]) == 1 and paths[4] != paths[8]
+            assert runner.partial_path(paths[4][0]) != runner.partial_path(paths[8][0])
+            assert [c["run"]["bs"] for c in calls if "run" in c] == [4, 4, 8]  # the third run found its record
+            rec = json.loads(paths[8][0].read_text())
+            assert rec["attack"]["implementation"] == OFFICIAL and rec["run"]["batch_size"] == 8
+            capsys.readouterr()
+            assert main([*argv, "--out", str(out), "--batch-size", "auto"]) == 2  # the key needs a fixed batch
+            assert "depend on the batch size" in capsys.readouterr().err
     finally:
         aa_mod.refresh_implementation()
     assert ATTACKS.get("autoattack").fixed_settings["implementation"] == COMPONENTS
+    assert "attack_batch_size" not in runner.attack_settings(_aa(2), 8)  # batch-independent: not in the key
 
 
 def test_official_commit_from_pips_direct_url(monkeypatch):

@@ -11,6 +11,15 @@ from robustbench_zs.datasets import select_subset
 from robustbench_zs.engine import evaluate
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """The tiny model gains nothing from intra-op threads, and they thrash when other processes share the CPUs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _linf(eps255: float, steps: int = 10, step255: float = 1.0) -> Threat:
     return Threat("pgd", "linf", eps255 / 255, steps, step255 / 255)
 

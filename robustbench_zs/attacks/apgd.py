@@ -14,6 +14,11 @@ What differs from the official code, by design: the random start of each image c
 batch size or on which other images are still robust; the official code draws the starts of the whole batch from
 one global generator. Gradients are taken in fp32 with autocast off, on the per-image loss summed over the batch
 (as in the official code). The global torch random state is not touched.
+
+``Threat.precision == "bf16"`` (APGD-CE only, as ``pgd``): the forwards run under bfloat16 autocast, the loss is
+computed in fp32 from the logits and summed, and the verdict is taken by fp32 forwards of the last iterate and of the
+point (start or iterate) of lowest bf16 margin, not by the bf16 predictions. APGD-T stays fp32 (``PRECISIONS_T``). The ``perturb_*`` functions return, per image, the first
+point the model misclassifies (the clean image where it is misclassified already), else the last iterate.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ZSBenchError
-from .base import ATTACKS, AttackEntry, Threat
-from .pgd import eval_mode_no_param_grad, unit_noise
+from .base import ATTACKS, AttackEntry, Threat, require_precision
+from .pgd import _margin, check_iterate, eval_mode_no_param_grad, unit_noise
+from .precision import attack_autocast
 
 DEFAULT_ITERATIONS = 100
 RHO = 0.75
@@ -32,6 +38,11 @@ MOMENTUM = 0.75
 N_TARGET_CLASSES = 9
 MIN_CLASSES_TARGETED_DLR = 4
 """The targeted DLR loss divides by z_(1) - (z_(3) + z_(4)) / 2 of the sorted logits: it needs 4 classes."""
+PRECISIONS_CE = ("fp32", "bf16")
+PRECISIONS_T = ("fp32",)
+"""APGD-T stays fp32: at logit scale 100 the logits lie near 100, where bf16 values are 0.5 apart, so top logits tie
+(a third of the tiny test classifier's images) and the targeted DLR loss, a ratio of logit differences, degenerates;
+bf16 APGD-T left 24 points more robust accuracy than fp32 there (APGD-CE: 1 point, within the bf16 test tolerance)."""
 
 _STREAM_APGD_CE = 1
 _STREAM_APGD_T = 2
@@ -85,6 +96,9 @@ def apgd_single(
     start: torch.Tensor,
     y_target: torch.Tensor | None = None,
     rho: float = RHO,
+    eot_iter: int = 1,
+    precision: str = "fp32",
+    adv: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One APGD run (one restart, one target) on a batch; returns robust[i] = correct at the start and every iterate.
 
@@ -94,26 +108,59 @@ def apgd_single(
         n_iter: iterations (gradient steps) after the start.
         start: per-image noise; the start is x + eps * start / ||start|| (the official random start), clipped to [0, 1].
         y_target: target classes: optimizes the targeted DLR loss; None: the cross-entropy.
+        rho: a checkpoint halves the step of an image whose loss grew in at most this share of the steps.
+        eot_iter: gradients averaged per step (expectation over transformation, for randomized models; the logits
+            and loss are those of the last pass, as in the official code).
+        precision: ``fp32``, or ``bf16``: forwards under bfloat16 autocast (loss in fp32 from the logits, summed);
+            the verdict is then taken by fp32 forwards of the last iterate and of the point of lowest bf16 margin.
+        adv: a tensor like ``x``, filled in place per image with the first checked point the model misclassifies,
+            else the last iterate (the adversarial images of ``perturb``).
     """
+    if eot_iter < 1:
+        raise ZSBenchError(f"eot_iter must be at least 1 (got {eot_iter})")
     n = len(x)
     n_iter_2 = max(int(0.22 * n_iter), 1)
     n_iter_min = max(int(0.06 * n_iter), 1)
     size_decr = max(int(0.03 * n_iter), 1)
+    bf16 = precision == "bf16"
 
     def loss_and_grad(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         z = z.detach().requires_grad_(True)
-        logits = model(z).float()
-        if y_target is None:
-            loss = F.cross_entropy(logits, y, reduction="none")
-        else:
-            loss = dlr_targeted_loss(logits, y, y_target)
-        (grad,) = torch.autograd.grad(loss.sum(), z, allow_unused=True)
-        grad = torch.zeros_like(z) if grad is None else grad.detach().contiguous()  # (may be an expanded view)
+        grad = None
+        for _ in range(eot_iter):
+            with attack_autocast(x.device, precision):
+                logits = model(z)
+            logits = logits.float()
+            if y_target is None:
+                loss = F.cross_entropy(logits, y, reduction="none")
+            else:
+                loss = dlr_targeted_loss(logits, y, y_target)
+            (g,) = torch.autograd.grad(loss.sum(), z, allow_unused=True)
+            g = torch.zeros_like(z) if g is None else g.detach().contiguous()  # (may be an expanded view)
+            grad = g if grad is None else grad + g
+        if eot_iter > 1:
+            grad = grad / float(eot_iter)
         return logits.detach(), loss.detach(), grad
+
+    robust = torch.ones(n, dtype=torch.bool, device=x.device)
+    candidate = best_margin = None  # bf16: per image, the point of lowest bf16 margin so far
+
+    def check(logits: torch.Tensor, z: torch.Tensor) -> None:
+        nonlocal candidate, best_margin
+        if not bf16:
+            check_iterate(robust, logits.argmax(1) == y, adv, z)
+        elif candidate is None:
+            candidate, best_margin = z.clone(), _margin(logits, y)
+        else:
+            margin = _margin(logits, y)
+            lower = margin < best_margin
+            best_margin = torch.where(lower, margin, best_margin)
+            candidate[lower] = z[lower]
 
     x_adv = (x + eps * _normalize(start, norm)).clamp(0.0, 1.0)
     logits, loss_cur, grad = loss_and_grad(x_adv)
-    robust = logits.argmax(1) == y
+    check(logits, x_adv)
+    last = x_adv  # the last point checked (a checkpoint may move x_adv back to x_best after it)
     x_best, grad_best, loss_best = x_adv.clone(), grad.clone(), loss_cur.clone()
     step = torch.full((n,) + (1,) * (x.dim() - 1), 2.0 * eps, device=x.device)
     x_old = x_adv.clone()
@@ -132,7 +179,8 @@ def apgd_single(
             x_adv = _project(x_adv + (z - x_adv) * a + momentum_term * (1 - a), x, eps, norm)
 
         logits, loss_cur, grad = loss_and_grad(x_adv)
-        robust &= logits.argmax(1) == y
+        check(logits, x_adv)
+        last = x_adv
 
         with torch.no_grad():
             loss_steps[i] = loss_cur
@@ -152,11 +200,19 @@ def apgd_single(
                 reduced_last = reduce.clone()
                 loss_best_last = loss_best.clone()
                 if reduce.any():
+                    if adv is not None or bf16:
+                        last = x_adv.clone()
                     step[reduce] /= 2.0
                     x_adv[reduce] = x_best[reduce]
                     grad[reduce] = grad_best[reduce]
                 since_check = 0
                 k = max(k - size_decr, n_iter_min)
+    if bf16:
+        with torch.no_grad(), attack_autocast(x.device, "fp32"):
+            check_iterate(robust, model(candidate).argmax(1) == y, adv, candidate)
+            check_iterate(robust, model(last).argmax(1) == y, adv, last)
+    if adv is not None:
+        adv[robust] = last[robust]
     return robust
 
 
@@ -170,15 +226,23 @@ def require_targeted_classes(n_classes: int) -> None:
 
 
 def require_fp32(threats: list[Threat]) -> None:
-    """These attacks run in fp32 only; refuse another precision rather than record it for an fp32 run."""
-    for t in threats:
-        if t.precision != "fp32":
-            raise ZSBenchError(f"attack {t.name!r} runs in fp32 only (got precision {t.precision!r}); use fp32")
+    """Attacks that run in fp32 only refuse another precision rather than record it for an fp32 run."""
+    require_precision(threats, ("fp32",))
 
 
 def _clean_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
+    with torch.no_grad(), attack_autocast(x.device, "fp32"):
         return model(x).float()
+
+
+def _check_loss(loss: str, expected: str, component: str) -> None:
+    if loss != expected:
+        raise ZSBenchError(f"{component} optimizes the {expected!r} loss only (got loss={loss!r})")
+
+
+def _write(adv: torch.Tensor | None, idx: torch.Tensor, sub: torch.Tensor | None) -> None:
+    if adv is not None:
+        adv[idx] = sub
 
 
 def apgd_ce(
@@ -191,13 +255,22 @@ def apgd_ce(
     eps: float,
     n_iter: int = DEFAULT_ITERATIONS,
     n_restarts: int = 1,
+    rho: float = RHO,
+    loss: str = "ce",
+    eot_iter: int = 1,
+    precision: str = "fp32",
     robust: torch.Tensor | None = None,
+    adv: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """APGD on the cross-entropy; restarts run on the points still robust. Expects eval mode and frozen parameters.
 
     Args:
+        rho, eot_iter, precision: as in ``apgd_single``.
+        loss: ``ce`` (the only loss of this component; given so that a setting that did not run cannot be recorded).
         robust: points to attack (default: those classified correctly); the others stay False.
+        adv: a tensor like ``x`` (a copy of it): the adversarial image of every attacked point is written into it.
     """
+    _check_loss(loss, "ce", "APGD-CE")
     robust = (_clean_logits(model, x).argmax(1) == y) if robust is None else robust.clone()
     for r in range(n_restarts):
         idx = robust.nonzero().flatten()
@@ -206,7 +279,21 @@ def apgd_ce(
         start = unit_noise(
             tuple(x.shape[1:]), stream_seeds(seeds[idx.cpu()], _STREAM_APGD_CE * 1000 + r), x.device, norm
         )
-        robust[idx] = apgd_single(model, x[idx], y[idx], norm=norm, eps=eps, n_iter=n_iter, start=start)
+        sub = None if adv is None else adv[idx]
+        robust[idx] = apgd_single(
+            model,
+            x[idx],
+            y[idx],
+            norm=norm,
+            eps=eps,
+            n_iter=n_iter,
+            start=start,
+            rho=rho,
+            eot_iter=eot_iter,
+            precision=precision,
+            adv=sub,
+        )
+        _write(adv, idx, sub)
     return robust
 
 
@@ -221,12 +308,19 @@ def apgd_targeted(
     n_iter: int = DEFAULT_ITERATIONS,
     n_target_classes: int = N_TARGET_CLASSES,
     n_restarts: int = 1,
+    rho: float = RHO,
+    loss: str = "dlr-targeted",
+    eot_iter: int = 1,
+    precision: str = "fp32",
     robust: torch.Tensor | None = None,
+    adv: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """APGD on the targeted DLR loss against the 2nd, ..., (n_target_classes + 1)-th most likely clean classes.
 
-    The number of targets is capped at n_classes - 1. Raises ZSBenchError with fewer than 4 classes.
+    The number of targets is capped at n_classes - 1. Raises ZSBenchError with fewer than 4 classes. The other
+    arguments are those of ``apgd_ce`` (``loss``: ``dlr-targeted`` only).
     """
+    _check_loss(loss, "dlr-targeted", "APGD-T")
     logits = _clean_logits(model, x)
     n_classes = logits.shape[1]
     require_targeted_classes(n_classes)
@@ -239,6 +333,7 @@ def apgd_targeted(
                 return robust
             stream = _STREAM_APGD_T * 1000 + target_class * 10 + r
             start = unit_noise(tuple(x.shape[1:]), stream_seeds(seeds[idx.cpu()], stream), x.device, norm)
+            sub = None if adv is None else adv[idx]
             robust[idx] = apgd_single(
                 model,
                 x[idx],
@@ -248,17 +343,32 @@ def apgd_targeted(
                 n_iter=n_iter,
                 start=start,
                 y_target=order[idx, -target_class],
+                rho=rho,
+                eot_iter=eot_iter,
+                precision=precision,
+                adv=sub,
             )
+            _write(adv, idx, sub)
     return robust
 
 
-def _run(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, threats: list[Threat], seeds: torch.Tensor, targeted: bool
-):
-    require_fp32(threats)
+def _attack(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    threats: list[Threat],
+    seeds: torch.Tensor,
+    targeted: bool,
+    track: bool = False,
+) -> dict[Threat, tuple[torch.Tensor, torch.Tensor | None]]:
+    """APGD-CE or APGD-T at every threat on one batch: {threat: (robust, adversarial images or None)}."""
+    require_precision(threats, PRECISIONS_T if targeted else PRECISIONS_CE)
+    for t in threats:
+        if not t.random_start:  # rather than record random_start=False for a run that started at random
+            raise ZSBenchError(f"attack {t.name!r} always starts from a random point (as the official APGD)")
     out = {}
     seeds = torch.as_tensor(seeds).cpu()
-    with eval_mode_no_param_grad(model), torch.autocast(device_type=x.device.type, enabled=False):
+    with eval_mode_no_param_grad(model), attack_autocast(x.device, "fp32"):
         x = x.float()
         logits = _clean_logits(model, x)
         if targeted:
@@ -266,12 +376,15 @@ def _run(
         clean = logits.argmax(1) == y
         for t in threats:
             n_iter = t.steps or DEFAULT_ITERATIONS
+            adv = x.clone() if track else None
+            kwargs = {"norm": t.norm, "eps": t.eps, "n_iter": n_iter, "precision": t.precision, "robust": clean}
             if t.eps == 0:  # the ball is the clean image
-                out[t] = clean.clone()
+                robust = clean.clone()
             elif targeted:
-                out[t] = apgd_targeted(model, x, y, seeds, norm=t.norm, eps=t.eps, n_iter=n_iter, robust=clean)
+                robust = apgd_targeted(model, x, y, seeds, adv=adv, **kwargs)
             else:
-                out[t] = apgd_ce(model, x, y, seeds, norm=t.norm, eps=t.eps, n_iter=n_iter, robust=clean)
+                robust = apgd_ce(model, x, y, seeds, adv=adv, **kwargs)
+            out[t] = (robust, adv)
     return out
 
 
@@ -279,14 +392,29 @@ def run_apgd_ce(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, threats: list[Threat], seeds: torch.Tensor
 ) -> dict[Threat, torch.Tensor]:
     """APGD-CE at every threat; ``threat.steps`` iterations (100 when 0); ``threat.step_size`` is not used."""
-    return _run(model, x, y, threats, seeds, targeted=False)
+    return {t: robust for t, (robust, _) in _attack(model, x, y, threats, seeds, targeted=False).items()}
 
 
 def run_apgd_t(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, threats: list[Threat], seeds: torch.Tensor
 ) -> dict[Threat, torch.Tensor]:
     """APGD-T (targeted DLR, min(9, n_classes - 1) targets) at every threat; ZSBenchError with < 4 classes."""
-    return _run(model, x, y, threats, seeds, targeted=True)
+    return {t: robust for t, (robust, _) in _attack(model, x, y, threats, seeds, targeted=True).items()}
+
+
+def perturb_apgd_ce(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat, seeds: torch.Tensor
+) -> torch.Tensor:
+    """APGD-CE's adversarial images: per image the first point it misclassifies (the clean image where it is
+    misclassified already), else the last iterate of the last restart."""
+    return _attack(model, x, y, [threat], seeds, targeted=False, track=True)[threat][1]
+
+
+def perturb_apgd_t(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat, seeds: torch.Tensor
+) -> torch.Tensor:
+    """APGD-T's adversarial images (as ``perturb_apgd_ce``; the last iterate of the last target for robust points)."""
+    return _attack(model, x, y, [threat], seeds, targeted=True, track=True)[threat][1]
 
 
 _COMMON = {
@@ -297,7 +425,7 @@ _COMMON = {
     "initial_step_size": "2 * eps (threat.step_size is not used)",
     "checkpoints": "first after 22% of the iterations, intervals shrinking by 3% down to 6%",
     "eot_iter": 1,
-    "random_start": "x + eps * u / ||u||, u per image: seeded from (image seed, component, target, restart)",
+    "random_start_point": "x + eps * u / ||u||, u per image: seeded from (image seed, component, target, restart)",
     "loss_reduction": "sum",
     "robust_if": "correct on the clean image, at the start and at every iterate",
     "implementation": "robustbench_zs.attacks.apgd (algorithm and constants of fra31/auto-attack autopgd_base.py)",
@@ -315,23 +443,31 @@ ATTACKS.add(
     "apgd-ce",
     AttackEntry(
         name="apgd-ce",
-        description="Auto-PGD on the cross-entropy (Croce & Hein 2020), L-inf or L2; steps 0 = 100 iterations",
+        description="Auto-PGD on the cross-entropy (Croce & Hein 2020), L-inf or L2 (fp32; bf16); steps 0 = 100 "
+        "iterations",
         run=run_apgd_ce,
+        perturb=perturb_apgd_ce,
         fixed_settings=APGD_CE_SETTINGS,
         display="APGD-CE",
         default_steps=DEFAULT_ITERATIONS,
         uses_step_size=False,
+        precisions=PRECISIONS_CE,
     ),
 )
 ATTACKS.add(
     "apgd-t",
     AttackEntry(
         name="apgd-t",
-        description="targeted Auto-PGD on the DLR loss, 9 target classes (needs >= 4 classes); steps 0 = 100",
+        description="targeted Auto-PGD on the DLR loss, 9 target classes (needs >= 4 classes; fp32); steps 0 = 100",
         run=run_apgd_t,
+        perturb=perturb_apgd_t,
         fixed_settings=APGD_T_SETTINGS,
         display="APGD-T",
         default_steps=DEFAULT_ITERATIONS,
         uses_step_size=False,
+        precisions=PRECISIONS_T,
+        min_classes=MIN_CLASSES_TARGETED_DLR,
+        undefined_why=f"APGD-T's targeted DLR loss needs at least {MIN_CLASSES_TARGETED_DLR} classes (it uses the "
+        "4th-largest logit)",
     ),
 )

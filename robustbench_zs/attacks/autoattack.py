@@ -24,6 +24,10 @@ with 2 or more classes (its targets are the 2nd, 3rd, ... most likely classes: o
 eps = 0 nothing runs and robust = clean. A point is robust only if it is classified correctly on its clean image and
 survives every component that ran. Pass ``report={}`` to ``run_autoattack`` (or read ``run_autoattack.last_report``)
 to see, per threat, which components ran, which were skipped and why, and how many points each left robust.
+``perturb_autoattack`` (the registry's ``perturb``) returns the adversarial images of the same cascade. Every
+component setting in ``STANDARD`` (or an override) is passed to the code that runs it, so a report never names a
+setting that did not run; the official package's results depend on the batch, so its settings say
+``depends_on_batch_size`` and ``zsbench run`` keys its records on the attack batch size.
 """
 
 from __future__ import annotations
@@ -181,6 +185,9 @@ def describe(implementation: str) -> dict:
             "commit": official_commit(),
             "seed": "aa.seed = the first per-image seed of each batch; the official code draws random numbers per "
             "batch, so results can change with the batch size",
+            "batch": "run_standard_evaluation(x, y, bs=len(x)) on each evaluation batch (the last one can be "
+            "smaller); zsbench run records the batch size as attack_batch_size and keys the record on it",
+            "depends_on_batch_size": True,
         }
     if implementation == COMPONENTS:
         return {
@@ -212,7 +219,17 @@ def refresh_implementation() -> str:
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
+SUPPORTED_VALUES: dict[tuple[str, str], tuple] = {
+    ("apgd-ce", "loss"): ("ce",),
+    ("apgd-t", "loss"): ("dlr-targeted",),
+    ("square", "loss"): ("margin", "ce"),
+}
+"""Settings whose overrides these components cannot run with other values (torchattacks.Square: margin or ce)."""
+
+
 def _merge(overrides: dict | None) -> dict[str, dict]:
+    """``STANDARD`` with per-component overrides; every value is then passed to the code that runs the component,
+    so the settings in a report are the ones that ran. Unknown names and unsupported values are refused up front."""
     settings = copy.deepcopy(STANDARD)
     for name, values in (overrides or {}).items():
         if name not in settings:
@@ -222,6 +239,12 @@ def _merge(overrides: dict | None) -> dict[str, dict]:
             raise ZSBenchError(
                 f"unknown {name} setting(s) {', '.join(sorted(unknown))}; known: {', '.join(settings[name])}"
             )
+        for key, value in values.items():
+            allowed = SUPPORTED_VALUES.get((name, key))
+            if allowed is not None and value not in allowed:
+                raise ZSBenchError(
+                    f"{name} cannot run with {key}={value!r} here; supported: {', '.join(map(repr, allowed))}"
+                )
         settings[name].update(values)
     return settings
 
@@ -297,7 +320,10 @@ def _run_components(
     n_classes: int,
     settings: dict[str, dict],
     entry: dict,
+    adv: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    """The cascade; with ``adv`` (a copy of x), the image that fooled the model is written there for every point a
+    component breaks (APGD also writes its last iterate for the points it leaves robust)."""
     robust = clean.clone()
     for name in ORDER:
         s = settings[name]
@@ -309,45 +335,28 @@ def _run_components(
             entry["n_target_classes"][name] = min(s["n_target_classes"], n_classes - 1)
         idx = robust.nonzero().flatten()
         if len(idx):
-            if name == "apgd-ce":
-                robust = apgd_ce(
-                    model,
-                    x,
-                    y,
-                    seeds,
-                    norm=t.norm,
-                    eps=t.eps,
-                    n_iter=s["n_iter"],
-                    n_restarts=s["n_restarts"],
-                    robust=robust,
-                )
-            elif name == "apgd-t":
-                robust = apgd_targeted(
-                    model,
-                    x,
-                    y,
-                    seeds,
-                    norm=t.norm,
-                    eps=t.eps,
-                    n_iter=s["n_iter"],
-                    n_target_classes=s["n_target_classes"],
-                    n_restarts=s["n_restarts"],
-                    robust=robust,
-                )
+            if name in ("apgd-ce", "apgd-t"):  # every setting is an argument: none can be recorded without running
+                component = apgd_ce if name == "apgd-ce" else apgd_targeted
+                robust = component(model, x, y, seeds, norm=t.norm, eps=t.eps, robust=robust, adv=adv, **s)
             elif name == "fab-t":
                 fab = _make_fab(model, t.norm, t.eps, n_classes, s)
                 xr, yr = x[idx], y[idx]
                 with _keep_rng(x.device):
-                    adv = fab.perturb(xr, yr)
-                robust[idx] = (_predict(model, adv) == yr) | _outside_ball(adv, xr, t.eps, t.norm)
+                    found = fab.perturb(xr, yr)
+                robust[idx] = (_predict(model, found) == yr) | _outside_ball(found, xr, t.eps, t.norm)
+                if adv is not None:
+                    broken = ~robust[idx]
+                    adv[idx[broken]] = found[broken]
             else:
                 square = _make_square(model, t.norm, t.eps, s)
                 with _keep_rng(x.device):
                     for i in idx.tolist():
                         square.seed = _square_seed(int(seeds[i]))
                         xi, yi = x[i : i + 1], y[i : i + 1]
-                        adv = square.perturb(xi, yi)
-                        robust[i] = bool(((_predict(model, adv) == yi) | _outside_ball(adv, xi, t.eps, t.norm))[0])
+                        found = square.perturb(xi, yi)
+                        robust[i] = bool(((_predict(model, found) == yi) | _outside_ball(found, xi, t.eps, t.norm))[0])
+                        if adv is not None and not robust[i]:
+                            adv[i] = found[0]
         entry["robust"][name] = int(robust.sum())
         entry["masks"][name] = robust.clone()
     return robust
@@ -362,6 +371,7 @@ def _run_official(
     clean: torch.Tensor,
     n_classes: int,
     entry: dict,
+    adv: torch.Tensor | None = None,
 ) -> torch.Tensor:
     try:
         module = importlib.import_module("autoattack")
@@ -383,12 +393,17 @@ def _run_official(
     entry["ran"].extend(aa.attacks_to_run)
     entry["n_target_classes"].update({a: n_targets for a in ("apgd-t", "fab-t") if a in aa.attacks_to_run})
     entry["seed"] = seed
+    entry["batch_sizes"] = [len(x)]
     with _keep_rng(x.device):
         x_adv = aa.run_standard_evaluation(x, y, bs=len(x))
     if isinstance(x_adv, tuple):
         x_adv = x_adv[0]
     x_adv = x_adv.to(x.device).float()
-    robust = clean & ((_predict(model, x_adv) == y) | _outside_ball(x_adv, x, t.eps, t.norm))
+    inside = ~_outside_ball(x_adv, x, t.eps, t.norm)
+    robust = clean & ((_predict(model, x_adv) == y) | ~inside)
+    if adv is not None:
+        use = clean & inside  # the others keep the clean image: misclassified, or robust (x_adv left the ball)
+        adv[use] = x_adv[use]
     entry["robust"]["autoattack"] = int(robust.sum())
     entry["masks"]["autoattack"] = robust.clone()
     return robust
@@ -404,9 +419,76 @@ def _accumulate(report: dict, slug: str, entry: dict) -> None:
         old["masks"][k] = torch.cat([old["masks"][k], v]) if k in old["masks"] else v
     for k, v in entry["robust"].items():
         old["robust"][k] = old["robust"].get(k, 0) + v
+    if "batch_sizes" in entry:
+        old["batch_sizes"] = old.get("batch_sizes", []) + entry["batch_sizes"]
     old["ran"] += [c for c in entry["ran"] if c not in old["ran"]]
     old["skipped"].update(entry["skipped"])
     old["n_target_classes"].update(entry["n_target_classes"])
+
+
+def _autoattack(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    threats: list[Threat],
+    seeds: torch.Tensor,
+    report: dict | None,
+    implementation: str | None,
+    settings: dict | None,
+    track: bool,
+) -> tuple[dict[Threat, torch.Tensor], dict[Threat, torch.Tensor]]:
+    """``run_autoattack``; with ``track`` also the adversarial images per threat."""
+    impl = implementation or AUTOATTACK_SETTINGS.get("implementation") or refresh_implementation()
+    if impl not in IMPLEMENTATIONS:
+        describe(impl)  # raises the one-line error
+    if impl == OFFICIAL and settings:
+        raise ZSBenchError("setting overrides apply to the torchattacks components only, not to fra31/auto-attack")
+    merged = _merge(settings)
+    require_fp32(threats)
+    seeds = torch.as_tensor(seeds).cpu()
+    out: dict[Threat, torch.Tensor] = {}
+    advs: dict[Threat, torch.Tensor] = {}
+    last: dict = {}
+    if len(x) == 0:
+        empty = torch.zeros(0, dtype=torch.bool, device=x.device)
+        return {t: empty.clone() for t in threats}, {t: x.float().clone() for t in threats}
+    with eval_mode_no_param_grad(model), torch.autocast(device_type=x.device.type, enabled=False):
+        x = x.float()
+        with torch.no_grad():
+            logits = model(x)
+        n_classes = int(logits.shape[1])
+        clean = logits.argmax(1) == y
+        for t in threats:
+            entry = {
+                "implementation": impl,
+                "n_classes": n_classes,
+                "n": len(x),
+                "ran": [],
+                "skipped": {},
+                "n_target_classes": {},
+                "robust": {"clean": int(clean.sum())},
+                "masks": {},
+            }
+            if impl == COMPONENTS:
+                entry["settings"] = copy.deepcopy(merged)
+            adv = x.clone() if track else None
+            if t.eps == 0:
+                entry["skipped"] = dict.fromkeys(ORDER, "eps = 0: the ball is the clean image")
+                out[t] = clean.clone()
+            elif n_classes < 2:
+                entry["skipped"] = {name: f"{n_classes} class: {_WHY[name]}" for name in ORDER}
+                out[t] = clean.clone()
+            elif impl == OFFICIAL:
+                out[t] = _run_official(model, x, y, t, seeds, clean, n_classes, entry, adv)
+            else:
+                out[t] = _run_components(model, x, y, t, seeds, clean, n_classes, merged, entry, adv)
+            if adv is not None:
+                advs[t] = adv
+            last[t.slug] = entry
+            if report is not None:
+                _accumulate(report, t.slug, copy.deepcopy(entry))
+    run_autoattack.last_report = last
+    return out, advs
 
 
 def run_autoattack(
@@ -427,59 +509,35 @@ def run_autoattack(
         report: filled per threat slug with ``implementation``, ``n_classes``, ``n``, ``ran`` (components, in order),
             ``skipped`` (component -> reason), ``n_target_classes`` (as capped for this classifier) and ``robust``
             (points robust: clean, then after each component; ``autoattack`` only, for the official package) and
-            ``masks`` (the same, per image: component -> bool tensor, robust after it and every earlier one);
-            counts add up and masks are concatenated when the same dict is passed for several batches. The last call's report is also
+            ``masks`` (the same, per image: component -> bool tensor, robust after it and every earlier one); the
+            official package also gives ``seed`` and ``batch_sizes`` (the ``bs`` of each call). Counts add up and
+            masks are concatenated when the same dict is passed for several batches. The last call's report is also
             ``run_autoattack.last_report``.
         implementation: ``fra31/auto-attack`` or ``torchattacks components``; default: the registered one.
         settings: per-component overrides of ``STANDARD`` (torchattacks components only), e.g.
-            ``{"square": {"n_queries": 100}}``, for quick looks and tests; records use the standard values.
+            ``{"square": {"n_queries": 100}}``, for quick looks and tests; records use the standard values. Each value
+            is passed to the component that runs; values it cannot run (another APGD loss) are refused.
     """
-    impl = implementation or AUTOATTACK_SETTINGS.get("implementation") or refresh_implementation()
-    if impl not in IMPLEMENTATIONS:
-        describe(impl)  # raises the one-line error
-    if impl == OFFICIAL and settings:
-        raise ZSBenchError("setting overrides apply to the torchattacks components only, not to fra31/auto-attack")
-    merged = _merge(settings)
-    require_fp32(threats)
-    seeds = torch.as_tensor(seeds).cpu()
-    out: dict[Threat, torch.Tensor] = {}
-    last: dict = {}
-    if len(x) == 0:
-        return {t: torch.zeros(0, dtype=torch.bool, device=x.device) for t in threats}
-    with eval_mode_no_param_grad(model), torch.autocast(device_type=x.device.type, enabled=False):
-        x = x.float()
-        with torch.no_grad():
-            logits = model(x)
-        n_classes = int(logits.shape[1])
-        clean = logits.argmax(1) == y
-        for t in threats:
-            entry = {
-                "implementation": impl,
-                "n_classes": n_classes,
-                "n": len(x),
-                "ran": [],
-                "skipped": {},
-                "n_target_classes": {},
-                "robust": {"clean": int(clean.sum())},
-                "masks": {},
-            }
-            if impl == COMPONENTS:
-                entry["settings"] = copy.deepcopy(merged)
-            if t.eps == 0:
-                entry["skipped"] = dict.fromkeys(ORDER, "eps = 0: the ball is the clean image")
-                out[t] = clean.clone()
-            elif n_classes < 2:
-                entry["skipped"] = {name: f"{n_classes} class: {_WHY[name]}" for name in ORDER}
-                out[t] = clean.clone()
-            elif impl == OFFICIAL:
-                out[t] = _run_official(model, x, y, t, seeds, clean, n_classes, entry)
-            else:
-                out[t] = _run_components(model, x, y, t, seeds, clean, n_classes, merged, entry)
-            last[t.slug] = entry
-            if report is not None:
-                _accumulate(report, t.slug, copy.deepcopy(entry))
-    run_autoattack.last_report = last
-    return out
+    return _autoattack(model, x, y, threats, seeds, report, implementation, settings, track=False)[0]
+
+
+def perturb_autoattack(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    threat: Threat,
+    seeds: torch.Tensor,
+    *,
+    implementation: str | None = None,
+    settings: dict | None = None,
+) -> torch.Tensor:
+    """AutoAttack's adversarial images for one threat (the same cascade and seeds as ``run_autoattack``).
+
+    Per image: the image of the component that broke it; the clean image where it is misclassified already; for the
+    points left robust, APGD-T's (else APGD-CE's) last iterate, or the clean image when no APGD ran on it (the
+    official package: its returned image where that lies in the ball).
+    """
+    return _autoattack(model, x, y, [threat], seeds, None, implementation, settings, track=True)[1][threat]
 
 
 run_autoattack.last_report = {}
@@ -493,6 +551,7 @@ ATTACKS.add(
         description="standard AutoAttack: APGD-CE, APGD-T, FAB-T, Square (fra31/auto-attack if installed, "
         "else torchattacks components at the official settings); steps and step size are not used",
         run=run_autoattack,
+        perturb=perturb_autoattack,
         fixed_settings=AUTOATTACK_SETTINGS,
         display="AutoAttack",
         default_steps=None,

@@ -106,6 +106,11 @@ class Threat:
 class AttackEntry:
     """A registered attack: ``run(model, x, y, threats, seeds) -> {threat: robust mask}`` plus its fixed settings.
 
+    Every attack takes images in [0, 1] (B, C, H, W), labels (B,), ``Threat.eps`` in [0, 1] pixel units and one int seed
+    per image; it attacks the model in eval mode with frozen parameters and restores its train/eval mode and
+    ``requires_grad`` flags. A point is robust only if the model classifies it correctly on its clean image and the
+    attack does not fool it, so every robust mask implies clean correctness.
+
     Attributes:
         display: the name in labels (``PGD``, ``AutoAttack``).
         default_steps: iterations when the user gives none; ``None``: the attack fixes its own schedule and
@@ -114,6 +119,13 @@ class AttackEntry:
         precisions: the ``Threat.precision`` values it supports.
         reports: ``run`` accepts ``report=dict`` and fills it per threat slug with what ran and the per-component
             robust masks (``masks``: component -> bool tensor), which the evaluator stores in the record.
+        perturb: ``perturb(model, x, y, threat, seeds) -> x_adv`` for one threat: images in [0, 1] inside the threat's
+            eps-ball around ``x``, with the same seeds (hence the same verdicts) as ``run``: the model misclassifies
+            ``x_adv[i]`` exactly where ``run`` calls point i not robust (the clean image where it is misclassified
+            already), and classifies it correctly where ``run`` calls it robust.
+        min_classes: the fewest classes the attack is defined for; ``undefined_why`` says why (APGD-T: 4).
+        takes_clean: ``run`` accepts ``clean=`` (the per-image clean correctness, as a bool tensor on the images'
+            device) and then skips its own clean forward; the evaluator, which has that mask already, passes it.
     """
 
     name: str
@@ -125,12 +137,33 @@ class AttackEntry:
     uses_step_size: bool = True
     precisions: tuple[str, ...] = ("fp32",)
     reports: bool = False
+    perturb: Callable | None = None
+    min_classes: int = 1
+    undefined_why: str = ""
+    takes_clean: bool = False
 
     def check_precision(self, precision: str) -> None:
         if precision not in self.precisions:
             raise ZSBenchError(
                 f"attack {self.name!r} runs in {', '.join(self.precisions)} only, not {precision}; "
                 f"use --attack-precision {self.precisions[0]} or the pgd attack"
+            )
+
+    def undefined_for(self, n_classes: int) -> str | None:
+        """Why the attack is undefined for a classifier with ``n_classes`` classes, or None when it is defined."""
+        if n_classes >= self.min_classes:
+            return None
+        why = self.undefined_why or f"{self.display or self.name} needs at least {self.min_classes} classes"
+        return f"{why}; this classifier has {n_classes}"
+
+
+def require_precision(threats: list[Threat], allowed: tuple[str, ...]) -> None:
+    """Refuse a threat whose precision the attack does not implement, rather than record it for another precision."""
+    for t in threats:
+        if t.precision not in allowed:
+            raise ZSBenchError(
+                f"attack {t.name!r} runs in {' or '.join(allowed)} only (got precision {t.precision!r}); "
+                f"use {allowed[0]}"
             )
 
 

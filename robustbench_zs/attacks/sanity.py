@@ -1,7 +1,7 @@
 """Sanity checks of an evaluation: hints of gradient masking and of results that contradict each other.
 
 Each check is a pure function returning ``{"name", "passed", "value", "detail"}`` (plain Python types, ready for a
-JSON record); ``check_all`` runs every check the given results allow, and ``leaderboard_flags`` condenses failed
+JSON record; a check with a tolerance adds it and its counts); ``check_all`` runs every check the given results allow, and ``leaderboard_flags`` condenses failed
 checks into a short marker. A failed check does not prove a bug: it says the numbers need a second look.
 
 The checks and their rationale:
@@ -18,7 +18,8 @@ The checks and their rationale:
 - ``robust_rises_with_eps``: Carlini et al. (2019, "On Evaluating Adversarial Robustness", the checklist RobustBench
   and AutoAttack refer to) ask that a larger perturbation budget never lowers the attack's success rate.
 - ``square_beats_gradient``: AutoAttack's flags (after Carlini et al., 2019) treat a black-box attack succeeding where
-  the white-box ones failed as a hint that gradients are masked and robustness is overestimated.
+  the white-box ones failed as a hint that gradients are masked and robustness is overestimated; as its
+  ``check_square_sr``, the check fails only when Square breaks more than 0.2% of the images (alpha = 0.002).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ __all__ = [
     "robust_above_clean",
     "robust_rises_with_eps",
     "square_beats_gradient",
+    "SQUARE_ALPHA",
     "zero_gradient_fraction",
 ]
 
@@ -221,18 +223,32 @@ def _key(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
-def square_beats_gradient(components: Mapping[str, Any], *, label: str = "") -> dict:
-    """Points that survive every gradient-based AutoAttack component but fall to Square; fails when any do.
+SQUARE_ALPHA = 0.002
+"""Tolerance of ``square_beats_gradient``: AutoAttack's ``checks.check_square_sr`` (alpha = 0.002, 0.2 points)."""
+
+
+def square_beats_gradient(components: Mapping[str, Any], *, label: str = "", alpha: float = SQUARE_ALPHA) -> dict:
+    """Points that survive every gradient-based AutoAttack component but fall to Square; fails above ``alpha``.
 
     ``components`` maps component names (``apgd-ce``, ``apgd-t``, ``fab-t``, ``square``; case and punctuation do not
     matter, a ``clean`` entry is ignored) to per-example robust masks on the same images. Either form works: each
     component run alone, or AutoAttack's cascade (robust after that component, i.e. after it and every earlier one),
-    because the count only looks at points every gradient component left robust. AutoAttack's own check compares
-    accuracies with a 0.2-point tolerance; here any such point fails the check.
+    because the count only looks at points every gradient component left robust.
+
+    The check fails when those points are more than ``alpha`` of the images, as AutoAttack's ``check_square_sr``,
+    which warns when Square's robust accuracy is below the best gradient attack's by more than alpha = 0.002: on the
+    cascade the two are the same, since robust accuracy after Square is the accuracy after the last gradient
+    component minus exactly these points. A handful of Square-only breaks on a large test set is normal; more hints
+    at masked gradients.
 
     Args:
         components: component name -> per-example robustness.
         label: the threat, for the detail line.
+        alpha: the largest fraction of the images Square may break after the gradient attacks without a flag.
+
+    Returns:
+        The check dict, with ``value`` the number of Square-only breaks, plus ``threshold`` (alpha), ``fraction``
+        (of the images), ``n`` (images) and ``robust_to_gradient`` (points every gradient component left robust).
     """
     keys = {_key(k): k for k in components}
     square = [k for kk, k in keys.items() if "square" in kk]
@@ -246,12 +262,15 @@ def square_beats_gradient(components: Mapping[str, Any], *, label: str = "") -> 
     sq = np.logical_and.reduce([masks[k] for k in square])
     k = int((survived & ~sq).sum())
     n = len(sq)
+    fraction = k / n if n else 0.0
     where = f"{label}: " if label else ""
     detail = (
         f"{where}{k} of {int(survived.sum())} points robust to {', '.join(gradient)} fall to {', '.join(square)} "
-        f"({n} images)"
+        f"({_pct(k, n)} of the images; flagged above {alpha:.1%})"
     )
-    return _check("square_beats_gradient", k == 0, k, detail)
+    out = _check("square_beats_gradient", fraction <= alpha, k, detail)
+    out.update(threshold=alpha, fraction=fraction, n=n, robust_to_gradient=int(survived.sum()))
+    return out
 
 
 def record_checks(
