@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -137,16 +138,61 @@ def _short(label: str) -> str:
     return re.sub(r"(\w+)=([^,()]+)", shorten, label)
 
 
-def _legend_columns(labels: list[str], width_in: float) -> int:
-    """As many legend columns as the longest label allows across the figure's width (about 11 characters/inch)."""
-    longest = max((len(label) for label in labels), default=1) + 6  # + the marker and the gap
-    return max(1, min(len(labels), int(width_in * 11 // longest)))
+def _text_width(fig, text: str, fontsize: float) -> float:
+    """Width in inches of the widest line of ``text`` at ``fontsize``, as the figure's Agg renderer draws it."""
+    from matplotlib.font_manager import FontProperties
+
+    renderer = fig.canvas.get_renderer()
+    prop = FontProperties(size=fontsize)
+    widths = [renderer.get_text_width_height_descent(line, prop, ismath=False)[0] for line in text.split("\n")]
+    return max(widths, default=0.0) / fig.dpi
+
+
+def _fit(fig, text: str, width_in: float, fontsize: float) -> str:
+    """``text`` made to fit ``width_in`` at ``fontsize``: unchanged if it fits, else broken after its semicolons, then
+    wrapped at spaces (textwrap), fewer characters a line each try, until every line fits."""
+    if _text_width(fig, text, fontsize) <= width_in:
+        return text
+    paragraphs = [part for line in text.split("\n") for part in line.split("; ")]
+    wrapped = "\n".join(paragraphs)
+    for chars in range(max(len(p) for p in paragraphs), 5, -1):
+        wrapped = "\n".join(textwrap.fill(p, chars) for p in paragraphs)
+        if _text_width(fig, wrapped, fontsize) <= width_in:
+            break
+    return wrapped
+
+
+#: Legend font size (points) and what a column adds to its widest label: the handle, the pad and the spacing.
+_LEGEND_FONTSIZE = 10
+_LEGEND_EXTRA_IN = 0.75
+
+
+def _legend_layout(fig, labels: list[str], width_in: float) -> tuple[list[str], int, float]:
+    """Legend labels wrapped to the figure's width, the columns they fit in, and the legend's height in inches."""
+    labels = [_fit(fig, label, width_in - _LEGEND_EXTRA_IN - 0.2, _LEGEND_FONTSIZE) for label in labels]
+    widest = max((_text_width(fig, label, _LEGEND_FONTSIZE) for label in labels), default=1.0)
+    ncol = max(1, min(len(labels), int((width_in - 0.2) // (widest + _LEGEND_EXTRA_IN))))
+    lines = max((label.count("\n") + 1 for label in labels), default=1)
+    rows = math.ceil(len(labels) / ncol)
+    return labels, ncol, rows * (lines * _LEGEND_FONTSIZE * 1.25 / 72 + 0.08) + 0.1
 
 
 def _new_figure(width: float, height: float):
+    """A constrained-layout figure on its own Agg canvas (so that text can be measured before it is saved)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(width, height), layout="constrained", dpi=120)
+    fig = Figure(figsize=(width, height), layout="constrained", dpi=120)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _stem(name: str | None, default: str) -> str:
+    if name is None:
+        return default
+    if not name or Path(name).name != name or name.startswith("."):
+        raise ZSBenchError(f"figure name {name!r}: give a file name without folders or suffix, e.g. 'fig4-paper'")
+    return name
 
 
 # ------------------------------------------------------------------------------------------------ fig4
@@ -158,6 +204,7 @@ def fig4(
     methods: list[str] | None = None,
     profile: dict | None = None,
     threat: str | None = None,
+    name: str | None = None,
 ) -> dict[str, Path]:
     """Robust accuracy against eps, one subplot per dataset and one line per method (the paper's Fig. 4).
 
@@ -167,12 +214,14 @@ def fig4(
 
     Args:
         df: ``records_frame(out_dir)``.
-        out_dir: folder for ``fig4.png`` and ``fig4.csv`` (created if missing).
+        out_dir: folder for ``<name>.png`` and ``<name>.csv`` (created if missing).
         methods: method labels, ids or ``label · model`` names to draw (default: all).
         profile: profile fields that pick one profile where the records hold several, e.g.
             ``{"normalization": "clip"}``.
         threat: the threat family where the records hold several, as its label without the radius, e.g.
             ``"PGD-10 L∞"``.
+        name: the files' name without suffix (default ``fig4``; ``zsbench reproduce`` names them like its
+            Markdown, ``fig4-<profile>``).
 
     Returns:
         ``{"png": path, "csv": path}``.
@@ -180,6 +229,23 @@ def fig4(
     Raises:
         ZSBenchError: no robust records, or several profiles / threat families and no choice among them.
     """
+    stem = _stem(name, "fig4")
+    fig, table = _fig4_figure(df, methods, profile, threat)
+    return _save(fig, table, Path(out_dir), stem)
+
+
+def _save(fig, table: pd.DataFrame, out_dir: Path, stem: str) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"png": out_dir / f"{stem}.png", "csv": out_dir / f"{stem}.csv"}
+    table.to_csv(paths["csv"], index=False)
+    fig.savefig(paths["png"])
+    return paths
+
+
+def _fig4_figure(
+    df: pd.DataFrame, methods: list[str] | None, profile: dict | None, threat: str | None
+) -> tuple[object, pd.DataFrame]:
+    """The figure of :func:`fig4` (not saved) and the table of its numbers."""
     df = _select_methods(df, methods)
     robust = df[df["table"] != "Clean"]
     if robust.empty:
@@ -200,9 +266,14 @@ def fig4(
 
     ncols = min(3, len(datasets))
     nrows = math.ceil(len(datasets) / ncols)
-    width = 4.2 * ncols
-    legend_cols = _legend_columns([_short(line) for line in lines], width)
-    fig = _new_figure(width, 3.3 * nrows + 0.6 + 0.25 * math.ceil(len(lines) / legend_cols))
+    # one panel alone is widened, so that the title and the legend's method labels have room
+    width = max(4.2 * ncols, 5.6)
+    fig = _new_figure(width, 3.3 * nrows)
+    title = _fit(
+        fig, f"Robust accuracy under {family} (ε = 0: clean accuracy); bars: Wilson 95% intervals", width - 0.3, 11
+    )
+    legend_labels, legend_cols, legend_h = _legend_layout(fig, [_short(line) for line in lines], width)
+    fig.set_size_inches(width, 3.3 * nrows + 0.35 + 0.2 * title.count("\n") + legend_h)
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     handles = {}
     for i, ds in enumerate(datasets):
@@ -232,7 +303,7 @@ def fig4(
             handles.setdefault(line, h)
         ns = sorted(d["n"].unique())
         n_text = f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]}–{ns[-1]}"
-        ax.set_title(f"{d['dataset_name'].iloc[0]} ({n_text})", fontsize=10)
+        ax.set_title(_fit(fig, f"{d['dataset_name'].iloc[0]} ({n_text})", width / ncols - 0.8, 10), fontsize=10)
         eps_ticks = sorted(d["eps_255"].unique())
         ax.set_xticks(eps_ticks, [f"{e:g}" for e in eps_ticks])
         ax.set_ylim(bottom=0)
@@ -243,25 +314,22 @@ def fig4(
             ax.set_xlabel(_EPS_AXIS)
     for ax in axes[len(datasets) :]:
         ax.set_visible(False)
-    fig.suptitle(f"Robust accuracy under {family} (ε = 0: clean accuracy); bars: Wilson 95% intervals", fontsize=11)
+    fig.suptitle(title, fontsize=11)
+    shown = [k for k, line in enumerate(lines) if line in handles]
     fig.legend(
-        [handles[line] for line in lines if line in handles],
-        [_short(line) for line in lines if line in handles],
+        [handles[lines[k]] for k in shown],
+        [legend_labels[k] for k in shown],
         loc="outside lower center",
         ncol=legend_cols,
         frameon=False,
+        fontsize=_LEGEND_FONTSIZE,
     )
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     table = data.assign(threat=data["table"], ci_low=data["ci95_low"], ci_high=data["ci95_high"])
     table = table.assign(_d=table["dataset"].map(datasets.index), _l=table["line"].map(lines.index))
     table = table.sort_values(["_d", "_l", "eps_255"])
     cols = ["line", "method", "model", "dataset", "eps_255", "threat", "accuracy", "ci_low", "ci_high", "n", "record"]
-    paths = {"png": out_dir / "fig4.png", "csv": out_dir / "fig4.csv"}
-    table[cols].rename(columns={"line": "method", "method": "method_label"}).to_csv(paths["csv"], index=False)
-    fig.savefig(paths["png"])
-    return paths
+    return fig, table[cols].rename(columns={"line": "method", "method": "method_label"})
 
 
 def _pick_family(robust: pd.DataFrame, threat: str | None) -> pd.DataFrame:
@@ -316,6 +384,7 @@ def fig5(
     profile: dict | None = None,
     threat: str | None = None,
     n_boot: int = 2000,
+    name: str | None = None,
 ) -> dict[str, Path]:
     """Average clean accuracy (x) against average robust accuracy (y), one point per method (the paper's Fig. 5).
 
@@ -326,11 +395,13 @@ def fig5(
 
     Args:
         df: ``records_frame(out_dir)``.
-        out_dir: folder for ``fig5.png`` and ``fig5.csv`` (created if missing).
+        out_dir: folder for ``<name>.png`` and ``<name>.csv`` (created if missing).
         methods: method labels, ids or ``label · model`` names to draw (default: all).
         profile: profile fields that pick one profile where the records hold several.
         threat: the robust threat label, e.g. ``"PGD-10 L∞ ε=1/255"``, where the records hold several.
         n_boot: bootstrap replicates of the intervals.
+        name: the files' name without suffix (default ``fig5``; ``zsbench reproduce`` names them like its
+            Markdown, ``fig5-<profile>``).
 
     Returns:
         ``{"png": path, "csv": path}``.
@@ -339,6 +410,15 @@ def fig5(
         ZSBenchError: no robust records, several profiles or threats and no choice, or no dataset common to all
             methods.
     """
+    stem = _stem(name, "fig5")
+    fig, table = _fig5_figure(df, methods, profile, threat, n_boot)
+    return _save(fig, table, Path(out_dir), stem)
+
+
+def _fig5_figure(
+    df: pd.DataFrame, methods: list[str] | None, profile: dict | None, threat: str | None, n_boot: int
+) -> tuple[object, pd.DataFrame]:
+    """The figure of :func:`fig5` (not saved) and the table of its numbers."""
     df = _select_methods(df, methods)
     robust = df[df["table"] != "Clean"]
     if robust.empty:
@@ -402,9 +482,19 @@ def fig5(
     curves = {name: g.sort_values("alpha") for name, g in table[table["curve"] != ""].groupby("curve", sort=False)}
     labels = [*points["method"], *curves]
     colors = _colors(labels)
+    width = 6.4
+    fig = _new_figure(width, 5.2)
     legend_labels = [*map(_short, points["method"]), *(f"WiSE-FT {_short(n)}, α = 0 → 1" for n in curves)]
-    legend_cols = _legend_columns(legend_labels, 6.4)
-    fig = _new_figure(6.4, 5.2 + 0.25 * math.ceil(len(labels) / legend_cols))
+    legend_labels, legend_cols, legend_h = _legend_layout(fig, legend_labels, width)
+    names = ", ".join(data.drop_duplicates("dataset").set_index("dataset").loc[datasets, "dataset_name"])
+    title = _fit(
+        fig,
+        f"Clean vs robust accuracy, averaged over the {len(datasets)} dataset{'s' * (len(datasets) > 1)} common to "
+        f"all methods\n({names}); bars: bootstrap 95% intervals",
+        width - 0.3,
+        10,
+    )
+    fig.set_size_inches(width, 4.8 + 0.17 * title.count("\n") + legend_h)
     ax = fig.add_subplot()
 
     def bars(g: pd.DataFrame) -> dict:
@@ -413,6 +503,7 @@ def fig5(
             "yerr": np.vstack([g["robust_avg"] - g["robust_low"], g["robust_high"] - g["robust_avg"]]),
         }
 
+    handles = []
     for _, p in points.iterrows():
         g = points.loc[[p.name]]
         ax.errorbar(
@@ -429,7 +520,9 @@ def fig5(
             zorder=3,
         )
         # hollow markers: a method that coincides with a point of a curve (clip at alpha 0) stays visible
-        ax.plot([], [], "o", ms=9, mfc="none", mew=2, color=colors[p["method"]], label=_short(p["method"]))
+        handles += ax.plot([], [], "o", ms=9, mfc="none", mew=2, color=colors[p["method"]])
+    marks = [(x, y, 9.0) for x, y in zip(points["clean_avg"], points["robust_avg"], strict=True)]
+    tags = []
     for name, g in curves.items():
         ax.errorbar(
             g["clean_avg"],
@@ -442,31 +535,95 @@ def fig5(
             capsize=2,
             elinewidth=0.8,
         )
-        ax.plot([], [], "s-", ms=5, color=colors[name], label=f"WiSE-FT {_short(name)}, α = 0 → 1")
-        for k, (_, r) in enumerate(g.iterrows()):
-            # alternate above and below the curve so that labels of neighbouring alphas do not overlap
-            ax.annotate(
-                f"α={r['alpha']:g}",
-                (r["clean_avg"], r["robust_avg"]),
-                xytext=(6, 6) if k % 2 == 0 else (6, -13),
-                textcoords="offset points",
-                fontsize=8,
-                color=colors[name],
-            )
+        handles += ax.plot([], [], "s-", ms=5, color=colors[name])
+        # alphas on the same point share one label ("α=0.5, 0.75")
+        same: dict[tuple[float, float], list[float]] = {}
+        for _, r in g.iterrows():
+            same.setdefault((r["clean_avg"], r["robust_avg"]), []).append(r["alpha"])
+        for (x, y), alphas in same.items():
+            marks.append((x, y, 5))
+            tags.append((x, y, "α=" + ", ".join(f"{a:g}" for a in alphas), colors[name]))
     ax.set_xlabel("average clean accuracy (%)")
-    ax.set_ylabel(f"average robust accuracy (%), {threat}")
+    ax.set_ylabel(_fit(fig, f"average robust accuracy (%), {threat}", 4.0, 10))
     ax.grid(alpha=0.3)
-    names = ", ".join(data.drop_duplicates("dataset").set_index("dataset").loc[datasets, "dataset_name"])
-    ax.set_title(
-        f"Clean vs robust accuracy, averaged over the {len(datasets)} dataset{'s' * (len(datasets) > 1)} common to "
-        f"all methods\n({names}); bars: bootstrap 95% intervals",
-        fontsize=10,
-    )
-    fig.legend(loc="outside lower center", ncol=legend_cols, frameon=False)
+    ax.margins(0.08)
+    fig.suptitle(title, fontsize=10)
+    fig.legend(handles, legend_labels, loc="outside lower center", ncol=legend_cols, frameon=False)
+    _place_labels(ax, tags, marks)
+    return fig, table
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"png": out_dir / "fig5.png", "csv": out_dir / "fig5.csv"}
-    table.to_csv(paths["csv"], index=False)
-    fig.savefig(paths["png"])
-    return paths
+
+#: Where a point's label may go, nearest first: offset from the point (points) and the label's alignment.
+_LABEL_SPOTS = [
+    (scale * dx, scale * dy, ha, va)
+    for scale in (1.0, 2.0, 3.2, 4.5)
+    for dx, dy, ha, va in (
+        (6, 5, "left", "bottom"),
+        (6, -5, "left", "top"),
+        (-6, 5, "right", "bottom"),
+        (-6, -5, "right", "top"),
+        (0, 8, "center", "bottom"),
+        (0, -8, "center", "top"),
+        (9, 0, "left", "center"),
+        (-9, 0, "right", "center"),
+    )
+]
+
+
+def _place_labels(ax, tags: list[tuple[float, float, str, tuple]], marks: list[tuple[float, float, float]]) -> list:
+    """Annotate each point of ``tags`` (x, y, text, color) at the nearest spot of :data:`_LABEL_SPOTS` where its
+    label overlaps no other label and no marker of ``marks`` (x, y, size in points), inside the axes; where no spot
+    is free, at the one with the least overlap.
+
+    The figure is laid out first (the labels are then kept out of the layout, so they cannot move the points).
+    Returns the annotations.
+    """
+    from matplotlib.transforms import Bbox
+
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    px = fig.dpi / 72
+    obstacles = []
+    for x, y, size in marks:
+        cx, cy = ax.transData.transform((x, y))
+        r = size / 2 * px + 1
+        obstacles.append(Bbox.from_extents(cx - r, cy - r, cx + r, cy + r))
+    inside = ax.bbox
+
+    def overlap(a, b) -> float:
+        w = min(a.x1, b.x1) - max(a.x0, b.x0)
+        h = min(a.y1, b.y1) - max(a.y0, b.y0)
+        return w * h if w > 0 and h > 0 else 0.0
+
+    placed, out = [], []
+    for x, y, text, color in tags:
+        best = None
+        for dx, dy, ha, va in _LABEL_SPOTS:
+            a = ax.annotate(
+                text,
+                (x, y),
+                xytext=(dx, dy),
+                textcoords="offset points",
+                ha=ha,
+                va=va,
+                fontsize=8,
+                color=color,
+                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8},
+                zorder=4,
+            )
+            a.set_in_layout(False)
+            box = a.get_window_extent(renderer).padded(1)
+            cost = sum(overlap(box, o) for o in [*placed, *obstacles])
+            cost += box.width * box.height - overlap(box, inside)  # the part outside the axes
+            if best is None or cost < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (cost, a, box)
+            else:
+                a.remove()
+            if cost == 0:
+                break
+        placed.append(best[2])
+        out.append(best[1])
+    return out

@@ -10,7 +10,7 @@ from robustbench_zs.attacks import Threat
 from robustbench_zs.datasets.fixtures import write_cifar10
 from robustbench_zs.engine.runner import RunConfig, run
 from robustbench_zs.errors import ZSBenchError
-from robustbench_zs.figures import fig4, fig5
+from robustbench_zs.figures import _fig4_figure, _fig5_figure, _new_figure, _place_labels, fig4, fig5
 from robustbench_zs.leaderboard.build import records_frame
 from robustbench_zs.models import HeadKnobs, ModelSpec, load_model
 
@@ -123,3 +123,95 @@ def test_fig5_averages_only_common_datasets(records, tmp_path):
     assert set(table["datasets"]) == {"synthetic"} and len(table) == 4
     with pytest.raises(ZSBenchError, match="needs records under attack"):
         fig5(records[records["table"] == "Clean"], tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------ legibility
+
+
+def _inside_figure(fig) -> list[str]:
+    """Lay the figure out and check that every visible text (suptitle, titles, axis labels, legend entries, point
+    labels), every legend and every panel with its drawn tick labels lies inside the figure; returns the texts."""
+    from matplotlib.text import Text
+
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    box = fig.bbox
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    # tick labels are checked through their panel's tight box, which holds the drawn ones only
+    ticks = {
+        label
+        for ax in fig.axes
+        for axis in (ax.xaxis, ax.yaxis)
+        for tick in [*axis.get_major_ticks(), *axis.get_minor_ticks()]
+        for label in (tick.label1, tick.label2)
+    }
+    texts = [
+        t
+        for t in fig.findobj(Text)
+        if t not in ticks and t.get_visible() and t.get_text().strip() and (t.axes is None or t.axes in axes)
+    ]
+    extents = [(t.get_text(), t.get_window_extent(renderer)) for t in texts]
+    extents += [("legend", leg.get_window_extent(renderer)) for leg in fig.legends]
+    extents += [(f"panel {ax.get_title()}", ax.get_tightbbox(renderer)) for ax in axes]
+    for what, e in extents:
+        assert box.x0 - 1 <= e.x0 and e.x1 <= box.x1 + 1, (what, e, box)
+        assert box.y0 - 1 <= e.y0 and e.y1 <= box.y1 + 1, (what, e, box)
+    return [t.get_text() for t in texts]
+
+
+def _no_overlaps(fig, annotations) -> None:
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = [(a.get_text(), a.get_window_extent(renderer)) for a in annotations]
+    for i, (ta, a) in enumerate(boxes):
+        for tb, b in boxes[i + 1 :]:
+            assert not a.overlaps(b), (ta, tb, a, b)
+
+
+def test_one_panel_fig4_fits_its_figure_and_names_its_units(records, tmp_path):
+    one = records[records["dataset"] == "synthetic"]
+    fig, _ = _fig4_figure(one, None, {"normalization": "clip"}, None)
+    (ax,) = [a for a in fig.axes if a.get_visible()]
+    texts = _inside_figure(fig)
+    assert fig._suptitle.get_text() in texts and any(t.startswith("interpolation(") for t in texts)
+    assert ax.get_xlabel() == "ε (×1/255)" and ax.get_ylabel().endswith("accuracy (%)")
+    # several panels (the paper's figure: one per dataset) fit as well, each with its units
+    fig, _ = _fig4_figure(records, None, {"normalization": "clip"}, None)
+    shown = [a for a in fig.axes if a.get_visible()]
+    assert [a.get_title().split(" (")[0] for a in shown] == ["CIFAR-10", "Synthetic"]
+    assert all("(×1/255)" in a.get_xlabel() for a in shown) and "(%)" in shown[0].get_ylabel()
+    _inside_figure(fig)
+    # files take the name they are given (reproduce: like its Markdown), else fig4
+    paths = fig4(one, tmp_path, profile={"normalization": "clip"}, name="fig4-standard")
+    assert paths["png"].name == "fig4-standard.png" and paths["csv"].name == "fig4-standard.csv"
+    assert _is_png(paths["png"]) and not (tmp_path / "fig4.png").exists()
+    with pytest.raises(ZSBenchError, match="without folders"):
+        fig4(one, tmp_path, profile={"normalization": "clip"}, name="../fig4")
+
+
+def test_fig5_point_labels_do_not_overlap(records):
+    fig, table = _fig5_figure(records, None, {"normalization": "clip"}, "PGD-2 L∞ ε=1/255", 200)
+    (ax,) = fig.axes
+    labels = [t for t in ax.texts if t.get_text().startswith("α=")]
+    # one label per point: alphas on the same point share one
+    alphas = [a for t in labels for a in t.get_text().removeprefix("α=").split(", ")]
+    assert sorted(map(float, alphas)) == sorted(table["alpha"].dropna())
+    _inside_figure(fig)
+    _no_overlaps(fig, labels)
+    assert ax.get_xlabel().endswith("(%)") and "(%)" in ax.get_ylabel()
+
+
+def test_crowded_point_labels_are_spread_apart():
+    """Points a pixel apart (as alpha 0.75 and 1 can be) still get labels that do not overlap, inside the axes."""
+    fig = _new_figure(6.4, 5.0)
+    ax = fig.add_subplot()
+    xs = [40.0, 40.05, 40.1, 40.12, 40.2, 40.21]
+    ys = [30.0, 30.02, 30.03, 30.05, 30.04, 30.06]
+    ax.plot(xs, ys, "s-")
+    ax.set_xlim(39, 41.5)
+    ax.set_ylim(29, 31)
+    tags = [(x, y, f"α={a:g}", "C1") for x, y, a in zip(xs, ys, (0, 0.25, 0.5, 0.6, 0.75, 1), strict=True)]
+    placed = _place_labels(ax, tags, [(x, y, 5.0) for x, y in zip(xs, ys, strict=True)])
+    assert len(placed) == len(tags) == len(ax.texts)
+    _no_overlaps(fig, placed)
+    _inside_figure(fig)

@@ -116,3 +116,73 @@ def test_attack_seed_is_in_the_protocol_line(tmp_path):
     _run(tmp_path, ModelSpec("zsbench-tiny", "random"), seed=1)
     md = write_leaderboard(tmp_path / "out")["markdown"].read_text()
     assert "attack seed 0" in md and "attack seed 1" in md
+
+
+# ------------------------------------------------------------------------------------------------ knob notes
+
+
+@pytest.fixture(scope="module")
+def one_run(tmp_path_factory):
+    """clip on 32 synthetic images, clean and PGD, recorded under the `paper` profile's name."""
+    root = tmp_path_factory.mktemp("knobs")
+    _run(root, ModelSpec("zsbench-tiny", "random"), n_override=32, profile="paper")
+    return root / "out"
+
+
+def _twins(src, dst, change, attacked_only: bool = False):
+    """Copy the records under ``src`` to ``dst`` and add to each a twin edited by ``change(record)``."""
+    import copy
+    import hashlib
+    import shutil
+
+    from robustbench_zs.results import RecordStore
+
+    shutil.copytree(src, dst)
+    store = RecordStore(dst)
+    for path, r in list(store.iter_records()):
+        if attacked_only and r["attack"]["name"] == "clean":
+            continue
+        twin = copy.deepcopy(r)
+        change(twin)
+        key = hashlib.sha256(json.dumps(twin, sort_keys=True).encode()).hexdigest()
+        store.write(store.path_for(twin["method"], twin["dataset"]["id"], path.stem + "-twin", key), twin)
+    return dst
+
+
+def _notes(md: str) -> list[str]:
+    return [line for line in md.splitlines() if line.startswith("Not ranked with")]
+
+
+def test_knob_notes_name_the_paper_subsample(one_run, tmp_path):
+    def subsample(r):  # what `--profile paper --paper-subsample` records: the knob on, the profile named custom
+        r["profile"].update(name="custom", paper_subsample=True)
+
+    out = _twins(one_run, tmp_path / "out", subsample)
+    md = write_leaderboard(out)["markdown"].read_text()
+    assert md.count("## Clean") == 2 and md.count("## PGD-2 L∞ ε=1/255") == 2
+    notes = _notes(md)
+    assert len(notes) == 4 and all("paper_subsample: " in n for n in notes)
+    assert any("paper_subsample: False vs True" in n for n in notes) and all("profile:" not in n for n in notes)
+    assert "profile custom; " in md and "profile paper; " in md and "the paper's subsample (every 20th batch" in md
+    # --mix-profiles still puts both in one table, each row naming its profile
+    mixed = write_leaderboard(out, mix_profiles=True)["markdown"].read_text()
+    assert mixed.count("## Clean") == 1 and "[paper]" in mixed and "[custom]" in mixed and not _notes(mixed)
+
+
+def test_knob_notes_name_the_attack_precision(one_run, tmp_path):
+    from robustbench_zs.attacks.base import PRECISION_NOTES
+
+    def fp16(r):
+        r["attack"].update(precision="fp16", precision_detail=PRECISION_NOTES["fp16"])
+        r["threat_label"] += " fp16"
+        r["profile"]["attack_precision"] = "fp16"
+
+    out = _twins(one_run, tmp_path / "out", fp16, attacked_only=True)
+    md = write_leaderboard(out)["markdown"].read_text()
+    assert md.count("## Clean") == 1 and "## PGD-2 L∞ ε=1/255\n" in md and "## PGD-2 L∞ ε=1/255 fp16\n" in md
+    notes = _notes(md)
+    assert len(notes) == 2 and all("(attack_precision: " in n for n in notes), notes
+    assert (
+        "Not ranked with the PGD-2 L∞ ε=1/255 fp16 table measured under other knobs (attack_precision: 'fp32' vs "
+        "'fp16')." in notes
+    )

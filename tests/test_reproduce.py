@@ -5,8 +5,11 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from robustbench_zs.cli import main
@@ -16,6 +19,7 @@ from robustbench_zs.datasets.fixtures.stl10 import write_stl10
 from robustbench_zs.engine.runner import RunConfig, run
 from robustbench_zs.methods.pmg_aft import PMGAFTConfig
 from robustbench_zs.models import ModelSpec
+from robustbench_zs.paper.match import Found
 from robustbench_zs.paper.reproduce import match, paper_threat, plan, render
 from robustbench_zs.paper.targets import (
     Column,
@@ -27,7 +31,7 @@ from robustbench_zs.paper.targets import (
     targets,
 )
 from robustbench_zs.profiles import get_profile, run_config_fields
-from robustbench_zs.results import RecordStore
+from robustbench_zs.results import RecordStore, bootstrap_mean_ci, result_block
 
 PAPER_COLUMNS = [
     "CIFAR10", "CIFAR100", "STL10", "SUN397", "Food101", "Oxfordpet", "Flowers102", "DTD", "EuroSAT",
@@ -217,3 +221,79 @@ def test_unknown_target_is_one_line(capsys):
     assert len(err.splitlines()) == 1 and "table99" in err and "table1, table2" in err and "fig5" in err
     assert main(["reproduce", "table1", "--profile", "nope", "--dry-run"]) == 2
     assert "standard" in capsys.readouterr().err
+
+
+def test_reproduce_figures_are_named_like_their_markdown(results, tmp_path, capsys):
+    """`reproduce fig4|fig5` draws from the records through the real path; no profile overwrites another's files."""
+    out, models = tmp_path / "out", tmp_path / "models"
+    shutil.copytree(results / "out", out)
+    before = set(_records(out))
+    common = [*TINY, "--no-train", "--device", "cpu", "--out", str(out), "--models-dir", str(models)]
+    common += ["--data-root", str(tmp_path / "no-data")]  # every missing run is skipped: the figures use the records
+    base = [*common, "--n", "32"]
+    folder = out / "reproduce"
+    for fig in ("fig4", "fig5"):
+        assert main(["reproduce", fig, *base]) == 0
+        text = capsys.readouterr().out
+        png, csv = folder / f"{fig}-paper.png", folder / f"{fig}-paper.csv"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and csv.is_file()
+        assert f"Figure: {png} (its numbers: {csv})." in text
+        assert (
+            f"{(folder / f'{fig}-paper.md').read_text(encoding='utf-8')}written: {folder / f'{fig}-paper.md'}" in text
+        )
+        assert not (folder / f"{fig}.png").exists() and not (folder / f"{fig}.csv").exists()
+        plotted = pd.read_csv(csv)
+        assert set(plotted["method"]) == {"clip"}
+        drawn = png.read_bytes()
+        # other profiles write files of their own names, and never draw the paper profile's records
+        assert main(["reproduce", fig, *base, "--profile", "standard"]) == 0
+        assert main(["reproduce", fig, *common, "--paper-subsample"]) == 0
+        text = capsys.readouterr().out
+        assert text.count("Figure not drawn: no records under profile") == 2
+        assert (folder / f"{fig}-standard.md").is_file() and (folder / f"{fig}-paper-subsample.md").is_file()
+        assert png.read_bytes() == drawn and not list(folder.glob(f"{fig}-standard.*g"))
+    fig4_points = pd.read_csv(folder / "fig4-paper.csv")
+    assert sorted(fig4_points["dataset"].unique()) == ["cifar10", "pcam", "stl10"]
+    assert sorted(fig4_points["eps_255"].unique()) == [0.0, 1.0]  # clean at eps 0, PGD-10 at 1/255
+    assert set(_records(out)) == before
+
+
+def test_fig4_caption_describes_the_drawn_figure():
+    fig4 = get_target("fig4")
+    assert "one panel per dataset" in fig4.caption and "the table below gives the 16-dataset averages" in fig4.caption
+    assert [c.dataset for c in fig4.columns] == ["average"]
+
+
+def test_average_has_a_bootstrap_interval_over_the_records_images(results, tmp_path):
+    """Table averages come with the bootstrap interval of the per-image results of the 16 matched records."""
+    template = next(r for r in _records(results / "out").values() if r["attack"]["name"] == "pgd")
+    rng = np.random.default_rng(0)
+    cells = [c for c in plan("table1") if c.row == "clip" and c.metric == "robust"]
+    assert len(cells) == 16
+    matches, masks = {}, []
+    for i, cell in enumerate(cells):
+        mask = rng.random(20 + 10 * i) < 0.1 + 0.05 * i
+        r = copy.deepcopy(template)
+        r["dataset"].update(id=cell.dataset, n=mask.size, n_total=mask.size)
+        r["result"] = result_block(mask)
+        path = tmp_path / f"{cell.dataset}.json"
+        path.write_text(json.dumps(r), encoding="utf-8")
+        res = r["result"]
+        matches[cell] = Found(path, res["accuracy"], tuple(res["ci95"]), mask.size, mask.size, "", True, None, None)
+        masks.append(mask)
+    ci = bootstrap_mean_ci(masks)
+    assert ci.low < ci.mean < ci.high
+    clip = dict(zip(PAPER_COLUMNS, _table(render("table1", matches))[1][1:], strict=True))
+    ours, paper, diff = clip["Average"].split(" / ")
+    assert ours == f"{100 * ci.mean:.2f} [{100 * ci.low:.1f}–{100 * ci.high:.1f}]"
+    assert float(diff) == pytest.approx(100 * ci.mean - float(paper), abs=0.006)
+    # the interval comes from the images: the same accuracies on ten times the images give a narrower one
+    clip_cifar = next(c for c in cells if c.dataset == "cifar10")
+    r = json.loads(matches[clip_cifar].path.read_text(encoding="utf-8"))
+    big = np.tile(masks[0], 10)
+    r["dataset"].update(n=big.size, n_total=big.size)
+    r["result"] = result_block(big)
+    matches[clip_cifar].path.write_text(json.dumps(r), encoding="utf-8")
+    wide = dict(zip(PAPER_COLUMNS, _table(render("table1", matches))[1][1:], strict=True))["Average"]
+    narrower = bootstrap_mean_ci([big, *masks[1:]])
+    assert wide.split(" / ")[0] == f"{100 * narrower.mean:.2f} [{100 * narrower.low:.1f}–{100 * narrower.high:.1f}]"

@@ -33,11 +33,17 @@ def _method_order() -> list[str]:
 
 
 def profile_knobs(profile: dict) -> dict:
-    """The knobs of a record's profile that decide whether two rows may share a table."""
+    """The knobs of a record's profile that decide whether two rows may share a table.
+
+    The profile's name is not one of them: two records measured under the same knobs are comparable whatever their
+    profile was called (``paper`` with the paper subsample is recorded as ``custom``, and differs from ``paper`` by
+    its ``paper_subsample`` knob). The attack's precision is part of the attack's settings (the table's threat);
+    :func:`_knob_notes` names it beside these knobs.
+    """
     return {
-        "profile": profile.get("name", "custom"),
         **{k: profile.get(k) for k in _PROTOCOL_KEYS},
         "preprocess": _preprocess_label(profile),
+        "paper_subsample": bool(profile.get("paper_subsample", False)),
     }
 
 
@@ -87,7 +93,7 @@ def records_frame(out_dir: Path, mix_profiles: bool = False) -> pd.DataFrame:
                 "precision": attack.get("precision", "fp32"),
                 "seed": r["seed"],
                 "knobs": json.dumps(knobs, sort_keys=True),
-                "profile_name": knobs["profile"],
+                "profile_name": profile.get("name", "custom"),
                 "flags": sanity.get("flags", ""),
                 "failed_checks": json.dumps([c for c in sanity.get("checks", []) if not c.get("passed", True)]),
                 "created_utc": r["created_utc"],
@@ -101,9 +107,9 @@ def cross_record_checks(df: pd.DataFrame) -> pd.DataFrame:
     """Checks that need several records of one row and dataset: AutoAttack vs PGD, robust accuracy vs eps.
 
     Records are grouped by leaderboard row (method, model, weights), dataset images, profile knobs and attack seed;
-    within a group, ``autoattack_above_pgd`` compares every AutoAttack record with every PGD record of the same norm and eps,
-    and ``robust_rises_with_eps`` runs per attack, norm, steps and precision over its radii. Returns one row per
-    check: its group, the threat labels it concerns, and the check dict.
+    within a group, ``autoattack_above_pgd`` compares every AutoAttack record with every PGD record of the same norm
+    and eps, and ``robust_rises_with_eps`` runs per attack, norm, steps and precision over its radii. Returns one row
+    per check: its group, the threat labels it concerns, and the check dict.
     """
     from ..attacks.sanity import autoattack_above_pgd, robust_rises_with_eps
     from ..results import per_example
@@ -182,44 +188,70 @@ def _attack_line(a: dict, seed) -> str:
     return f"{head}, {how}, {a.get('precision', 'fp32')}, attack seed {seed}"
 
 
-def _protocol_line(protocol: str) -> str:
+def _protocol_line(protocol: str, names: list[str] | None = None) -> str:
+    """The table's protocol in words; ``names``: the profile names its records were written under."""
     p = json.loads(protocol)
     a, prof = p["attack"], p["profile"]
     if prof == "mixed":
         parts = ["profiles mixed on request (--mix-profiles): each row names its profile; rows are not comparable"]
     else:
+        names = sorted(set(names or ["custom"]))
+        named = f"profile {names[0]}" if len(names) == 1 else f"profiles {', '.join(names)} (the same knobs)"
         parts = [
-            f"profile {prof.get('profile', 'custom')}",
+            named,
             f"normalization {prof['normalization']}",
             f"logit scale {prof['logit_scale']}",
             f"prompts {prof['prompts']}",
             prof.get("preprocess", "native resolution"),
             f"{prof['resize']} resize to the model's input inside the model",
         ]
+        if prof.get("paper_subsample"):
+            parts.append("the paper's subsample (every 20th batch of 256 test images)")
     if a.get("name") != "clean":
         parts.append(_attack_line(a, p["attack_seed"]))
     return "; ".join(parts)
 
 
+#: Attack settings that set the precision; tables that differ only in them are one threat measured otherwise.
+_PRECISION_KEYS = ("precision", "precision_detail")
+
+
+def _note_knobs(protocol: dict) -> dict:
+    """Every knob of a table's protocol that its knob notes compare: the profile's, the attack's precision (robust
+    tables) and the attack seed."""
+    attack = protocol["attack"]
+    knobs = dict(protocol["profile"])
+    if attack.get("name") != "clean":
+        knobs["attack_precision"] = attack.get("precision", "fp32")
+        knobs["attack_seed"] = protocol["attack_seed"]
+    return knobs
+
+
 def _knob_notes(tables: list[dict]) -> None:
-    """Tell, under each table, which knobs separate it from the tables of the same threat measured otherwise."""
+    """Tell, under each table, which knobs separate it from the tables of the same threat measured otherwise.
+
+    Tables of one threat are those whose attack settings agree but for the precision (so ``PGD-10 L∞ ε=1/255`` and
+    ``PGD-10 L∞ ε=1/255 fp16`` are one threat); each note names every knob that differs, as ``knob: mine vs
+    theirs``, and the other table's title.
+    """
     from ..profiles import knob_differences
 
-    by_title: dict[str, list[dict]] = {}
+    by_threat: dict[str, list[tuple[dict, dict]]] = {}
     for t in tables:
-        by_title.setdefault(t["title"], []).append(t)
-    for same in by_title.values():
-        for t in same:
-            mine = json.loads(t["protocol"])["profile"]
-            notes = []
-            for other in same:
-                theirs = json.loads(other["protocol"])["profile"]
-                if other is t or not isinstance(mine, dict) or not isinstance(theirs, dict):
-                    continue
-                diff = knob_differences(mine, theirs)
+        t["knob_notes"] = []
+        p = json.loads(t["protocol"])
+        if not isinstance(p["profile"], dict):  # --mix-profiles: the rows name their profiles
+            continue
+        threat = {k: v for k, v in p["attack"].items() if k not in _PRECISION_KEYS}
+        by_threat.setdefault(json.dumps(threat, sort_keys=True), []).append((t, _note_knobs(p)))
+    for same in by_threat.values():
+        for t, mine in same:
+            notes = set()
+            for other, theirs in same:
+                diff = knob_differences(mine, theirs) if other is not t else []
                 if diff:
-                    notes.append("; ".join(diff))
-            t["knob_notes"] = sorted(set(notes))
+                    notes.add((other["title"], "; ".join(diff)))
+            t["knob_notes"] = sorted(notes)
 
 
 def build_tables(df: pd.DataFrame, checks: pd.DataFrame | None = None) -> list[dict]:
@@ -285,7 +317,7 @@ def build_tables(df: pd.DataFrame, checks: pd.DataFrame | None = None) -> list[d
                 "protocol": protocol,
                 "flags": flags,
                 "failed": failed,
-                "protocol_line": _protocol_line(protocol),
+                "protocol_line": _protocol_line(protocol, list(g["profile_name"]) if "profile_name" in g else None),
                 "average_ci95": avg_ci,
                 "accuracy": wide.loc[order],
                 "ci95_low": lo.loc[order],
@@ -374,8 +406,8 @@ def render_markdown(tables: list[dict]) -> str:
         lines.append(tabulate(body, headers=headers, tablefmt="github", disable_numparse=True))
         if flags:
             lines += ["", "⚠ marks a failed sanity check (listed at the end): the number needs a second look."]
-        for note in t.get("knob_notes", []):
-            lines += ["", f"Not ranked with the {t['title']} table measured under other knobs ({note})."]
+        for other, note in t.get("knob_notes", []):
+            lines += ["", f"Not ranked with the {other} table measured under other knobs ({note})."]
         if t["incomplete"]:
             lines += ["", f"No average for rows missing a dataset: {', '.join(t['incomplete'])}."]
         if t["mixed"]:

@@ -16,7 +16,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "reproduce",
         help="regenerate a table or figure of the PMG-AFT paper: our numbers beside the paper's, runs what is missing",
         description="Regenerate one of the PMG-AFT paper's tables (table1..table13) or figures (fig4, fig5) from the "
-        "records, running (and training) what is missing first; writes <out>/reproduce/<target>-<profile>.md. "
+        "records, running (and training) what is missing first; writes <out>/reproduce/<target>-<profile>.md "
+        "(with --paper-subsample <target>-<profile>-subsample.md; figures also .png and .csv of that name). "
         "'zsbench reproduce list' lists the targets.",
     )
     rp.add_argument("target", help="table1 ... table13, fig4, fig5, or 'list'")

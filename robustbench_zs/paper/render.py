@@ -3,7 +3,9 @@
 Each cell holds three numbers: ours with its Wilson 95% interval (and "n of N images" when the record covers part of
 the split), the paper's, and the difference; "missing" where no record exists, "not reproducible" for rows whose
 settings the paper lost. Flagged paper cells carry ⚠N with the reasons listed below the table
-(:func:`robustbench_zs.paper.targets.paper_flags`). Our averages need all 16 datasets of the row.
+(:func:`robustbench_zs.paper.targets.paper_flags`). Our averages need all 16 datasets of the row; their interval is
+a bootstrap 95% interval over images (:func:`robustbench_zs.results.bootstrap_mean_ci` on the records' per-image
+results, each dataset's images resampled on their own, seed 0), as on the leaderboard.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 from tabulate import tabulate
 
 from ..profiles import PAPER_SUBSAMPLE_BATCH, PAPER_SUBSAMPLE_EVERY, Profile
@@ -72,17 +75,31 @@ def _column_header(t: Target, col: Column) -> str:
     return name
 
 
+def _per_image(found: Found) -> np.ndarray:
+    """The record's per-image correctness; where its file cannot be read any more, a mask with the same count of
+    correct images (all the bootstrap uses)."""
+    from ..results import RecordStore, per_example
+
+    try:
+        return per_example(RecordStore.read_path(found.path))
+    except (OSError, ValueError, KeyError):
+        return np.arange(found.n) < round(found.accuracy * found.n)
+
+
 def _average(row: Row, metric: str, matches: dict[tuple[str, str, str], Found | None]) -> tuple[float | None, str]:
-    """Our mean over the 16 datasets of a row's metric and its text; None unless every dataset has a record."""
+    """Our mean over the 16 datasets of a row's metric with its bootstrap 95% interval over images, and its text;
+    None unless every dataset has a record."""
+    from ..results.stats import bootstrap_mean_ci
+
     ids = [d.id for d in paper_datasets()]
     found = [matches.get((row.key, metric, ds)) for ds in ids]
     have = [f for f in found if f is not None]
     if len(have) < len(ids):
         return None, f"n/a ({len(have)} of {len(ids)})"
-    mean = sum(f.accuracy for f in have) / len(have)
+    ci = bootstrap_mean_ci([_per_image(f) for f in have])
     partial = sum(f.n < f.n_total for f in have)
     note = f" ({partial} on subsets)" if partial else ""
-    return mean, f"{_pct(mean)}{note}"
+    return ci.mean, f"{_pct(ci.mean)} [{100 * ci.low:.1f}–{100 * ci.high:.1f}]{note}"
 
 
 class _FlagNotes:
@@ -216,7 +233,8 @@ def render(
         "",
         "Each cell: ours [Wilson 95% interval] / the paper's / ours − paper, in %. "
         f"*{MISSING}*: no record yet (`zsbench reproduce {t.id}` runs it); ⚠N: the paper's number looks wrong "
-        "(see the notes). Our averages need all 16 datasets: *n/a (k of 16)* says how many have a record.",
+        "(see the notes). Our averages need all 16 datasets: *n/a (k of 16)* says how many have a record; their "
+        "interval is a bootstrap 95% interval over images (each dataset's images resampled on their own).",
         "",
         f"Records found for {n_found} of the {len(planned)} cells our table needs.",
         "",

@@ -3,9 +3,10 @@
 :func:`reproduce` plans the target's cells (:mod:`.plan`), finds their records (:mod:`.match`), runs what is missing
 through ``engine.runner.run`` (one ``RunConfig`` per group of runs sharing a method variant, training set and
 threats; trainings happen there, through the runner's ``train_missing``), then writes the Markdown of
-:mod:`.render` to ``<out>/reproduce/<target>-<profile>.md`` and, for figures, draws them with
-``robustbench_zs.figures``. Runs whose dataset is not under the data root, or whose checkpoint is missing under
-``--no-train``, are skipped with one line each and shown as missing.
+:mod:`.render` to ``<out>/reproduce/<target>-<profile>[-subsample].md`` and, for figures, draws them with
+``robustbench_zs.figures`` beside it under the same name (``.png``, and ``.csv`` for the plotted numbers). Runs
+whose dataset is not under the data root, or whose checkpoint is missing under ``--no-train``, are skipped with one
+line each and shown as missing.
 """
 
 from __future__ import annotations
@@ -163,20 +164,34 @@ def reproduce(
     found = match(cells, out_dir, prof, **kw)
     folder = out_dir / "reproduce"
     folder.mkdir(parents=True, exist_ok=True)
-    figure = _draw_figure(t, out_dir, folder, prof) if t.figure else []
+    stem = output_stem(t, profile, prof)
+    figure = _draw_figure(t, out_dir, folder, prof, stem) if t.figure else []
     extra = [*(f"Skipped: {s}." for s in skipped), *figure]
     text = render(target, found, prof, arch=arch, pretrained=pretrained, models_dir=models_dir, extra=extra)
+    path = folder / f"{stem}.md"
+    path.write_text(text, encoding="utf-8")
+    return ReproduceResult(path, text, written, skipped, figure)
+
+
+def output_stem(t: Target, profile: str | Profile, prof: Profile) -> str:
+    """The name, without suffix, of what ``reproduce`` writes for a target: ``<target>-<profile>[-subsample]``.
+
+    The Markdown and, for figures, the PNG and CSV share it, so runs under other profiles never overwrite them.
+
+    Args:
+        profile: the profile as asked for (its name is used); prof: the resolved profile (its paper subsample).
+    """
     base = profile if isinstance(profile, str) else prof.name
-    name = f"{t.id}-{base}{'-subsample' if prof.paper_subsample else ''}.md"
-    (folder / name).write_text(text, encoding="utf-8")
-    return ReproduceResult(folder / name, text, written, skipped, figure)
+    return f"{t.id}-{base}{'-subsample' if prof.paper_subsample else ''}"
 
 
-def _draw_figure(t: Target, out_dir: Path, folder: Path, prof: Profile) -> list[str]:
-    """Draw a figure target with ``robustbench_zs.figures`` into ``folder``; returns lines for the Markdown.
+def _draw_figure(t: Target, out_dir: Path, folder: Path, prof: Profile, stem: str) -> list[str]:
+    """Draw a figure target with ``robustbench_zs.figures`` into ``folder`` as ``<stem>.png`` and ``<stem>.csv``;
+    returns lines for the Markdown.
 
     The figure functions pick the records of this profile's knobs and of the target's threat (fig4: the threat
-    family, its label without the radius); a figure that cannot be drawn yet (no records) says why in one line.
+    family, its label without the radius; the attack's precision is part of it); a figure that cannot be drawn yet
+    (no records) says why in one line.
     """
     from .. import figures
     from ..leaderboard.build import records_frame
@@ -189,11 +204,16 @@ def _draw_figure(t: Target, out_dir: Path, folder: Path, prof: Profile) -> list[
         spec["methods"] = [m for m in spec["methods"] if m in set(df["method_id"])]
     if df.empty or spec.get("methods") == []:
         return ["Figure not drawn: no records yet."]
-    knobs = {"normalization": prof.normalization, "logit_scale": prof.logit_scale, "prompts": prof.prompts}
+    knobs = {
+        "normalization": prof.normalization,
+        "logit_scale": prof.logit_scale,
+        "prompts": prof.prompts,
+        "paper_subsample": prof.paper_subsample,
+    }
     label = paper_threat(t.attack, float(t.rows[0].eps_255), prof).label
     threat = re.sub(r"\s*ε=\S+/255", "", label).strip() if along_eps else label
     try:
-        paths = fn(df, folder, profile=knobs, threat=threat, **spec)
+        paths = fn(df, folder, profile=knobs, threat=threat, name=stem, **spec)
     except ZSBenchError as e:
         return [f"Figure not drawn: {e}."]
     return [f"Figure: {paths['png']} (its numbers: {paths['csv']})."]
