@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
+from collections.abc import Iterator
+
 
 class ZSBenchError(Exception):
     """A problem with the user's input or environment, with a message that says how to fix it."""
@@ -16,3 +21,45 @@ class UnknownNameError(ZSBenchError, KeyError):
 
 class DatasetNotFoundError(ZSBenchError):
     """A dataset root that is missing or does not have the expected on-disk layout."""
+
+
+#: errno values of a write that the place cannot take: full, over quota (fix: free space), read-only, not permitted
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+NOT_WRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+
+#: what to do instead, per place we write to (the default: the results folder of ``zsbench run``)
+OUT_HINT = "choose another --out"
+
+
+def write_error(path: str | os.PathLike, error: OSError, instead: str = OUT_HINT) -> ZSBenchError:
+    """The one-line error for a write to ``path`` that failed with ``error``.
+
+    ``no space left on device while writing <path>; free space or <instead>`` for a full disk or quota,
+    ``read-only file system while writing <path>; <instead>`` for a read-only or forbidden one
+    (also permission denied / operation not permitted), and ``cannot write <path>: <reason>; <instead>`` otherwise.
+    """
+    code = getattr(error, "errno", None)
+    if code in NO_SPACE or code in NOT_WRITABLE:
+        reason = os.strerror(code).lower()
+        fix = f"free space or {instead}" if code in NO_SPACE else instead
+        return ZSBenchError(f"{reason} while writing {path}; {fix}")
+    reason = error.strerror or str(error) or type(error).__name__
+    return ZSBenchError(f"cannot write {path}: {reason}; {instead}")
+
+
+@contextlib.contextmanager
+def writing(
+    path: str | os.PathLike, *, instead: str = OUT_HINT, cleanup: tuple[str | os.PathLike, ...] = ()
+) -> Iterator[None]:
+    """Run a write to ``path``: on any error the ``cleanup`` files (temporaries) are removed, and an OSError (a full,
+    read-only or forbidden disk, a path through a file...) becomes the one-line :class:`ZSBenchError` of
+    :func:`write_error`; other errors propagate unchanged."""
+    try:
+        yield
+    except BaseException as e:
+        for tmp in cleanup:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise write_error(path, e, instead) from None
+        raise

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
 import robustbench_zs.methods.interpolation  # noqa: F401  (registers the method)
 from robustbench_zs.errors import ZSBenchError
@@ -16,9 +17,12 @@ from robustbench_zs.methods.interpolation import InterpolationConfig, interpolat
 from robustbench_zs.models import ModelSpec, load_model
 from robustbench_zs.train.checkpoint import (
     FORMAT,
+    CorruptCheckpointError,
     apply_visual_state,
+    check_complete,
     checkpoint_identity,
     load_checkpoint,
+    load_state_file,
     load_visual_state,
     save_checkpoint,
 )
@@ -435,3 +439,56 @@ def test_find_checkpoints_matches_training_dataset_config_and_recipe(tmp_path):
     assert find_checkpoints(tmp_path, "pmg_aft", spec, config=no_beta) == [c]  # never a beta = 1 checkpoint
     assert find_checkpoints(tmp_path, "pmg_aft", spec, config=full, recipe={"train_eps_255": 1.0}) == [b, a]
     assert find_checkpoints(tmp_path, "pmg_aft", spec, train_dataset="cifar10") == []
+
+
+# --- whole files: complete or cut short, and full disks ----------------------------------------------------------
+
+
+def _state(src) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone().contiguous() for k, v in src[0].visual.state_dict().items()}
+
+
+def test_check_complete_tells_whole_files_from_cut_ones(src, tmp_path):
+    state = _state(src)
+    files = {"zip": tmp_path / "w.pt", "safetensors": tmp_path / "w.bin", "pickle": tmp_path / "legacy.pt"}
+    torch.save(state, files["zip"])
+    save_file(state, str(files["safetensors"]))
+    torch.save(state, files["pickle"], _use_new_zipfile_serialization=False)
+    for fmt, path in files.items():
+        assert check_complete(path) == fmt
+        cut = tmp_path / f"cut-{path.name}"
+        data = path.read_bytes()
+        cut.write_bytes(data[: len(data) * 2 // 3])
+        with pytest.raises(CorruptCheckpointError, match="truncated or corrupt"):
+            check_complete(cut)
+    # a payload pickle is whole (its bytes are all there): refusing it is the loader's job, and nothing runs here
+    marker = tmp_path / "PAYLOAD_RAN"
+    torch.save({"x": _RunsCode(str(marker))}, tmp_path / "evil.pt")
+    assert check_complete(tmp_path / "evil.pt") == "zip" and not marker.exists()
+    (tmp_path / "page.bin").write_bytes(b'\xef\xbb\xbf<?xml version="1.0"?><Error>AccessDenied</Error>')
+    with pytest.raises(ZSBenchError, match="web page"):
+        check_complete(tmp_path / "page.bin")
+
+
+def test_load_state_file_understands_open_clip_layouts(src, tmp_path):
+    state = _state(src)
+    torch.save({"epoch": 1, "state_dict": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "epoch_1.pt")
+    loaded, info = load_state_file(tmp_path / "epoch_1.pt")
+    assert info["stripped_prefixes"] == ["module."] and info["format"] == "state_dict[state_dict]"
+    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line(src, tmp_path, monkeypatch):
+    import safetensors
+    import safetensors.torch
+
+    def no_space(tensors, filename, metadata=None):  # what safetensors raises on a full disk
+        with open(filename, "wb") as f:
+            f.write(b"partial")
+        raise safetensors.SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", no_space)
+    with pytest.raises(ZSBenchError) as err:
+        save_checkpoint(tmp_path / "ck", _state(src), {"method": "x"})
+    assert _one_line(err).startswith("no space left on device while writing") and "free space" in str(err.value)
+    assert not list((tmp_path / "ck").iterdir()), "the temporary weights file is removed"

@@ -1,15 +1,21 @@
 """Hostile and broken inputs: each one answered with one clear line and exit code 2 (docs/bad_inputs.md lists them).
 
-Every case here has a row in docs/bad_inputs.md with the same input description, so the table cannot fall behind.
+Every case here has a row in docs/bad_inputs.md with the same input description, and every row of that table is a
+case here (or one of the listed extras), so the table and the tests cannot drift apart.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import errno
 import json
 import os
 import pickle
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +24,7 @@ import torch
 from robustbench_zs.cli import main
 from robustbench_zs.datasets.fixtures import WRITERS
 from robustbench_zs.models import ModelSpec, load_model
+from robustbench_zs.results import RecordStore, validate
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "bad_inputs.md"
 SMOKE = ["run", "--preset", "smoke", "--n", "16"]
@@ -87,6 +94,14 @@ def _dataset_case(kind: str):
     return setup
 
 
+def _pretrained_payload(tmp: Path) -> list[str]:
+    path = tmp / "evil-clip.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"visual.proj": _Payload(str(tmp / "PAYLOAD_RAN"))}, f)
+    tiny = ["--arch", "zsbench-tiny", "--pretrained", str(path), "--device", "cpu", "--no-progress"]
+    return ["run", *tiny, "--datasets", "synthetic", "--n", "8", "--attack", "none"]
+
+
 def _out_is_a_file(tmp: Path) -> list[str]:
     (tmp / "file").write_text("x")
     return [*SMOKE, "--out", str(tmp / "file" / "results")]
@@ -104,8 +119,14 @@ CASES = [
     ("eps over 255", lambda t: [*SMOKE, "--eps", "300"], "--eps 300 is over 255"),
     ("zero steps", lambda t: [*SMOKE, "--steps", "0"], "--steps 0 must be at least 1"),
     ("steps not an integer", lambda t: [*SMOKE, "--steps", "ten"], "--steps 'ten' is not an integer"),
+    ("eps nan", lambda t: [*SMOKE, "--eps", "nan"], "--eps nan is negative or not finite"),
+    ("eps inf", lambda t: [*SMOKE, "--eps", "inf"], "--eps inf is negative or not finite"),
+    ("negative steps", lambda t: [*SMOKE, "--steps", "-1"], "--steps -1 must be at least 1"),
     ("zero images", lambda t: [*SMOKE, "--n", "0"], "--n 0 must be at least 1"),
+    ("images not an integer", lambda t: [*SMOKE, "--n", "abc"], "--n 'abc' is not an integer"),
+    ("zero batch size", lambda t: [*SMOKE, "--batch-size", "0"], "--batch-size 0 must be at least 1"),
     ("negative batch size", lambda t: [*SMOKE, "--batch-size", "-3"], "--batch-size -3 must be at least 1"),
+    ("batch size not an integer", lambda t: [*SMOKE, "--batch-size", "x"], "--batch-size 'x' is not an integer"),
     ("steps with AutoAttack", lambda t: [*SMOKE, "--attack", "autoattack", "--steps", "5"], "--steps has no effect"),
     ("bf16 AutoAttack", lambda t: [*SMOKE, "--attack", "autoattack", "--attack-precision", "bf16"], "fp32 only"),
     ("missing dataset folder", _dataset_case("missing"), "CIFAR-10 not found"),
@@ -117,6 +138,7 @@ CASES = [
     ("wrong-architecture checkpoint", _checkpoint_case("wrong architecture"), "another architecture"),
     ("pickle-payload checkpoint", _checkpoint_case("pickle payload"), "refusing"),
     ("web page saved as a checkpoint", _checkpoint_case("html page"), "is a web page, not weights"),
+    ("pickle-payload --pretrained file", _pretrained_payload, "refusing"),
     ("output folder under a file", _out_is_a_file, "cannot write to output directory"),
     ("--device cuda without a GPU", lambda t: [*SMOKE, "--device", "cuda"], "no CUDA GPU is visible"),
     ("leaderboard of an empty folder", lambda t: ["leaderboard", "--out", str(t / "none")], "no records under"),
@@ -143,37 +165,199 @@ def test_bad_input_gives_one_line_and_exit_2(tmp_path, capsys, monkeypatch, name
     assert not (tmp_path / "PAYLOAD_RAN").exists(), "the checkpoint's payload ran"
 
 
-def test_a_full_disk_is_one_line(tmp_path, capsys, monkeypatch):
+# --- disks that cannot take a write ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _tmpfs(folder: Path, *options: str):
+    """A real 64 kB file system at ``folder`` (tmpfs; needs root): full and read-only disks without any mocking."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.name != "posix" or os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root and mount(8)")
+    opts = ",".join(("size=64k", *options))
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(folder)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
+    try:
+        yield folder
+    finally:
+        if subprocess.run(["umount", str(folder)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def _fill(folder: Path) -> None:
+    """Write a file until the disk is full."""
+    with open(folder / "filler", "wb", buffering=0) as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * 4096)
+
+
+def _temps(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if "tmp" in p.name]
+
+
+#: (input, which folder is on the small disk, full or read-only, a fragment of the expected line)
+DISK_CASES = [
+    ("full output disk", "out", "full", "no space left on device while writing"),
+    ("read-only output disk", "out", "ro", "Read-only file system; pass --out DIR with a writable folder"),
+    ("full cache disk", "cache", "full", "no space left on device while writing"),
+    ("read-only cache disk", "cache", "ro", "read-only file system while writing"),
+]
+RUN_ON_DISK = ["run", *TINY, "--datasets", "synthetic", "--n", "32"]
+
+
+@pytest.mark.parametrize("name, where, how, expected", DISK_CASES, ids=[c[0] for c in DISK_CASES])
+def test_a_real_full_or_read_only_disk_is_one_line(tmp_path, capsys, monkeypatch, name, where, how, expected):
+    with _tmpfs(tmp_path / "disk", *(["ro"] if how == "ro" else [])) as disk:
+        if how == "full":
+            _fill(disk)
+        out = disk / "results" if where == "out" else tmp_path / "results"
+        if where == "cache":
+            monkeypatch.setenv("ZSBENCH_CACHE", str(disk))
+        code = main([*RUN_ON_DISK, "--out", str(out)])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and "\n" not in err and "Traceback" not in err, err
+        assert err.startswith("zsbench: error: ") and expected in err, err
+        fix = "ZSBENCH_CACHE" if where == "cache" else "--out"
+        assert fix in err, err
+        assert not _temps(disk), "a temporary file was left behind"
+
+
+def test_a_tensor_cache_on_a_full_disk_is_one_line_not_a_crash(tmp_path):
+    """The decoded-image cache fills a sparse file: written through a memory map, a full disk would kill the process
+    with SIGBUS; it must end with one line instead (run in a subprocess, so a crash cannot take pytest with it)."""
+    with _tmpfs(tmp_path / "disk") as disk:  # 64 kB: the text head fits, the 32 decoded images (96 kB) do not
+        env = {**os.environ, "ZSBENCH_CACHE": str(disk), "OMP_NUM_THREADS": "1"}
+        argv = [*RUN_ON_DISK, "--attack", "none", "--out", str(tmp_path / "results")]
+        done = subprocess.run(
+            [sys.executable, "-m", "robustbench_zs", *argv], capture_output=True, text=True, env=env, timeout=120
+        )
+        err = done.stderr.strip()
+        assert done.returncode == 2, (done.returncode, err)
+        assert "\n" not in err and "no space left on device while writing" in err and "images.u8" in err, err
+        assert "--no-tensor-cache" in err
+        assert not _temps(disk)
+
+
+def test_a_full_disk_while_writing_a_record_is_one_line(tmp_path, capsys, monkeypatch):
+    """The record's own write (JSON to a temporary file, fsync, rename) fails: only that fsync is patched."""
     import robustbench_zs.results.store as store
 
-    def no_space(*args, **kwargs):
+    def no_space(f) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(store.os, "fsync", no_space)
-    code = main([*SMOKE, "--attack", "none", "--out", str(tmp_path / "r")])
+    monkeypatch.setattr(store, "_sync", no_space)
+    out = tmp_path / "r"
+    code = main([*SMOKE, "--attack", "none", "--out", str(out)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("zsbench: error: no space left on device while writing") and "\n" not in err
-    assert not list((tmp_path / "r").rglob("*.tmp")), "the temporary file is removed"
+    assert ".json; free space or choose another --out" in err
+    assert not _temps(out), "the temporary file is removed"
+    assert not list((out / "records").rglob("clean-*.json")), "no record was written"
 
 
-def test_a_record_edited_into_invalid_json_is_skipped_by_the_leaderboard(tmp_path, capsys):
+# --- hand-edited records ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """A results folder with a clean and a PGD record (made once for the module)."""
+    tmp = tmp_path_factory.mktemp("results")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ZSBENCH_CACHE", str(tmp / "cache"))
+        assert main([*SMOKE, "--eps", "1", "--steps", "2", "--out", str(tmp / "out")]) == 0
+    return tmp / "out"
+
+
+def _edit(change):
+    def apply(path: Path) -> None:
+        record = json.loads(path.read_text())
+        change(record)
+        path.write_text(json.dumps(record))
+
+    return apply
+
+
+def _replace(text: str):
+    return lambda path: path.write_text(text)
+
+
+#: (input, what is done to the PGD record file, a fragment of the warning)
+RECORD_CASES = [
+    ("record edited into invalid JSON", _replace('{"schema_version": 1, "result": '), "Expecting value"),
+    ("record with a text accuracy", _edit(lambda r: r["result"].update(accuracy="high")), "'result.accuracy'"),
+    ("record with a NaN accuracy", _edit(lambda r: r["result"].update(accuracy=float("nan"))), "'result.accuracy'"),
+    ("record with a numeric dataset id", _edit(lambda r: r["dataset"].update(id=3)), "'dataset.id'"),
+    ("record with a text confidence interval", _edit(lambda r: r["result"].update(ci95="0-1")), "'result.ci95'"),
+    (
+        "record with a damaged per-example payload",
+        _edit(lambda r: r["result"]["per_example"].update(data=[1, 0])),
+        "'result.per_example.data'",
+    ),
+    ("record with profile knobs not an object", _edit(lambda r: r.update(profile="clip")), "'profile'"),
+    ("record missing a field", _edit(lambda r: r["dataset"].pop("indices_sha256")), "'dataset.indices_sha256'"),
+    ("record that is a JSON list", _replace("[1, 2, 3]"), "not a JSON object but a list"),
+    ("empty record file", _replace(""), "Expecting value"),
+    ("record nested too deeply", _replace("[" * 100_000), "nested too deeply"),
+]
+
+
+@pytest.mark.parametrize("name, damage, expected", RECORD_CASES, ids=[c[0] for c in RECORD_CASES])
+def test_a_hand_edited_record_is_skipped_by_the_leaderboard(results, tmp_path, capsys, name, damage, expected):
     out = tmp_path / "r"
-    assert main([*SMOKE, "--out", str(out)]) == 0
+    shutil.copytree(results, out)
     victim = next((out / "records").rglob("pgd-*.json"))
-    victim.write_text('{"schema_version": 1, "result": ')
+    damage(victim)
+    with pytest.raises(ValueError, match=re.escape(expected)):  # json's own errors are ValueErrors too
+        RecordStore.read_path(victim)
     capsys.readouterr()
     assert main(["leaderboard", "--out", str(out)]) == 0
     err = capsys.readouterr().err
-    assert f"skipping invalid record {victim}" in err
-    # and a run in the same folder recomputes it rather than trusting the broken file
-    assert main([*SMOKE, "--out", str(out)]) == 0
-    assert json.loads(victim.read_text())["result"]["n"] == 16
+    (line,) = [x for x in err.splitlines() if x.strip()]
+    assert line.startswith(f"zsbench: warning: skipping invalid record {victim}: ") and expected in line, err
+    rows = (out / "records.csv").read_text().strip().splitlines()
+    assert len(rows) == 2, "the clean record is still on the leaderboard"
 
 
-def test_the_docs_table_lists_every_case():
+def test_a_run_recomputes_a_record_edited_into_invalid_json(results, tmp_path):
+    out = tmp_path / "r"
+    shutil.copytree(results, out)
+    victim = next((out / "records").rglob("pgd-*.json"))
+    good = json.loads(victim.read_text())["result"]
+    victim.write_text('{"schema_version": 1, "result": ')
+    assert main([*SMOKE, "--eps", "1", "--steps", "2", "--out", str(out)]) == 0
+    assert json.loads(victim.read_text())["result"] == good
+
+
+def test_a_validated_record_round_trips_and_every_reader_field_is_typed(results):
+    record = json.loads(next((results / "records").rglob("pgd-*.json")).read_text())
+    assert validate(copy.deepcopy(record)) == record
+    for field in ("result.n", "dataset.n_total", "attack.eps_255", "seed"):
+        broken = copy.deepcopy(record)
+        *parents, last = field.split(".")
+        node = broken
+        for part in parents:
+            node = node[part]
+        node[last] = "1"
+        with pytest.raises(ValueError, match=re.escape(f"'{field}'")):
+            validate(broken)
+
+
+# --- the table in docs/bad_inputs.md -------------------------------------------------------------------------------
+
+#: rows of the table tested elsewhere: (row, the test)
+EXTRAS = {"full disk while writing a record": "test_a_full_disk_while_writing_a_record_is_one_line"}
+EXTRAS["tensor cache on a full disk"] = "test_a_tensor_cache_on_a_full_disk_is_one_line_not_a_crash"
+
+
+def test_the_docs_table_and_the_cases_match_both_ways():
     text = DOC.read_text(encoding="utf-8")
-    rows = {m.group(1) for m in re.finditer(r"^\| ([^|]+?) \|", text, flags=re.M)}
-    for name, _, _ in CASES:
-        assert name in rows, f"docs/bad_inputs.md has no row for {name!r}"
-    for extra in ("full output disk", "record edited into invalid JSON"):
-        assert extra in rows
+    rows = [m.group(1) for m in re.finditer(r"^\| ([^|]+?) \|", text, flags=re.M)]
+    rows = [r for r in rows if r not in ("input", "---")]
+    tested = [c[0] for c in CASES] + [c[0] for c in DISK_CASES] + [c[0] for c in RECORD_CASES] + list(EXTRAS)
+    assert len(tested) == len(set(tested)), "two cases share a name"
+    assert len(rows) == len(set(rows)), "two rows of docs/bad_inputs.md share a name"
+    assert sorted(set(tested) - set(rows)) == [], "cases without a row in docs/bad_inputs.md"
+    assert sorted(set(rows) - set(tested)) == [], "rows of docs/bad_inputs.md that no test tries"
+    for test in EXTRAS.values():
+        assert callable(globals()[test])

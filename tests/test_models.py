@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pickle
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 
 from robustbench_zs.errors import ZSBenchError
 from robustbench_zs.models import NORMALIZATIONS, HeadKnobs, ModelSpec, ZeroShotClassifier, load_model
@@ -105,3 +109,69 @@ def test_pickle_payload_checkpoint_is_refused_and_never_runs(tmp_path):
     with pytest.raises(ZSBenchError, match="refusing .*arbitrary unpickling"):
         load_model(ModelSpec("zsbench-tiny", str(path)))
     assert not marker.exists()
+
+
+def test_a_plain_pickle_payload_as_pretrained_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.bin"
+    with open(path, "wb") as f:  # a legacy pickle, not torch's zip archive
+        pickle.dump({"visual.proj": _Payload(marker)}, f)
+    with pytest.raises(ZSBenchError, match="refusing .*io.open.*arbitrary unpickling"):
+        load_model(ModelSpec("zsbench-tiny", str(path)))
+    assert not marker.exists()
+
+
+def test_pretrained_files_are_read_by_our_safe_loader_not_open_clip(tiny, tmp_path, monkeypatch):
+    """Whatever open_clip's version and its torch.load default: its loader is never used for a local file, and the
+    only torch.load is weights_only=True."""
+    import open_clip
+    from open_clip import factory
+
+    def not_this(*a, **k):
+        raise AssertionError("open_clip's checkpoint loader was used")
+
+    monkeypatch.setattr(factory, "load_checkpoint", not_this)
+    monkeypatch.setattr(open_clip, "load_checkpoint", not_this, raising=False)
+    real_load = torch.load
+    weights_only = []
+
+    def spy(*args, **kwargs):
+        weights_only.append(kwargs.get("weights_only"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    path = tmp_path / "tiny.pt"
+    torch.save(tiny.model.state_dict(), path)
+    assert load_model(ModelSpec("zsbench-tiny", str(path))).weights_sha256 == tiny.weights_sha256
+    assert weights_only == [True]
+
+
+def _layouts(tiny, tmp_path) -> dict[str, Path]:
+    sd = {k: v.clone() for k, v in tiny.model.state_dict().items()}
+    files = {}
+    files["torch.save"] = tmp_path / "plain.pt"
+    torch.save(sd, files["torch.save"])
+    files["open_clip training checkpoint"] = tmp_path / "epoch_3.pt"
+    torch.save(
+        {"epoch": 3, "name": "run", "state_dict": {f"module.{k}": v for k, v in sd.items()}}, tmp_path / "epoch_3.pt"
+    )
+    files["safetensors"] = tmp_path / "model.safetensors"
+    save_file(sd, str(files["safetensors"]))
+    files["safetensors without the suffix"] = tmp_path / "model.bin"
+    save_file(sd, str(files["safetensors without the suffix"]))
+    return files
+
+
+def test_torch_save_and_safetensors_give_the_same_weights(tiny, tmp_path):
+    for layout, path in _layouts(tiny, tmp_path).items():
+        loaded = load_model(ModelSpec("zsbench-tiny", str(path)))
+        assert loaded.weights_sha256 == tiny.weights_sha256, layout
+        assert loaded.checkpoint_sha256 == sha256_file(path), layout
+
+
+def test_a_pretrained_file_of_another_architecture_is_one_line(tmp_path):
+    other = load_model(ModelSpec("zsbench-tiny-rn", "random")).model.state_dict()
+    path = tmp_path / "rn.safetensors"
+    save_file({k: v.contiguous() for k, v in other.items()}, str(path))
+    with pytest.raises(ZSBenchError, match="could not load .* into zsbench-tiny .*expected an open_clip checkpoint"):
+        load_model(ModelSpec("zsbench-tiny", str(path)))

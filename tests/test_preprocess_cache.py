@@ -110,6 +110,15 @@ def test_cache_fills_only_requested_rows_and_rereads_nothing(tiny_data, tmp_path
     unfilled = next(i for i in range(len(data)) if i not in set(sub.indices))
     with pytest.raises(IndexError):
         cached[unfilled]
+    # training batches: one gather, the same rows and labels in the order asked for
+    order = sub.indices[::-1][:7]
+    images, labels = cached.take(order)
+    assert images.dtype == torch.uint8 and images.shape == (7, *cached[int(order[0])][0].shape)
+    assert all(
+        torch.equal(images[k], cached[int(i)][0]) and labels[k] == cached[int(i)][1] for k, i in enumerate(order)
+    )
+    with pytest.raises(IndexError, match="not in the tensor cache"):
+        cached.take([int(order[0]), unfilled])
 
     opened.clear()
     data2 = spec.loader(tiny_data, "val")  # a fresh process would reload the split: listing files, no decoding

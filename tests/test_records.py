@@ -200,15 +200,15 @@ def test_interrupted_evaluation_resumes_with_the_same_per_example_results(tmp_pa
     def use(run_fn) -> None:
         monkeypatch.setitem(ATTACKS._entries, "pgd", dataclasses.replace(ATTACKS.get("pgd"), run=run_fn))
 
-    def interrupted(model, x, y, threats, seeds):
+    def interrupted(model, x, y, threats, seeds, **kwargs):
         attacked["batches"] += 1
         if attacked["batches"] == 4:
             raise KeyboardInterrupt
-        return real(model, x, y, threats, seeds)
+        return real(model, x, y, threats, seeds, **kwargs)
 
-    def counting(model, x, y, threats, seeds):
+    def counting(model, x, y, threats, seeds, **kwargs):
         attacked["images"] += len(x)
-        return real(model, x, y, threats, seeds)
+        return real(model, x, y, threats, seeds, **kwargs)
 
     use(interrupted)
     assert main([*base, "--out", str(tmp_path / "b")]) == 130

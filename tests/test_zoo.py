@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import errno
 import hashlib
 import json
 import os
@@ -30,7 +31,11 @@ ARCH = "zsbench-tiny"
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """Serves the server's ``root`` folder; honours ``Range: bytes=N-`` unless ``server.honour_range`` is False."""
+    """Serves the server's ``root`` folder; honours ``Range: bytes=N-`` unless ``server.honour_range`` is False.
+
+    ``send_length`` False leaves out Content-Length (the body ends when the connection closes), ``cut_after`` sends
+    only that many bytes, and ``range_body`` is sent instead of the rest of the file to a range request.
+    """
 
     def do_GET(self):  # noqa: N802 (http.server's name)
         srv = self.server
@@ -52,10 +57,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         else:
             self.send_response(200)
-        self.send_header("Content-Type", srv.content_types.get(self.path, "application/octet-stream"))
-        self.send_header("Content-Length", str(len(data) - start))
-        self.end_headers()
         body = data[start:]
+        if start and srv.range_body is not None:  # answer a range request with something else (an error page)
+            body = srv.range_body
+        self.send_header("Content-Type", srv.content_types.get(self.path, "application/octet-stream"))
+        if srv.send_length:
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
         if srv.cut_after is not None:  # announce the whole length, send part of it, hang up
             body = body[: srv.cut_after]
         self.wfile.write(body)
@@ -72,6 +80,7 @@ def server(tmp_path):
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     srv.root, srv.requests, srv.sent, srv.content_types = root, [], [], {}
     srv.honour_range, srv.cut_after = True, None
+    srv.send_length, srv.range_body = True, None
     srv.url = f"http://127.0.0.1:{srv.server_address[1]}"
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
@@ -325,6 +334,99 @@ def test_mirror_points_every_url_at_a_local_server(server, zoo, models, tiny_sta
     rc, out, _ = _run(capsys, "models", "download", "tiny-mirror")
     assert rc == 0 and f"{server.url}/tiny-mirror/w.bin" in out
     assert (models / "zoo" / "tiny-mirror" / "tiny-mirror.bin").read_bytes() == data
+
+
+def test_an_xml_error_page_is_not_stored(server, zoo, models, capsys):
+    page = b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code><Message>Request has expired'
+    page += b"</Message></Error>\n"
+    url = _serve(server, "tiny-xml", "w.bin", page)  # served as application/octet-stream, as S3 does
+    zoo(_entry("tiny-xml", Source(url, "w.bin", "open_clip")))
+    rc, _, err = _run(capsys, "models", "download", "tiny-xml")
+    assert rc == 2 and "HTML page" in _error_line(err)
+    folder = models / "zoo" / "tiny-xml"
+    assert not folder.exists() or not any(folder.iterdir())
+
+
+def test_an_html_page_sent_for_the_rest_of_a_resumed_download(server, zoo, models, tiny_state, tmp_path, capsys):
+    data = _bin(tiny_state, tmp_path)
+    url = _serve(server, "tiny-resume-html", "w.bin", data)
+    zoo(_entry("tiny-resume-html", Source(url, "w.bin", "open_clip")))
+    server.cut_after = 100_000
+    assert _run(capsys, "models", "download", "tiny-resume-html")[0] == 2
+    server.cut_after = None
+    server.range_body = b"\n\n<!DOCTYPE html><html><body>Bandwidth quota exceeded</body></html>"
+    rc, _, err = _run(capsys, "models", "download", "tiny-resume-html")
+    line = _error_line(err)
+    assert rc == 2 and "HTML page" in line and "resumed part" in line
+    folder = models / "zoo" / "tiny-resume-html"
+    assert not folder.exists() or not any(folder.iterdir()), "nothing of the page (or before it) is kept"
+
+
+@pytest.mark.parametrize("fmt", ["torch.save", "safetensors"])
+def test_a_download_cut_short_without_content_length_is_not_accepted(
+    server, zoo, models, tiny_state, tmp_path, capsys, fmt
+):
+    """No Content-Length and no published sha256: only the file's own structure can tell it is cut short."""
+    if fmt == "torch.save":
+        data = _bin(tiny_state, tmp_path)
+    else:
+        save_file(tiny_state, str(tmp_path / "w.safetensors"))
+        data = (tmp_path / "w.safetensors").read_bytes()
+    url = _serve(server, "tiny-nolength", "w.bin", data)
+    zoo(_entry("tiny-nolength", Source(url, "w.bin", "open_clip")))
+    server.send_length, server.cut_after = False, 100_000
+    rc, _, err = _run(capsys, "models", "download", "tiny-nolength")
+    line = _error_line(err)
+    assert rc == 2 and "the download ended at 100000 bytes but the file is not complete" in line, line
+    folder = models / "zoo" / "tiny-nolength"
+    assert not (folder / "tiny-nolength.bin").exists() and not (folder / "source.json").exists()
+    assert (folder / "tiny-nolength.bin.part").stat().st_size == 100_000  # kept: the next call resumes it
+
+    server.cut_after = None
+    rc, out, _ = _run(capsys, "models", "download", "tiny-nolength")
+    assert rc == 0 and "resumed at byte 100000" in out
+    assert (folder / "tiny-nolength.bin").read_bytes() == data
+
+
+@pytest.mark.parametrize("published", [True, False])
+def test_a_zoo_file_changed_after_download_is_refused_when_used(
+    server, zoo, models, tiny_state, tmp_path, capsys, published
+):
+    data = _bin(tiny_state, tmp_path)
+    url = _serve(server, "tiny-changed", "w.bin", data)
+    digest = hashlib.sha256(data).hexdigest() if published else None
+    zoo(_entry("tiny-changed", Source(url, "w.bin", "open_clip", sha256=digest)))
+    assert _run(capsys, "models", "download", "tiny-changed")[0] == 0
+    stored = models / "zoo" / "tiny-changed" / "tiny-changed.bin"
+    assert store.resolve_zoo_checkpoint("zoo:tiny-changed") == stored
+    raw = bytearray(stored.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # same size: the size check alone passes it
+    stored.write_bytes(bytes(raw))
+    expected = "does not match the published" if published else "recorded in its source.json"
+    with pytest.raises(ZSBenchError, match=f"sha256 .*{expected}.*zsbench models download tiny-changed --force"):
+        store.resolve_zoo_checkpoint("zoo:tiny-changed")
+    run = ["run", "--preset", "smoke", "--methods", "fare", "--checkpoint", "fare=zoo:tiny-changed", "--n", "8"]
+    rc, _, err = _run(capsys, *run, "--attack", "none", "--out", str(tmp_path / "r"))
+    assert rc == 2 and expected in _error_line(err)
+
+
+def test_a_full_models_disk_keeps_the_partial_download(server, zoo, models, tiny_state, tmp_path, capsys, monkeypatch):
+    from robustbench_zs.zoo import fetch
+
+    data = _bin(tiny_state, tmp_path)
+    url = _serve(server, "tiny-full", "w.bin", data)
+    zoo(_entry("tiny-full", Source(url, "w.bin", "open_clip")))
+    real_stream = fetch._stream
+
+    def full_after_some(resp, part, offset, *args):
+        real_stream(resp, part, offset, *args)  # the whole body, then the disk is full at the fsync
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(fetch, "_stream", full_after_some)
+    rc, _, err = _run(capsys, "models", "download", "tiny-full")
+    line = _error_line(err)
+    assert rc == 2 and "no space left on device while writing" in line and "--models-dir" in line, line
+    assert (models / "zoo" / "tiny-full" / "tiny-full.bin.part").is_file()
 
 
 # --- safe loading -------------------------------------------------------------------------------------------------

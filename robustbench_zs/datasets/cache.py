@@ -26,13 +26,15 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data import Subset as TorchSubset
 from tqdm.auto import tqdm
 
-from ..errors import ZSBenchError
+from ..errors import ZSBenchError, writing
 from .files import FileImageDataset
 from .preprocess import Preprocess, PreprocessedDataset
 from .spec import DatasetSpec, ImageDataset
 
 CACHE_FORMAT = 1
 CHUNK = 512
+#: what to do when the cache cannot be written (a full, read-only or forbidden disk)
+CACHE_HINT = "set ZSBENCH_CACHE to another folder or run with --no-tensor-cache"
 
 
 def cache_key(spec: DatasetSpec, split: str, data: ImageDataset, preprocess: Preprocess) -> str:
@@ -72,12 +74,24 @@ class CachedImages(Dataset):
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_mm": None}
 
+    def _map(self) -> np.memmap:
+        if self._mm is None:
+            self._mm = np.memmap(self.folder / "images.u8", dtype=np.uint8, mode="r", shape=self.shape)
+        return self._mm
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         if not self.filled[i]:
             raise IndexError(f"image {i} is not in the tensor cache {self.folder}")
-        if self._mm is None:
-            self._mm = np.memmap(self.folder / "images.u8", dtype=np.uint8, mode="r", shape=self.shape)
-        return torch.from_numpy(np.array(self._mm[i])), int(self.labels[i])
+        return torch.from_numpy(np.array(self._map()[i])), int(self.labels[i])
+
+    def take(self, indices: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        """Rows ``indices`` as one (N, 3, H, W) uint8 tensor and their labels: one gather from the memory map, for
+        training batches (the same images as ``[self[i] for i in indices]``, without a copy per image)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        missing = indices[~self.filled[indices]]
+        if len(missing):
+            raise IndexError(f"image {int(missing[0])} is not in the tensor cache {self.folder}")
+        return torch.from_numpy(self._map()[indices]), self.labels[indices]
 
 
 class TensorCache:
@@ -106,9 +120,10 @@ class TensorCache:
 
     def _create(self, folder: Path, key: str, shape: list[int], meta: dict) -> tuple[np.ndarray, np.ndarray]:
         shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / "images.u8", "wb") as f:
-            f.truncate(int(np.prod(shape)))  # sparse: rows cost disk space only once written
+        with writing(folder / "images.u8", instead=CACHE_HINT):
+            folder.mkdir(parents=True, exist_ok=True)
+            with open(folder / "images.u8", "wb") as f:
+                f.truncate(int(np.prod(shape)))  # sparse: rows cost disk space only once written
         labels = np.full(shape[0], -1, dtype=np.int64)
         filled = np.zeros(shape[0], dtype=bool)
         _save_npy(folder / "labels.npy", labels)
@@ -161,32 +176,43 @@ class TensorCache:
         }
 
     def _fill(self, folder, shape, labels, filled, source, todo, workers, progress) -> None:
-        mm = np.memmap(folder / "images.u8", dtype=np.uint8, mode="r+", shape=tuple(shape))
+        # rows go in with pwrite, not through a writable memory map: on a full disk a write into a mapped sparse file
+        # kills the process with SIGBUS, while pwrite fails with ENOSPC, which becomes a one-line error
+        images = folder / "images.u8"
+        row_bytes = int(np.prod(shape[1:]))
         loader = DataLoader(TorchSubset(source, todo.tolist()), batch_size=64, num_workers=workers)
         pos = 0
         pending = 0
+        with writing(images, instead=CACHE_HINT):
+            fd = os.open(images, os.O_WRONLY)
         try:
             bar = tqdm(total=len(todo), desc=f"decode {folder.name[:8]}", unit="img", disable=_disabled(progress))
-            for images, ys in loader:
+            for batch, ys in loader:
                 rows = todo[pos : pos + len(ys)]
-                mm[rows] = images.numpy()
+                block = np.ascontiguousarray(batch.numpy(), dtype=np.uint8).reshape(len(ys), row_bytes)
+                with writing(images, instead=CACHE_HINT):
+                    for row, data in zip(rows, block, strict=True):
+                        _pwrite_all(fd, data.tobytes(), int(row) * row_bytes)
                 labels[rows] = ys.numpy()
                 pos += len(ys)
                 pending += len(ys)
                 bar.update(len(ys))
                 if pending >= CHUNK:
-                    self._commit(folder, mm, labels, filled, todo[:pos])
+                    self._commit(folder, fd, labels, filled, todo[:pos])
                     pending = 0
             bar.close()
         finally:
-            if pos:
-                self._commit(folder, mm, labels, filled, todo[:pos])
-            del mm
+            try:
+                if pos:
+                    self._commit(folder, fd, labels, filled, todo[:pos])
+            finally:
+                os.close(fd)
 
     @staticmethod
-    def _commit(folder: Path, mm: np.memmap, labels: np.ndarray, filled: np.ndarray, done: np.ndarray) -> None:
+    def _commit(folder: Path, fd: int, labels: np.ndarray, filled: np.ndarray, done: np.ndarray) -> None:
         """Flush the written rows, then mark them filled (merging rows another process may have filled meanwhile)."""
-        mm.flush()
+        with writing(folder / "images.u8", instead=CACHE_HINT):
+            os.fsync(fd)
         filled[done] = True
         try:
             on_disk = np.load(folder / "filled.npy", allow_pickle=False)
@@ -201,17 +227,26 @@ class TensorCache:
         _save_npy(folder / "filled.npy", filled)
 
 
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
 def _disabled(progress: bool | None) -> bool | None:
     return None if progress is None else not progress
 
 
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    with writing(path, instead=CACHE_HINT, cleanup=(tmp,)):
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
-    np.save(tmp, arr, allow_pickle=False)
-    os.replace(tmp, path)
+    with writing(path, instead=CACHE_HINT, cleanup=(tmp,)):
+        np.save(tmp, arr, allow_pickle=False)
+        os.replace(tmp, path)

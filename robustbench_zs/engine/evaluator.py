@@ -20,6 +20,8 @@ from ..attacks.pgd import eval_mode_no_param_grad
 from ..attacks.sanity import zero_gradient_mask
 from ..datasets.spec import ImageDataset
 from ..datasets.subset import Subset, select_subset
+from ..errors import writing
+from ..results.store import remove_stale_temps
 
 SEED_STRIDE = 1_000_003
 
@@ -42,6 +44,9 @@ class _State:
     @classmethod
     def open(cls, path: Path | None, indices: np.ndarray, slugs: list[str]) -> _State:
         st = cls(path, indices, slugs)
+        if path is not None:
+            # what a killed process left while writing this file (the pid in its name is no longer running)
+            remove_stale_temps(Path(path).parent, min_age_s=0, prefix=f".{Path(path).stem}.", recursive=False)
         if path is None or not Path(path).is_file():
             return st
         try:
@@ -65,10 +70,11 @@ class _State:
         return st
 
     def save(self) -> None:
+        """Write the progress file atomically (temporary file, then rename). A full, read-only or forbidden disk is a
+        one-line :class:`~robustbench_zs.errors.ZSBenchError`; the temporary file never stays behind."""
         if self.path is None:
             return
         path = Path(self.path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
         arrays = {}
         for i, s in enumerate(self.slugs):
@@ -76,17 +82,19 @@ class _State:
             arrays[f"above_{i}"] = self.above_clean[s]
             for j, c in enumerate(self.info.get(s, {}).get("components", [])):
                 arrays[f"comp_{i}_{j}"] = self.components[s][c]
-        np.savez(
-            tmp,
-            indices=self.indices,
-            slugs=np.array(self.slugs),
-            done=self.done,
-            clean=self.clean,
-            zero_grad=self.zero_grad,
-            info=np.array(json.dumps(self.info)),
-            **arrays,
-        )
-        os.replace(tmp, path)
+        with writing(path, cleanup=(tmp,)):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(
+                tmp,
+                indices=self.indices,
+                slugs=np.array(self.slugs),
+                done=self.done,
+                clean=self.clean,
+                zero_grad=self.zero_grad,
+                info=np.array(json.dumps(self.info)),
+                **arrays,
+            )
+            os.replace(tmp, path)
 
     def add_report(self, slug: str, pos: np.ndarray, entry: dict) -> None:
         """Merge one batch's AutoAttack report: per-component masks at ``pos``, and what ran (the same per batch)."""
@@ -214,11 +222,11 @@ def evaluate(
             for t in threats:
                 entry = ATTACKS.get(t.name)
                 report: dict | None = {} if entry.reports else None
+                kwargs: dict = {} if report is None else {"report": report}
+                if entry.takes_clean:
+                    kwargs["clean"] = correct  # the clean pass above: the attack skips its own
                 t0 = time.perf_counter()
-                if report is None:
-                    robust = entry.run(classifier, x, y, [t], seeds)[t]
-                else:
-                    robust = entry.run(classifier, x, y, [t], seeds, report=report)[t]
+                robust = entry.run(classifier, x, y, [t], seeds, **kwargs)[t]
                 _sync(device)
                 seconds[t.slug] += time.perf_counter() - t0
                 state.robust[t.slug][pos] = (robust & correct).cpu().numpy()

@@ -6,7 +6,6 @@ import contextlib
 import io
 import logging
 import os
-import pickle
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,44 +140,38 @@ def load_model(spec: ModelSpec, device: torch.device | str = "cpu", cache_dir: s
     """Build the model in fp32 on ``device`` in eval mode, with every weight hashed for the records."""
     kind, tag_cfg = resolve_spec(spec)
     checkpoint_sha = None
-    kwargs: dict = {}
     if kind == "random":
         source = RANDOM
         with torch.random.fork_rng(devices=[]), _quiet_root_logger():
             torch.manual_seed(spec.init_seed)
             model = open_clip.create_model(spec.arch, pretrained=None, device="cpu")
-    else:
-        if kind == "tag":
-            try:
-                path = open_clip.download_pretrained(tag_cfg, cache_dir=cache_dir)
-            except Exception as e:  # network, hub or disk errors all end up here
-                raise ZSBenchError(
-                    f"could not fetch the weights of {spec.arch}/{spec.pretrained} ({type(e).__name__}: "
-                    f"{str(e).splitlines()[0] if str(e) else ''}); on a machine without internet, copy the "
-                    "checkpoint file here and pass --pretrained PATH"
-                ) from None
-            source = f"open_clip:{spec.arch}/{spec.pretrained}"
-            kwargs["force_quick_gelu"] = bool(tag_cfg.get("quick_gelu", False))
-        else:
-            path = spec.pretrained
-            source = f"file:{Path(path).resolve()}"
+    elif kind == "tag":
+        try:
+            path = open_clip.download_pretrained(tag_cfg, cache_dir=cache_dir)
+        except Exception as e:  # network, hub or disk errors all end up here
+            raise ZSBenchError(
+                f"could not fetch the weights of {spec.arch}/{spec.pretrained} ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}); on a machine without internet, copy the "
+                "checkpoint file here and pass --pretrained PATH"
+            ) from None
+        source = f"open_clip:{spec.arch}/{spec.pretrained}"
         checkpoint_sha = sha256_file(path)
+        quick_gelu = bool(tag_cfg.get("quick_gelu", False))
         try:
             # open_clip logs at INFO and prints warnings for harmless key renames; keep the console clean
             with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # torch.load's pickle-protocol notes; errors still raise
-                model = open_clip.create_model(spec.arch, pretrained=spec.pretrained, device="cpu", **kwargs)
-        except pickle.UnpicklingError:
-            raise ZSBenchError(
-                f"refusing {spec.pretrained}: it is not a plain tensor state dict (loading it would need arbitrary "
-                f"unpickling, which can run code); expected an open_clip checkpoint of {spec.arch} saved as a state dict"
-            ) from None
+                model = open_clip.create_model(
+                    spec.arch, pretrained=spec.pretrained, device="cpu", force_quick_gelu=quick_gelu
+                )
         except Exception as e:  # torch.load and load_state_dict raise many types; the user needs one line
-            msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-            raise ZSBenchError(
-                f"could not load {spec.pretrained} into {spec.arch} ({type(e).__name__}: {msg}); expected an open_clip "
-                f"checkpoint of {spec.arch} (a state dict saved with torch.save or safetensors)"
-            ) from None
+            raise _not_loadable(spec, e) from None
+    else:
+        source = f"file:{Path(spec.pretrained).resolve()}"
+        checkpoint_sha = sha256_file(spec.pretrained)
+        with torch.random.fork_rng(devices=[]), _quiet_root_logger():
+            model = open_clip.create_model(spec.arch, pretrained=None, device="cpu")
+        load_weights_file(model, spec.pretrained, spec.arch)
     model = model.float().eval().to(device)
     tokenizer = open_clip.get_tokenizer(spec.arch)
     logging.getLogger(__name__).debug("loaded %s from %s", spec.arch, source)
@@ -191,3 +184,73 @@ def load_model(spec: ModelSpec, device: torch.device | str = "cpu", cache_dir: s
         checkpoint_sha256=checkpoint_sha,
         weights_sha256=sha256_tensors(dict(model.state_dict())),
     )
+
+
+def _not_loadable(spec: ModelSpec, e: BaseException) -> ZSBenchError:
+    msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+    return ZSBenchError(
+        f"could not load {spec.pretrained} into {spec.arch} ({type(e).__name__}: {msg}); expected an open_clip "
+        f"checkpoint of {spec.arch} (a state dict saved with torch.save or safetensors)"
+    )
+
+
+def load_weights_file(model: nn.Module, path: str | os.PathLike, arch: str) -> None:
+    """Load a local checkpoint file into an open_clip ``model``, never unpickling anything but tensors.
+
+    The file is read by :func:`robustbench_zs.train.checkpoint.load_state_file` (safetensors, else
+    ``torch.load(weights_only=True)``; a pickle that needs code is refused in one line before anything runs), on
+    every open_clip and torch version: open_clip's own loader is not used, since open_clip before 3 and torch before
+    2.6 unpickle arbitrary objects by default. The state dict then gets open_clip's own layout fixes (old text-tower
+    key names, positional embeddings of another length, scalar logit scale) and is loaded strictly.
+    """
+    from ..train.checkpoint import CheckpointFormatError, load_state_file
+
+    p = Path(path)
+    if p.suffix in (".npz", ".npy"):  # big_vision (SigLIP) weights: numpy arrays, read without pickle
+        try:
+            from open_clip.convert import load_big_vision_weights
+
+            load_big_vision_weights(model, str(p))
+        except Exception as e:  # noqa: BLE001 - numpy and the converter raise many types
+            raise _not_loadable(ModelSpec(arch, str(p)), e) from None
+        return
+    try:
+        state, _ = load_state_file(p)
+    except CheckpointFormatError as e:
+        raise ZSBenchError(
+            f"could not load {p} into {arch} ({e.reason}); expected an open_clip checkpoint of {arch} (a state dict "
+            "saved with torch.save or safetensors)"
+        ) from None
+    try:
+        model.load_state_dict(_open_clip_layout(model, state), strict=True)
+    except Exception as e:  # missing / unexpected keys, shape mismatches
+        raise _not_loadable(ModelSpec(arch, str(p)), e) from None
+
+
+def _open_clip_layout(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What open_clip's ``load_checkpoint`` does to a state dict before loading it (tensor operations only)."""
+    from open_clip import factory
+    from open_clip import model as oc_model
+
+    def helper(name: str):
+        return getattr(factory, name, None) or getattr(oc_model, name, None)
+
+    convert = helper("convert_state_dict")  # third-party layouts (open_clip >= 3)
+    if convert is not None:
+        state = convert(model, state)
+    if "positional_embedding" in state and not hasattr(model, "positional_embedding"):
+        state = helper("convert_to_custom_text_state_dict")(state)
+    for name in ("logit_scale", "logit_bias"):
+        own = getattr(model, name, None)
+        if name in state and isinstance(own, torch.Tensor) and own.ndim != state[name].ndim:
+            state[name] = state[name].reshape(own.shape)
+    if "logit_bias" not in state and getattr(model, "logit_bias", None) is not None and "logit_scale" in state:
+        state["logit_bias"] = torch.zeros_like(state["logit_scale"])
+    position_ids = "text.transformer.embeddings.position_ids"
+    if position_ids in state and not hasattr(model, position_ids):
+        del state[position_ids]
+    for name in ("resize_pos_embed", "resize_text_pos_embed"):
+        resize = helper(name)
+        if resize is not None:
+            resize(state, model)
+    return state

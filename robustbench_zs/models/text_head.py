@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
-from ..errors import ZSBenchError
+from ..errors import writing
 from ..provenance import sha256_tensors
 
 #: Bumped whenever the way a head is computed changes, so old cache entries are never reused.
@@ -100,18 +100,27 @@ def build_text_head(
             pass
     head = encode_head(model, tokenizer, list(classnames), list(templates))
     if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        except OSError as e:
-            raise ZSBenchError(
-                f"cannot write the text-head cache {path.parent}: {e.strerror or e}; set ZSBENCH_CACHE to a writable folder"
-            ) from None
-        os.close(fd)
-        try:
-            save_file({"head": head.cpu().contiguous()}, tmp, metadata={"key": key})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        _write_head(path, head, key)
     return head, info
+
+
+#: what to do when the text-head cache cannot be written
+CACHE_HINT = "set ZSBENCH_CACHE to another folder"
+
+
+def _write_head(path: Path, head: torch.Tensor, key: str) -> None:
+    """Store a head atomically: a temporary file beside ``path``, fsync, then rename; the temporary never stays.
+
+    The safetensors bytes are built in memory (a head is small) and written with plain file I/O, so a full,
+    read-only or forbidden cache folder is an OSError, turned into a one-line :class:`ZSBenchError`.
+    """
+    data = save({"head": head.detach().cpu().contiguous()}, metadata={"key": key})
+    with writing(path, instead=CACHE_HINT):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.{os.getpid()}.", suffix=".tmp")
+        with writing(path, instead=CACHE_HINT, cleanup=(tmp,)):
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)

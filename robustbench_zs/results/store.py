@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import contextlib
-import errno
+import glob
 import json
 import os
+import re
 import tempfile
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from ..errors import ZSBenchError
+from ..errors import OUT_HINT, ZSBenchError, writing
 from .schema import validate
 
 
 def ensure_writable(folder: Path) -> Path:
-    """Create ``folder`` and prove it can be written, or raise a one-line ZSBenchError."""
+    """Create ``folder`` and prove it can be written, or raise a one-line ZSBenchError.
+
+    Temporary files that a killed run left in its records (see :func:`remove_stale_temps`) are removed on the way.
+    """
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -28,26 +33,77 @@ def ensure_writable(folder: Path) -> Path:
         raise ZSBenchError(
             f"cannot write to output directory {folder}: {reason}; pass --out DIR with a writable folder"
         ) from None
+    remove_stale_temps(folder / "records")
     return folder
 
 
-def atomic_write_json(path: Path, obj: object) -> None:
-    """Write JSON to a temporary file beside ``path``, fsync it, then rename: readers see all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+#: temporary names: ``.<record>.json.<pid>.<random>.tmp`` (records) and ``.<stem>.<pid>.tmp.npz`` (progress files)
+_TEMP_RE = re.compile(r"^\..+\.(\d+)\.(?:[a-z0-9_]+\.tmp|tmp\.npz)$")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1, ensure_ascii=False, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if e.errno == errno.ENOSPC:
-            raise ZSBenchError(f"no space left on device while writing {path}") from None
-        raise
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):  # another user's process (EPERM), or no such pid on this system
+        return True
+    return True
+
+
+def remove_stale_temps(folder: Path, min_age_s: float = 60.0, prefix: str = "", recursive: bool = True) -> list[Path]:
+    """Remove the temporary files under ``folder`` (names starting with ``prefix``) whose writer is gone: a process of
+    this machine that is no longer running (the pid is in the name), and older than ``min_age_s`` (a write takes
+    milliseconds, so a live writer on another machine sharing the folder is never touched). Returns what was removed.
+    """
+    removed: list[Path] = []
+    if not Path(folder).is_dir():
+        return removed
+    now = time.time()
+    pattern = f"{glob.escape(prefix) if prefix else '.'}*tmp*"
+    for p in Path(folder).rglob(pattern) if recursive else Path(folder).glob(pattern):
+        m = _TEMP_RE.match(p.name)
+        if m is None or _pid_alive(int(m.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            if now - p.stat().st_mtime >= min_age_s:
+                p.unlink()
+                removed.append(p)
+    return removed
+
+
+def _remove_temps_of(path: Path) -> None:
+    """Remove every temporary file of the record ``path`` (its JSON and its progress file): called with the record's
+    lock held, so no live process is writing them; they are what a killed run left."""
+    for p in path.parent.glob(f".{glob.escape(path.stem)}.*"):
+        if p.name.endswith((".tmp", ".tmp.npz")):
+            with contextlib.suppress(OSError):
+                p.unlink()
+
+
+def atomic_write_json(path: Path, obj: object, instead: str = OUT_HINT) -> None:
+    """Write JSON to a temporary file beside ``path``, fsync it, then rename: readers see all or nothing.
+
+    A full, read-only or forbidden disk is a one-line :class:`ZSBenchError` (``instead``: what to do about it), and
+    the temporary file is removed on any error.
+    """
+    text = json.dumps(obj, indent=1, ensure_ascii=False, allow_nan=False) + "\n"
+    with writing(path, instead=instead):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+        with writing(path, instead=instead, cleanup=(tmp,)):
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+                _sync(f)
+            os.replace(tmp, path)
+
+
+def _sync(f) -> None:
+    """Flush ``f`` to the disk (where a full disk shows up at the latest)."""
+    f.flush()
+    os.fsync(f.fileno())
 
 
 @contextlib.contextmanager
@@ -73,6 +129,7 @@ def record_lock(path: Path, on_wait: Callable[[str], None] | None = None) -> Ite
             if on_wait is not None:
                 on_wait(f"another zsbench process is computing {path.name}; waiting for it")
             fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        _remove_temps_of(path)
         try:
             yield
         finally:
@@ -94,8 +151,8 @@ class RecordStore:
         if not path.is_file():
             return False
         try:
-            return validate(json.loads(path.read_text(encoding="utf-8")))["record_key"] == key
-        except (ValueError, OSError, UnicodeDecodeError):
+            return self.read_path(path)["record_key"] == key
+        except (ValueError, OSError):
             return False
 
     def read(self, path: Path) -> dict:
@@ -103,8 +160,11 @@ class RecordStore:
 
     @staticmethod
     def read_path(path: Path) -> dict:
-        """One record, validated (ValueError names what is wrong)."""
-        return validate(json.loads(Path(path).read_text(encoding="utf-8")))
+        """One record, validated (ValueError names what is wrong: bad JSON, or the field and what it should be)."""
+        try:
+            return validate(json.loads(Path(path).read_text(encoding="utf-8")))
+        except RecursionError:  # json.loads of thousands of nested brackets
+            raise ValueError("nested too deeply to be a record") from None
 
     def write(self, path: Path, record: dict) -> None:
         atomic_write_json(path, validate(record))
@@ -115,8 +175,8 @@ class RecordStore:
             return
         for path in sorted(self.root.rglob("*.json")):
             try:
-                record = validate(json.loads(path.read_text(encoding="utf-8")))
-            except (ValueError, OSError, UnicodeDecodeError) as e:
+                record = self.read_path(path)
+            except (ValueError, OSError) as e:  # UnicodeDecodeError and json's errors are ValueErrors
                 warnings.warn(f"skipping invalid record {path}: {e}", stacklevel=2)
                 continue
             yield path, record

@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import ZSBenchError
+from ..errors import ZSBenchError, writing
 from ..provenance import sha256_file
 
 #: ``format`` of our meta.json.
@@ -49,6 +49,25 @@ META_FILE = "meta.json"
 
 #: Keys of meta.json that :func:`save_checkpoint` sets (a caller's values for them are replaced).
 _RESERVED = ("format", "weights_file", "weights_bytes", "weights_sha256")
+
+
+class CheckpointFormatError(ZSBenchError):
+    """A weights file that cannot be used: not a state dict, or (:class:`CorruptCheckpointError`) unreadable.
+
+    ``reason`` is the short cause, for callers that word the message their own way.
+    """
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class CorruptCheckpointError(CheckpointFormatError):
+    """The file is truncated or corrupt (an interrupted download or copy)."""
+
+
+class UnsafeCheckpointError(ZSBenchError):
+    """A pickle that needs more than tensors and containers: loading it could run code, so it is refused."""
 
 
 def _first_line(e: BaseException, limit: int = 200) -> str:
@@ -80,14 +99,12 @@ def _fsync_dir(folder: Path) -> None:
 
 def _write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with writing(path, cleanup=(tmp,)):
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _cpu_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -121,14 +138,18 @@ def save_checkpoint(folder: str | os.PathLike, tensors: Mapping[str, torch.Tenso
     folder = Path(folder)
     json.dumps(meta)  # fail before writing anything if meta cannot be stored
     cpu = _cpu_tensors(tensors)
-    folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{WEIGHTS_FILE}.{os.getpid()}.tmp"
-    try:
-        save_file(cpu, str(tmp), metadata={"format": "pt", "robustbench_zs": FORMAT})
+    with writing(folder / WEIGHTS_FILE, cleanup=(tmp,)):
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            save_file(cpu, str(tmp), metadata={"format": "pt", "robustbench_zs": FORMAT})
+        except Exception as e:  # safetensors reports a failed write as SafetensorError("... (os error 28)")
+            code = re.search(r"\(os error (\d+)\)", str(e))
+            if isinstance(e, OSError) or code is None:
+                raise
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(tmp)) from None
         sha, size = _hash_and_sync(tmp)
         os.replace(tmp, folder / WEIGHTS_FILE)
-    finally:
-        tmp.unlink(missing_ok=True)
     out = {k: v for k, v in meta.items() if k not in _RESERVED}
     out.update(format=FORMAT, weights_file=WEIGHTS_FILE, weights_bytes=size, weights_sha256=sha)
     _write_text_atomic(folder / META_FILE, json.dumps(out, indent=2) + "\n")
@@ -253,11 +274,20 @@ def _sniff_safetensors(p: Path) -> bool:
 _GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)|but got <class '([\w.]+)'>")
 
 
+def html_head(head: bytes) -> bool:
+    """Whether the first bytes of a file are a web page (HTML or XML) rather than weights.
+
+    No weights format starts like text: a pickle starts with ``0x80``, a zip with ``PK``, safetensors with the
+    8-byte length of its header. A byte-order mark, blank space and comments before the markup are skipped.
+    """
+    text = head.lstrip(b" \t\r\n").removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n").lower()
+    return text.startswith((b"<!doctype html", b"<html", b"<head", b"<?xml", b"<!--")) or b"<html" in text[:200]
+
+
 def _looks_like_html(p: Path) -> bool:
     """A web page saved in place of weights (a login wall, a Google Drive interstitial, an error page)."""
     with open(p, "rb") as f:
-        head = f.read(512).lstrip().lower()
-    return head.startswith((b"<!doctype html", b"<html", b"<head", b"<?xml")) or b"<html" in head[:200]
+        return html_head(f.read(512))
 
 
 #: modules whose names a weights file may reference (what torch's weights-only unpickler itself accepts)
@@ -308,17 +338,20 @@ def _torch_load(p: Path) -> object:
             what = (found.group(1) or found.group(2)) if found else unsafe[0] if unsafe else "a non-tensor object"
             # a legacy (non-zip) pickle cut short can end inside a name; a zip archive is checked as a whole first
             cut = "" if zipfile.is_zipfile(p) else " (or, if this file was cut short, copy it again)"
-            raise ZSBenchError(
+            raise UnsafeCheckpointError(
                 f"refusing {p}: it holds {what}, and loading it would need arbitrary unpickling, which can run code; "
-                f"re-save its image-encoder state dict with torch.save(state_dict) or safetensors{cut}"
+                f"re-save the weights as a state dict with torch.save(state_dict) or safetensors{cut}"
             ) from None
-        raise ZSBenchError(
-            f"cannot read {p}: the file is truncated or corrupt ({_first_line(e)}); download or copy it again"
-        ) from None
+        raise _corrupt(p, e) from None
     except Exception as e:  # torch.load raises RuntimeError, OSError, EOFError, struct.error... on damaged files
-        raise ZSBenchError(
-            f"cannot read {p}: the file is truncated or corrupt ({_first_line(e)}); download or copy it again"
-        ) from None
+        raise _corrupt(p, e) from None
+
+
+def _corrupt(p: Path, e: BaseException) -> CorruptCheckpointError:
+    reason = _first_line(e)
+    return CorruptCheckpointError(
+        f"cannot read {p}: the file is truncated or corrupt ({reason}); download or copy it again", reason
+    )
 
 
 def _tensor_dict(obj: object) -> bool:
@@ -328,7 +361,8 @@ def _tensor_dict(obj: object) -> bool:
 def _unwrap(obj: object, p: Path) -> tuple[Mapping, dict]:
     """The state dict inside a loaded file, and what the file says about itself."""
     if not isinstance(obj, Mapping):
-        raise ZSBenchError(f"{p} holds a {type(obj).__name__}, not a state dict")
+        what = f"holds a {type(obj).__name__}, not a state dict"
+        raise CheckpointFormatError(f"{p} {what}", what)
     if "vision_encoder_state_dict" in obj:
         info: dict = {"format": "tecoa/pmg_aft"}
         for key in ("epoch", "best_acc1"):
@@ -339,7 +373,8 @@ def _unwrap(obj: object, p: Path) -> tuple[Mapping, dict]:
                 info[key] = int(value) if key == "epoch" else float(value)
         sd = obj["vision_encoder_state_dict"]
         if not isinstance(sd, Mapping):
-            raise ZSBenchError(f"{p}: vision_encoder_state_dict is a {type(sd).__name__}, not a state dict")
+            what = f"vision_encoder_state_dict is a {type(sd).__name__}, not a state dict"
+            raise CheckpointFormatError(f"{p}: {what}", what)
         return sd, info
     for key in ("state_dict", "model_state_dict", "model"):
         if _tensor_dict(obj.get(key)):
@@ -347,17 +382,19 @@ def _unwrap(obj: object, p: Path) -> tuple[Mapping, dict]:
     if all(isinstance(v, torch.Tensor) for v in obj.values()) and obj:
         return obj, {"format": "state_dict"}
     keys = ", ".join(sorted(str(k) for k in obj)[:8])
-    raise ZSBenchError(
+    raise CheckpointFormatError(
         f"{p}: no image-encoder weights found (top-level keys: {keys or 'none'}); expected a robustbench_zs "
-        "checkpoint folder, a PMG-AFT/TeCoA file with vision_encoder_state_dict, or an open_clip visual state dict"
+        "checkpoint folder, a PMG-AFT/TeCoA file with vision_encoder_state_dict, or an open_clip visual state dict",
+        f"no state dict found (top-level keys: {keys or 'none'})",
     )
 
 
-def _visual_keys(raw: Mapping, p: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """Key names of open_clip's ``model.visual``: DataParallel / compile prefixes removed, the image tower selected."""
+def _strip_wrappers(raw: Mapping, p: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """A str -> Tensor dict with DataParallel (``module.``) and torch.compile (``_orig_mod.``) prefixes removed."""
     bad = [str(k) for k, v in raw.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        raise ZSBenchError(f"{p}: {len(bad)} entries are not tensors (e.g. {', '.join(bad[:3])}); not a state dict")
+        what = f"{len(bad)} entries are not tensors (e.g. {', '.join(bad[:3])})"
+        raise CheckpointFormatError(f"{p}: {what}; not a state dict", what)
     state = {str(k): v for k, v in raw.items()}
     stripped: list[str] = []
     changed = True
@@ -368,6 +405,12 @@ def _visual_keys(raw: Mapping, p: Path) -> tuple[dict[str, torch.Tensor], dict]:
                 state = {k[len(prefix) :]: v for k, v in state.items()}
                 stripped.append(prefix)
                 changed = True
+    return state, stripped
+
+
+def _visual_keys(raw: Mapping, p: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Key names of open_clip's ``model.visual``: DataParallel / compile prefixes removed, the image tower selected."""
+    state, stripped = _strip_wrappers(raw, p)
     if any(k.startswith("vision_model.") for k in state):
         raise ZSBenchError(
             f"{p} is in Hugging Face transformers' CLIP layout (vision_model.*), which is not converted here; "
@@ -391,6 +434,87 @@ def _check_finite(state: Mapping[str, torch.Tensor], p: Path) -> None:
             raise ZSBenchError(f"{p}: tensor {k} holds NaN or inf; the checkpoint is damaged or its training diverged")
 
 
+def _read_state_file(p: Path) -> tuple[Mapping, dict]:
+    """The state dict in a foreign file, read without running code: safetensors, else ``torch.load(weights_only)``."""
+    from safetensors.torch import load_file
+
+    if _sniff_safetensors(p):
+        try:
+            return load_file(str(p)), {"format": "safetensors"}
+        except Exception as e:  # safetensors raises its own error types
+            raise _corrupt(p, e) from None
+    return _unwrap(_torch_load(p), p)
+
+
+def load_state_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    """A whole state dict (any model) from a weights file, read without running code from it.
+
+    ``path``: a safetensors file (recognized by its content, whatever its name), or a ``torch.save`` file read with
+    ``torch.load(weights_only=True)``: a plain state dict, or a dict holding one under ``state_dict`` (open_clip's
+    training checkpoints), ``model_state_dict`` or ``model``. ``module.`` and ``_orig_mod.`` prefixes are removed.
+
+    Raises:
+        UnsafeCheckpointError: a pickle that needs more than tensors and containers (nothing from it ran).
+        CorruptCheckpointError / CheckpointFormatError: truncated or corrupt, or no state dict in it.
+        ZSBenchError: a web page saved in place of weights, or NaN / inf weights.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ZSBenchError(f"{p}: no such checkpoint file")
+    raw, info = _read_state_file(p)
+    state, stripped = _strip_wrappers(raw, p)
+    _check_finite(state, p)
+    return state, {**info, "stripped_prefixes": stripped, "num_tensors": len(state)}
+
+
+def check_complete(path: str | os.PathLike) -> str:
+    """Whether a weights file is whole, judged from its structure (for downloads with no published size or sha256).
+
+    safetensors: the header parses and the tensors it lists end exactly at the end of the file. A zip (what
+    ``torch.save`` writes): its central directory is there and every member's CRC matches; nothing is unpickled.
+    Anything else (a legacy pickle): read with ``torch.load(weights_only=True)``; a file that is refused as unsafe
+    counts as whole here (its bytes are all there; :func:`load_visual_state` refuses it when it is used).
+    Returns ``safetensors``, ``zip`` or ``pickle``.
+
+    Raises:
+        CorruptCheckpointError: the file is cut short or damaged.
+        ZSBenchError: it is a web page.
+    """
+    p = Path(path)
+    if _looks_like_html(p):
+        raise ZSBenchError(f"{p} is a web page, not weights")
+    size = p.stat().st_size
+    with open(p, "rb") as f:
+        head = f.read(8)
+        if _sniff_safetensors(p):
+            n = int.from_bytes(head, "little")
+            try:
+                header = json.loads(f.read(n))
+                ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+            except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+                raise _corrupt(p, e) from None
+            if 8 + n + max(ends, default=0) != size:
+                raise _corrupt(
+                    p, ValueError(f"the header lists {8 + n + max(ends, default=0)} bytes, the file has {size}")
+                )
+            return "safetensors"
+    if zipfile.is_zipfile(p):
+        try:
+            with zipfile.ZipFile(p) as z:
+                bad = z.testzip()
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+            raise _corrupt(p, e) from None
+        if bad is not None:
+            raise _corrupt(p, ValueError(f"member {bad} fails its CRC check"))
+        if not any(n.endswith("data.pkl") for n in names):
+            raise _corrupt(p, ValueError("a zip without data.pkl: not a torch.save archive"))
+        return "zip"
+    with contextlib.suppress(UnsafeCheckpointError):
+        _torch_load(p)
+    return "pickle"
+
+
 def load_visual_state(path: str | os.PathLike, arch: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
     """A state dict for open_clip's ``model.visual`` of ``arch`` from ours or a foreign checkpoint, and what it is.
 
@@ -400,8 +524,6 @@ def load_visual_state(path: str | os.PathLike, arch: str | None = None) -> tuple
     of the file), ``stripped_prefixes``, ``ignored_keys`` (e.g. a text tower), ``num_tensors`` and, where the file
     records them, ``epoch`` / ``best_acc1`` / ``method`` / ``arch``. Load the result with :func:`apply_visual_state`.
     """
-    from safetensors.torch import load_file
-
     p = Path(path)
     if not p.exists():
         raise ZSBenchError(f"{p}: no such checkpoint file or folder")
@@ -423,16 +545,8 @@ def load_visual_state(path: str | os.PathLike, arch: str | None = None) -> tuple
             arch=meta.get("arch"),
         )
         raw: Mapping = tensors
-    elif _sniff_safetensors(p):
-        try:
-            raw = load_file(str(p))
-        except Exception as e:
-            raise ZSBenchError(
-                f"cannot read {p}: the file is truncated or corrupt ({_first_line(e)}); download or copy it again"
-            ) from None
-        info.update(format="safetensors", checkpoint=checkpoint_identity(p))
     else:
-        raw, found = _unwrap(_torch_load(p), p)
+        raw, found = _read_state_file(p)
         info.update(found, checkpoint=checkpoint_identity(p))
     state, notes = _visual_keys(raw, p)
     _check_finite(state, p)

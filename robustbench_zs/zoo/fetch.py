@@ -23,11 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import __version__
-from ..errors import ZSBenchError
+from ..errors import ZSBenchError, writing
+from ..train.checkpoint import _looks_like_html, html_head
 
 CHUNK = 1 << 20
 TIMEOUT_S = 60
 USER_AGENT = f"robustbench_zs/{__version__} (zsbench models download)"
+#: what to do when the models folder cannot be written
+MODELS_HINT = "pass --models-dir DIR (or set ZSBENCH_MODELS) with another folder"
 
 
 class FetchError(ZSBenchError):
@@ -58,9 +61,9 @@ class Fetched:
 
 
 def looks_like_html(head: bytes) -> bool:
-    """Whether the first bytes of a response are an HTML page rather than a weights file."""
-    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
-    return text.startswith((b"<!doctype html", b"<html", b"<head", b"<!--"))
+    """Whether the first bytes of a response are an HTML (or XML) page rather than a weights file: the same test as
+    :func:`robustbench_zs.train.checkpoint.html_head`, which the checkpoint readers use."""
+    return html_head(head)
 
 
 def _sha256(path: Path) -> str:
@@ -181,38 +184,18 @@ def fetch(
         if size is not None and total is not None and total != size:
             _discard(part, sidecar)
             raise IntegrityError(f"{url} is {total} bytes, not the {size} bytes published for it; nothing was kept")
-        sidecar.write_text(json.dumps({"url": url, "etag": resp.headers.get("ETag")}) + "\n", encoding="utf-8")
+        with writing(sidecar, instead=MODELS_HINT):
+            sidecar.write_text(json.dumps({"url": url, "etag": resp.headers.get("ETag")}) + "\n", encoding="utf-8")
         bar = _progress_bar(target.name, total, offset, progress)
         try:
-            with open(part, "ab" if offset else "wb") as f:
-                first = not offset
-                while True:
-                    try:
-                        block = resp.read(CHUNK)
-                    except (OSError, http.client.HTTPException) as e:
-                        raise FetchError(
-                            f"{url}: the download stopped at {f.tell()} bytes ({type(e).__name__}); run the same "
-                            "command again to resume"
-                        ) from None
-                    if not block:
-                        break
-                    if first and looks_like_html(block[:512]):
-                        f.close()
-                        _discard(part, sidecar)
-                        raise _html_error(url, "its first bytes are HTML")
-                    first = False
-                    f.write(block)
-                    bar.update(len(block))
-                f.flush()
-                os.fsync(f.fileno())
-                got = f.tell()
+            # a full or read-only disk is one line; the bytes so far stay in the .part, so the same command resumes
+            with writing(part, instead=f"{MODELS_HINT}; the partial download is kept and resumed by the same command"):
+                got = _stream(resp, part, offset, url, sidecar, bar)
         finally:
             bar.close()
     if total is not None and got < total:
         raise FetchError(f"{url}: the download stopped at {got} of {total} bytes; run the same command again to resume")
-    with open(part, "rb") as f:
-        head = f.read(512)
-    if looks_like_html(head):
+    if _looks_like_html(part):  # the whole file's first bytes, also when this call only fetched its rest
         _discard(part, sidecar)
         raise _html_error(url, "its first bytes are HTML")
     if size is not None and got != size:
@@ -225,9 +208,55 @@ def fetch(
             f"{url}: sha256 {digest[:16]}... does not match the published {sha256[:16]}...; the download was deleted "
             "(a changed or corrupted file); try again, or report it if it persists"
         )
-    os.replace(part, target)
+    if sha256 is None:
+        _check_whole(part, url, got)
+    with writing(target, instead=MODELS_HINT):
+        os.replace(part, target)
     _discard(sidecar)
     return Fetched(path=target, url=url, sha256=digest, size=got, resumed_from=resumed_from)
+
+
+def _stream(resp, part: Path, offset: int, url: str, sidecar: Path, bar) -> int:
+    """Append the response body to ``part``; returns the size of ``part`` afterwards.
+
+    The first bytes of every body are checked for HTML, of a resumed one too (a server may answer a range request
+    with an error page): nothing of a page is written, and the partial file is dropped.
+    """
+    with open(part, "ab" if offset else "wb") as f:
+        first = True
+        while True:
+            try:
+                block = resp.read(CHUNK)
+            except (OSError, http.client.HTTPException) as e:
+                raise FetchError(
+                    f"{url}: the download stopped at {f.tell()} bytes ({type(e).__name__}); run the same "
+                    "command again to resume"
+                ) from None
+            if not block:
+                break
+            if first and looks_like_html(block[:512]):
+                f.close()
+                _discard(part, sidecar)
+                raise _html_error(url, "its first bytes are HTML" if not offset else "the resumed part is HTML")
+            first = False
+            f.write(block)
+            bar.update(len(block))
+        f.flush()
+        os.fsync(f.fileno())
+        return f.tell()
+
+
+def _check_whole(part: Path, url: str, got: int) -> None:
+    """With no published sha256 (and maybe no Content-Length), the file's own structure must say it is complete."""
+    from ..train.checkpoint import CorruptCheckpointError, check_complete
+
+    try:
+        check_complete(part)
+    except CorruptCheckpointError as e:
+        raise FetchError(
+            f"{url}: the download ended at {got} bytes but the file is not complete ({e.reason}); run the same "
+            "command again to resume"
+        ) from None
 
 
 class _NoBar:

@@ -22,10 +22,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import __version__
-from ..errors import ZSBenchError
+from ..errors import ZSBenchError, writing
 from ..provenance import default_models_dir, sha256_file
 from . import registry
-from .fetch import FetchError, HTMLPageError, fetch
+from .fetch import MODELS_HINT, FetchError, HTMLPageError, fetch
 from .registry import Source, ZooEntry
 
 ZOO_DIR = "zoo"
@@ -55,11 +55,9 @@ def _now() -> str:
 
 def _write_json_atomic(path: Path, data: dict) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with writing(path, instead=MODELS_HINT, cleanup=(tmp,)):
         tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
         os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def read_record(folder: Path) -> dict | None:
@@ -359,19 +357,18 @@ def verify(
 def _install(entry: ZooEntry, source: Source, path: Path, sha256: str, size: int, models_dir) -> Path:
     """Store a checked file as the entry's copy: a hard link where possible, else a copy, moved in atomically."""
     folder = entry_dir(entry.id, models_dir)
-    folder.mkdir(parents=True, exist_ok=True)
     target = folder / stored_name(entry.id, source.file or path.name)
+    with writing(target, instead=MODELS_HINT):
+        folder.mkdir(parents=True, exist_ok=True)
     if not (target.exists() and os.path.samefile(target, path)):
         tmp = folder / f".{target.name}.{os.getpid()}.tmp"
-        try:
+        with writing(target, instead=MODELS_HINT, cleanup=(tmp,)):
             tmp.unlink(missing_ok=True)
             try:
                 os.link(path, tmp)
             except OSError:
                 shutil.copyfile(path, tmp)
             os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
     previous = read_record(folder)
     record = _record(
         entry, source, target, sha256, size, url=path.resolve().as_uri(), how="zsbench models verify --file"
@@ -399,8 +396,9 @@ def resolve_zoo_checkpoint(
             tower it was fine-tuned from), else a one-line error says which to pass.
 
     Raises:
-        ZSBenchError: unknown id (the message lists the known ids), another architecture, or not (completely)
-            downloaded (the message says the command to run).
+        ZSBenchError: unknown id (the message lists the known ids), another architecture, not (completely)
+            downloaded, or a stored file whose size or sha256 is not the published one (where the host publishes it)
+            or the one recorded when it was stored (the message says the command to run).
     """
     text = os.fspath(value)
     if not text.startswith(SCHEME):
@@ -425,4 +423,28 @@ def resolve_zoo_checkpoint(
         raise ZSBenchError(
             f"zoo:{entry.id} is {what} under {zoo_root(models_dir)}; run `zsbench models download {entry.id}{md}`"
         )
+    _check_stored_sha256(entry, state, f"zsbench models download {entry.id}{md} --force")
     return state.path
+
+
+def _check_stored_sha256(entry: ZooEntry, state: LocalState, fix: str) -> None:
+    """The stored file's sha256 must be the published one (where known), else the one recorded when it was stored.
+
+    The hash is memoized per (path, size, mtime), so the load that follows does not read the file twice.
+    """
+    record = state.record or {}
+    digest = sha256_file(state.path)
+    published = {s.sha256 for s in entry.sources if s.sha256 and s.file == record.get("source_file")}
+    published |= {record["published_sha256"]} if isinstance(record.get("published_sha256"), str) else set()
+    if published and digest not in published:
+        want = ", ".join(sorted(h[:16] + "..." for h in published))
+        raise ZSBenchError(
+            f"{state.path}: sha256 {digest[:16]}... does not match the published {want} of {entry.id}: a corrupted "
+            f"or replaced file; run `{fix}`"
+        )
+    recorded = record.get("sha256")
+    if not published and recorded and digest != recorded:
+        raise ZSBenchError(
+            f"{state.path}: sha256 {digest[:16]}... is not the {str(recorded)[:16]}... recorded in its {SOURCE_FILE} "
+            f"when it was stored: the file changed since; run `{fix}`"
+        )
