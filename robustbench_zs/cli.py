@@ -220,7 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--data-root", help="dataset root (default $ZSBENCH_DATA or ./datasets)")
     r.add_argument("--out", help="results folder (default $ZSBENCH_RESULTS or ./results)")
     r.add_argument("--device", help="cpu, cuda, cuda:N or auto (default auto)")
-    r.add_argument("--batch-size", help="evaluation batch size (default 128)")
+    r.add_argument(
+        "--batch-size",
+        help="evaluation batch size (default 128), or 'auto': on a GPU the largest power of two at which an attack "
+        "step fits in memory (results do not depend on it)",
+    )
     r.add_argument("--workers", help="data-loading worker processes (default: 0 on the CPU, up to 8 with a GPU)")
     r.add_argument("--force", action="store_true", help="recompute records that already exist")
     r.add_argument(
@@ -263,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--workers", type=int, help="decoding processes for the first fill of the tensor cache")
     tr.add_argument("--tensor-cache", action=argparse.BooleanOptionalAction, default=True, help="decode once (default)")
     tr.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
+    tr.add_argument(
+        "--compile", action="store_true", help="torch.compile the image towers (first step slower; off by default)"
+    )
 
     ls = sub.add_parser("list", help="list the registered methods, datasets or attacks")
     ls.add_argument("what", choices=["methods", "datasets", "attacks"])
@@ -354,7 +361,7 @@ def _run(args: argparse.Namespace) -> int:
     steps = _positive_int("steps", opts["steps"])
     n = _positive_int("n", opts["n"])
     seed = _positive_int("seed", opts["seed"], minimum=0, maximum=2**31 - 1)
-    batch_size = _positive_int("batch-size", opts["batch_size"])
+    batch_size = None if str(opts["batch_size"]) == "auto" else _positive_int("batch-size", opts["batch_size"])
     workers = _positive_int("workers", opts["workers"], minimum=0)
     profile = get_profile(opts["profile"]).with_overrides(
         normalization=opts["normalization"],
@@ -411,7 +418,10 @@ def _run(args: argparse.Namespace) -> int:
                 write_leaderboard(out)
         raise
     paths = write_leaderboard(out) if (out / "records").is_dir() else {}
-    print(f"records: {out / 'records'} ({len(summary.written)} written, {len(summary.skipped)} already there)")
+    undefined = f", {len(summary.skipped_undefined)} undefined, skipped" if summary.skipped_undefined else ""
+    print(
+        f"records: {out / 'records'} ({len(summary.written)} written, {len(summary.skipped)} already there{undefined})"
+    )
     if paths:
         print(f"leaderboard: {paths['markdown']} and {paths['csv']}")
     return 0
@@ -491,6 +501,7 @@ def _train(args: argparse.Namespace) -> int:
         cache_dir=default_cache_dir(),
         tensor_cache=args.tensor_cache,
         progress=args.progress,
+        compile=args.compile,
     )
     train(cfg)
     return 0

@@ -294,3 +294,59 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_state(tmp_path
     before, _ = load_checkpoint(good.folder)
     for k in before:
         assert torch.equal(kept[k], before[k]), k
+
+
+@pytest.mark.slow  # about a minute: torch.compile traces the towers in train and eval mode, forward and backward
+def test_compiled_training_gives_the_same_weights(tmp_path, small_train, monkeypatch) -> None:
+    """``--compile`` goes through torch.compile's tracing (the ``eager`` backend here, to keep the test short; the
+    default ``inductor`` generates code) and ends with the weights of the uncompiled run under the same names."""
+    from robustbench_zs.train import engine
+
+    monkeypatch.setattr(engine, "COMPILE_BACKEND", "eager")
+    recipe = {"epochs": 2, "lr": 1e-2}
+    plain = train(_cfg(tmp_path / "a", "pmg_aft", recipe=recipe), echo=lambda s: None)
+    compiled = train(_cfg(tmp_path / "b", "pmg_aft", recipe=recipe, compile=True), echo=lambda s: None)
+    (a, meta_a), (b, meta_b) = load_checkpoint(plain.folder), load_checkpoint(compiled.folder)
+    assert meta_b["compiled"] is True and meta_a["compiled"] is False
+    assert a.keys() == b.keys() and not any("_orig_mod" in k for k in b)
+    np.testing.assert_allclose(compiled.losses, plain.losses, rtol=1e-5)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+
+
+def test_prefetched_batches_are_the_same_batches(tmp_path, small_train, monkeypatch) -> None:
+    """Reading each batch one step ahead on a thread (the GPU default) trains on exactly the same images."""
+    monkeypatch.setitem(synthetic.SIZES, "train", 96)
+    recipe = {"batch_size": 32, "epochs": 2, "lr": 1e-2}  # 6 steps over two epochs
+    a = train(_cfg(tmp_path / "a", "tecoa", recipe=recipe, prefetch=False), echo=lambda s: None)
+    b = train(_cfg(tmp_path / "b", "tecoa", recipe=recipe, prefetch=True), echo=lambda s: None)
+    assert a.losses == b.losses and len(a.losses) == 6
+
+
+def test_batch_loader_gathers_and_prefetches_the_same_images() -> None:
+    from robustbench_zs.train.engine import BatchLoader
+
+    gen = torch.Generator().manual_seed(0)
+    rows = torch.randint(0, 256, (10, 3, 8, 8), dtype=torch.uint8, generator=gen)
+    labels = np.arange(10) % 3
+
+    class Items:  # a dataset read image by image
+        def __getitem__(self, i):
+            return rows[i], int(labels[i])
+
+    class Gather(Items):  # the tensor cache's one-gather read
+        def take(self, idx):
+            return rows[torch.as_tensor(idx)], labels[idx]
+
+    idx = np.array([7, 2, 2, 9])
+    cpu = torch.device("cpu")
+    want = (rows[idx].float() / 255, torch.as_tensor(labels[idx]))
+    for images in (Items(), Gather()):
+        for prefetch in (False, True):
+            loader = BatchLoader(images, prefetch=prefetch)
+            loader.request(idx)
+            got = loader.get(idx, cpu)
+            other = loader.get(np.array([0, 1]), cpu)  # nothing requested: read on the spot
+            loader.close()
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+            assert torch.equal(other[0], rows[:2].float() / 255)

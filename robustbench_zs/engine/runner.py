@@ -29,6 +29,7 @@ from ..provenance import device_description, sha256_file, software
 from ..results import SCHEMA_VERSION, RecordStore, ensure_writable, per_example, record_key, result_block
 from ..results.stats import pack_bools
 from ..results.store import record_lock
+from .batching import auto_batch_size
 from .evaluator import evaluate
 from .variants import resolve_variants
 
@@ -53,7 +54,7 @@ class RunConfig:
     seed: int = 0
     cache_dir: Path | None = None
     device: str = "auto"
-    batch_size: int = 128
+    batch_size: int | None = 128  # None: --batch-size auto (engine.batching: the largest that fits a GPU)
     workers: int | None = None  # None: 0 on the CPU, up to 8 loader processes with a GPU
     force: bool = False
     progress: bool | None = None
@@ -68,9 +69,14 @@ class RunConfig:
 
 @dataclass
 class RunSummary:
+    """What a run did. ``skipped``: records that existed already; ``skipped_undefined``: (method, dataset, threat)
+    combinations not run because the attack is undefined there (APGD-T on fewer than 4 classes), each a dict with
+    ``method``, ``dataset``, ``threat`` (label), ``slug`` and ``reason``."""
+
     written: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
     leaderboard: dict[str, Path] = field(default_factory=dict)
+    skipped_undefined: list[dict] = field(default_factory=list)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -121,6 +127,22 @@ def attack_report_block(report: dict) -> dict:
             "robust_after": {c: pack_bools(m) for c, m in masks.items()},
         },
     }
+
+
+def attack_settings(threat: Threat, batch_size: int | None) -> dict:
+    """The attack block of a record and of its key: ``threat.settings()``, plus ``attack_batch_size`` for an attack
+    whose results depend on how the images are batched (``depends_on_batch_size``: the official AutoAttack package),
+    so that runs (and resumed runs) with another batch size get their own record and never mix per-example results.
+    ``batch_size`` None is ``--batch-size auto``, which such an attack refuses (the key would not fix its batch)."""
+    settings = threat.settings()
+    if settings.get("depends_on_batch_size"):
+        if batch_size is None:
+            raise ZSBenchError(
+                f"--batch-size auto: {threat.label}'s results depend on the batch size ({settings.get('implementation')}"
+                "); give --batch-size N"
+            )
+        settings["attack_batch_size"] = batch_size
+    return settings
 
 
 def _now() -> str:
@@ -248,12 +270,22 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
                 **subset.to_dict(),
             }
             plan = []
+            defined = 0
             for t in threats:
+                why = None if t.is_clean else ATTACKS.get(t.name).undefined_for(len(classnames))
+                if why is not None:  # e.g. APGD-T on PCAM: the other threats and datasets still run
+                    if not any(u["dataset"] == ds_id and u["slug"] == t.slug for u in summary.skipped_undefined):
+                        echo(f"note: {t.label} skipped on {ds_id} (undefined): {why}")
+                    summary.skipped_undefined.append(
+                        {"method": method_id, "dataset": ds_id, "threat": t.label, "slug": t.slug, "reason": why}
+                    )
+                    continue
+                defined += 1
                 identity = {
                     "method": method_id,
                     "model": {**model_id, **variant.identity},
                     "dataset": {k: v for k, v in dataset_block.items() if k != "name"},
-                    "attack": t.settings(),
+                    "attack": attack_settings(t, cfg.batch_size),
                     "profile": profile,
                     # the seed draws the subset and the attacks' random starts; a full clean pass uses neither
                     "seed": None if t.is_clean and subset.is_full else cfg.seed,
@@ -267,7 +299,7 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
                 else:
                     plan.append((t, key, path, identity["seed"]))
             if not plan:
-                echo(f"{variant.label} / {ds_id}: all {len(threats)} records exist, skipped (--force recomputes)")
+                echo(f"{variant.label} / {ds_id}: all {defined} records exist, skipped (--force recomputes)")
                 continue
             if loaded is None:
                 loaded, encoder = variant.load(device)
@@ -277,6 +309,11 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
             )
             classifier = ZeroShotClassifier.from_model(loaded.model, head, loaded.image_size, cfg.knobs, encoder)
             images, eval_workers, cache_info = eval_dataset(cfg, spec, data, pre, subset.indices, workers)
+            batch_size = cfg.batch_size
+            if batch_size is None:
+                shape = tuple(images[int(subset.indices[0])][0].shape)
+                batch_size = auto_batch_size(classifier, shape, device)
+                echo(f"note: --batch-size auto: {batch_size} for {ds_id} at {shape[1]}x{shape[2]} px on {device}")
             scale = classifier.logit_scale
             parts = []
             # the clean pass runs once per dataset; an existing clean record supplies it without any forward
@@ -296,7 +333,7 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
                         images,
                         [] if t.is_clean else [t],
                         subset=subset,
-                        batch_size=cfg.batch_size,
+                        batch_size=batch_size,
                         seed=cfg.seed,
                         workers=eval_workers,
                         progress=cfg.progress,
@@ -323,7 +360,7 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
                             "label": cfg.model.label + (f"+{variant.model_label}" if variant.model_label else ""),
                         },
                         "dataset": dataset_block,
-                        "attack": t.settings(),
+                        "attack": attack_settings(t, batch_size),
                         "threat_label": t.label,
                         "profile": {**profile, "logit_scale_value": scale, "text_head_key": head_info["key"]},
                         "seed": seed,
@@ -331,7 +368,8 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
                             "started_utc": started,
                             "wall_time_s": round(result.seconds[t.slug], 4),
                             "device": device_description(device),
-                            "batch_size": cfg.batch_size,
+                            "batch_size": batch_size,
+                            "batch_size_auto": cfg.batch_size is None,
                             "workers": eval_workers,
                             "text_head_cache_hit": head_info["cache_hit"],
                             "tensor_cache": cache_info,

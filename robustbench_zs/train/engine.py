@@ -27,6 +27,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
@@ -78,6 +79,8 @@ class TrainConfig:
     cache_dir: Path | None = None
     tensor_cache: bool = True
     progress: bool | None = None
+    compile: bool = False
+    prefetch: bool | None = None  # read the next batch during the step (None: on a GPU only; see BatchLoader)
 
 
 def resolve_recipe(method: type[Method], overrides: dict) -> Recipe:
@@ -252,6 +255,21 @@ def prepare_models(
     return TrainingModels(encoder, trainable, model, frozen)
 
 
+#: The ``torch.compile`` backend of ``zsbench train --compile`` (tests swap in a faster one).
+COMPILE_BACKEND = "inductor"
+
+
+def compile_towers(models: TrainingModels) -> None:
+    """``--compile``: compile the image towers of the trained and the frozen classifier in place.
+
+    ``nn.Module.compile`` keeps the module and its parameter names (no ``_orig_mod.`` prefix), so checkpoints,
+    resume state and the optimizer see the same parameters as without it. Compilation happens at the first step.
+    """
+    for clf in (models.model, models.frozen):
+        if clf is not None:
+            clf.visual.compile(backend=COMPILE_BACKEND)
+
+
 def step_loss(
     method: Method,
     models: TrainingModels,
@@ -364,6 +382,8 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
         )
     models = prepare_models(method, loaded, recipe, head, device)
     encoder, trainable, model = models.encoder, models.trainable, models.model
+    if cfg.compile:
+        compile_towers(models)
 
     opt = _optimizer(trainable, recipe)
     scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
@@ -378,7 +398,6 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
     if cfg.tensor_cache and worth_caching(data, pre) and pre.output_size(spec) is not None:
         cache = TensorCache(Path(cfg.cache_dir or ".") / "tensors")
         images, _ = cache.prepare(spec, "train", data, pre, np.arange(n), workers=workers, progress=cfg.progress)
-        workers = 0
 
     local = recipe.batch_size // env.world_size
     losses: list[float] = []
@@ -386,13 +405,24 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
     t0 = time.perf_counter()
     bar = tqdm(total=end, initial=start, desc=f"train {cfg.method}", unit="step", disable=_quiet(cfg, env))
     step = start
+    orders: dict[int, np.ndarray] = {}
+
+    def indices(at: int) -> tuple[int, np.ndarray]:
+        """The epoch of step ``at`` and this process's share of its global batch."""
+        epoch, pos = divmod(at, steps_per_epoch)
+        if epoch not in orders:
+            orders.clear()
+            orders[epoch] = epoch_order(n, cfg.seed, epoch)
+        global_idx = orders[epoch][pos * recipe.batch_size : (pos + 1) * recipe.batch_size]
+        return epoch, global_idx[env.rank * local : (env.rank + 1) * local]
+
+    batches = BatchLoader(images, prefetch=device.type == "cuda" if cfg.prefetch is None else cfg.prefetch)
     try:
         while step < end:
-            epoch, pos = divmod(step, steps_per_epoch)
-            order = epoch_order(n, cfg.seed, epoch)
-            global_idx = order[pos * recipe.batch_size : (pos + 1) * recipe.batch_size]
-            idx = global_idx[env.rank * local : (env.rank + 1) * local]
-            x, y = _batch(images, idx, workers, device)
+            epoch, idx = indices(step)
+            x, y = batches.get(idx, device)
+            if step + 1 < end:
+                batches.request(indices(step + 1)[1])  # read while this step computes (on a GPU)
             seeds = attack_seeds(idx, cfg.seed, epoch)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, recipe.lr, recipe.warmup_steps, total_steps)
@@ -419,6 +449,7 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
         raise
     finally:
         bar.close()
+        batches.close()
     seconds = time.perf_counter() - t0
     done = step - start
     ips = done * recipe.batch_size / seconds if seconds > 0 else 0.0
@@ -434,6 +465,7 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
             "base_weights_sha256": loaded.weights_sha256,
             "base_checkpoint_sha256": loaded.checkpoint_sha256,
             "world_size": env.world_size,
+            "compiled": cfg.compile,
             "images_per_second": round(ips, 2),
             "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "software": software(),
@@ -457,11 +489,47 @@ def _quiet(cfg: TrainConfig, env) -> bool | None:
     return None if cfg.progress is None else not cfg.progress
 
 
-def _batch(images, idx: np.ndarray, workers: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    items = [images[int(i)] for i in idx]
-    x = torch.stack([im for im, _ in items]).to(device, non_blocking=True).float().div_(255)
-    y = torch.as_tensor([lab for _, lab in items], dtype=torch.long, device=device)
-    return x, y
+class BatchLoader:
+    """Training batches as float images in [0, 1] on the device, optionally read one step ahead in a thread.
+
+    A dataset with a ``take(indices)`` method (the tensor cache: one gather from its memory map) is read in one
+    call, anything else image by image. With ``prefetch`` the next batch is read and pinned on a background thread
+    while the device computes the current step (the step ends with a host sync, so a batch read after it would
+    leave a GPU idle); only host work happens on the thread, the copy to the device stays on the caller's.
+    """
+
+    def __init__(self, images, prefetch: bool = False) -> None:
+        self.images = images
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zsbench-batch") if prefetch else None
+        self.pending: tuple[bytes, Future] | None = None
+        self.pin = prefetch and torch.cuda.is_available()
+
+    def _read(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        take = getattr(self.images, "take", None)
+        if take is not None:
+            u8, labels = take(idx)
+        else:
+            items = [self.images[int(i)] for i in idx]
+            u8, labels = torch.stack([im for im, _ in items]), [lab for _, lab in items]
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        return (u8.pin_memory(), labels.pin_memory()) if self.pin else (u8, labels)
+
+    def request(self, idx: np.ndarray) -> None:
+        if self.pool is not None:
+            self.pending = (idx.tobytes(), self.pool.submit(self._read, idx.copy()))
+
+    def get(self, idx: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        pending, self.pending = self.pending, None
+        if pending is not None and pending[0] == idx.tobytes():
+            u8, labels = pending[1].result()
+        else:
+            u8, labels = self._read(idx)
+        x = u8.to(device, non_blocking=True).float().div_(255)
+        return x, labels.to(device, non_blocking=True)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _save_resume(folder: Path, method, encoder, opt, scaler, step: int, identity: dict) -> None:
