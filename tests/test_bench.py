@@ -81,8 +81,8 @@ def test_bench_prints_a_table(bench_run) -> None:
 def test_flop_counts_add_up(report) -> None:
     """The counted FLOPs per image equal what the steps must compute, from one forward's parts.
 
-    With F a forward, A its attention products (Q K^T and P V), C the patch convolution and H the head product:
-    an input gradient costs F + 1.5 A (the attention backward recomputes the scores: 5 products for 2), weight
+    With F a forward, A its attention products (Q K^T and P V), C the patch embedding (a convolution, computed as
+    a matrix product) and H the head product: an input gradient costs F + 1.5 A (the attention backward recomputes the scores: 5 products for 2), weight
     gradients F - A - H (the head is a constant). PGD-10: 10 x (F + input gradient) + the verdict forward =
     21 F + 15 A. PMG-AFT's step: 2 attack steps (4 F + 3 A), x' and x forward (2 F) and backward into weights and
     activations but not pixels (2 x (2 F + 0.5 A - C - H)), the frozen forward (F): 11 F + 4 A - 2 C - 2 H. A
@@ -97,7 +97,8 @@ def test_flop_counts_add_up(report) -> None:
     # the CPU attention kernels and nn.MultiheadAttention's no-grad fast path are counted like the plain forward
     assert forward == pytest.approx(grad_forward / n, rel=1e-9)
     attention = per_op["aten._scaled_dot_product_flash_attention_for_cpu"] / n
-    conv = per_op["aten.convolution"] / n
+    visual = models.model.visual
+    conv = 2 * visual.conv1.weight.numel() * visual.grid_size[0] * visual.grid_size[1]  # the patch embedding
     head = 2 * models.model.head.numel()
     assert attention > 0 and conv > 0
     train = report["results"]["train"]["ours"]["flops_per_image"]
@@ -182,3 +183,20 @@ def test_unknown_method_is_one_line(capsys) -> None:
     assert "does not train" in capsys.readouterr().err
     assert main(["bench", "--steps", "0", "--arch", "zsbench-tiny"]) == 2
     assert "--steps 0 must be at least 1" in capsys.readouterr().err
+
+
+def test_readme_performance_table_is_the_committed_results() -> None:
+    """The README's table is ``benchmarks/summarize.py``'s output for the JSONs in ``benchmarks/results/``."""
+    from pathlib import Path
+
+    from robustbench_zs.bench import markdown_summary
+
+    root = Path(__file__).resolve().parents[1]
+    files = sorted((root / "benchmarks" / "results").glob("bench-*.json"))
+    assert files, "no committed benchmark results"
+    reports = [json.loads(f.read_text(encoding="utf-8")) for f in files]
+    for rep in reports:  # each says what it ran on and how
+        assert rep["machine"]["cpu"] and rep["command"].startswith("zsbench bench") and rep["software"]["torch"]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    table = readme.split("<!-- bench-table:start -->\n", 1)[1].split("\n<!-- bench-table:end -->", 1)[0]
+    assert table == markdown_summary(reports)

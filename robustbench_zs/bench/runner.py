@@ -460,11 +460,11 @@ def markdown_summary(reports: list[dict]) -> str:
     def pair(res: dict) -> tuple[str, str, str]:
         ours = res["ours"]
         naive = f"{res['naive']['images_per_second']:.3g}" if "naive" in res else "–"
-        speedup = f"{res['speedup']:.1f}x" if "speedup" in res else "–"
+        speedup = f"{res['speedup']:.2f}x" if "speedup" in res else "–"
         return f"{ours['images_per_second']:.3g}", naive, speedup
 
     head = (
-        "| machine | model, batch | training precision | train img/s: ours | naive | ours/naive | of peak "
+        "| machine | model | training | train img/s: ours | naive | ours/naive | of peak "
         "| PGD-10 img/s: ours | naive | ours/naive | of fp32 peak |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|"
     )
@@ -476,7 +476,7 @@ def markdown_summary(reports: list[dict]) -> str:
         t_ours, t_naive, t_x = pair(train)
         e_ours, e_naive, e_x = pair(evaluation)
         rows.append(
-            f"| {where} | {s['arch']} at {s['image_size'][0]} px, {s['batch_size']} | {s['method']} {s['precision']} "
+            f"| {where} | {s['arch']}, {s['image_size'][0]} px, batch {s['batch_size']} | {s['method']} {s['precision']} "
             f"| {t_ours} | {t_naive} | {t_x} | {pct(train['ours'])} ({s['precision']}) "
             f"| {e_ours} | {e_naive} | {e_x} | {pct(evaluation['ours'])} |"
         )
