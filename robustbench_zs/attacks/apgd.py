@@ -17,8 +17,9 @@ one global generator. Gradients are taken in fp32 with autocast off, on the per-
 
 ``Threat.precision == "bf16"`` (APGD-CE only, as ``pgd``): the forwards run under bfloat16 autocast, the loss is
 computed in fp32 from the logits and summed, and the verdict is taken by fp32 forwards of the last iterate and of the
-point (start or iterate) of lowest bf16 margin, not by the bf16 predictions. APGD-T stays fp32 (``PRECISIONS_T``). The ``perturb_*`` functions return, per image, the first
-point the model misclassifies (the clean image where it is misclassified already), else the last iterate.
+point (start or iterate) of lowest bf16 margin, not by the bf16 predictions. APGD-T stays fp32 (``PRECISIONS_T``).
+The ``perturb_*`` functions return, per image, the first point the model misclassifies (the clean image where it
+is misclassified already), else the last iterate.
 """
 
 from __future__ import annotations

@@ -8,8 +8,9 @@ from the threat. With PMG-AFT's logits at tau = 1 (cosines in [-1, 1]) the clip 
 margin; with tau = 100 it stops pushing an image once it is misclassified by 50 logits.
 
 It runs on ``attacks.pgd.pgd_single`` with this loss, so like ``pgd`` (and unlike the official code): fp32 with
-autocast off (bf16 is refused, see ``PRECISIONS``); the random start of each image from its own generator (uniform in the L-inf ball, or uniform in the L2 ball, where the official code scales a Gaussian
-direction by U(0, 1) * eps); and a point counts as robust only if it is classified correctly on its clean image and at
+autocast off (bf16 is refused, see ``PRECISIONS``); the random start of each image from its own generator
+(uniform in the L-inf ball, or uniform in the L2 ball, where the official code scales a Gaussian direction by
+U(0, 1) * eps); and a point counts as robust only if it is classified correctly on its clean image and at
 every iterate.
 """
 

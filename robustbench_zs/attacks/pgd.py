@@ -5,7 +5,8 @@ gradients are taken on the per-sample *summed* cross-entropy, so no sample's gra
 (autocast off) by default, so nothing underflows; the random start of each image comes from a generator seeded by
 (seed, image index), so results do not depend on the batch size or order; and a point counts as robust only if the
 model classifies it correctly on its clean image (an fp32 forward) and at every PGD iterate (the worst iterate is
-kept, as APGD does); ``perturb_pgd`` returns the first misclassified iterate (the adversarial image behind that verdict).
+kept, as APGD does); ``perturb_pgd`` returns the first misclassified iterate (the adversarial image behind that
+verdict).
 With eps = 0 the iterates equal the clean image, so robust accuracy equals clean accuracy exactly.
 
 ``Threat.precision == "bf16"``: the attack's forward runs under bfloat16 autocast and the summed cross-entropy is still

@@ -1,8 +1,9 @@
 """Sanity checks of an evaluation: hints of gradient masking and of results that contradict each other.
 
 Each check is a pure function returning ``{"name", "passed", "value", "detail"}`` (plain Python types, ready for a
-JSON record; a check with a tolerance adds it and its counts); ``check_all`` runs every check the given results allow, and ``leaderboard_flags`` condenses failed
-checks into a short marker. A failed check does not prove a bug: it says the numbers need a second look.
+JSON record; a check with a tolerance adds it and its counts); ``check_all`` runs every check the given results
+allow, and ``leaderboard_flags`` condenses failed checks into a short marker. A failed check does not prove a
+bug: it says the numbers need a second look.
 
 The checks and their rationale:
 
