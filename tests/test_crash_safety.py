@@ -32,8 +32,10 @@ from robustbench_zs.train.checkpoint import load_checkpoint
 RUN = ["run", "--preset", "smoke", "--n", "96", "--batch-size", "8", "--eps", "1,4", "--no-progress"]
 # a long clean pass: 200 batches of 2 images
 CLEAN_RUN = ["run", "--preset", "smoke", "--attack", "none", "--n", "400", "--batch-size", "2", "--no-progress"]
-#: what may differ between two runs of the same records: when they ran and how (time, device, cache hits)
-PROVENANCE = ("created_utc", "run")
+#: what may differ between two runs of the same records: when they ran and how (time, device, cache hits), and with
+#: which copy of the package (a subprocess started in the repository imports its source tree, with a git commit;
+#: pytest under tox imports the installed copy, without one)
+PROVENANCE = ("created_utc", "run", "software")
 
 
 def _zsbench(out: Path, tmp_path: Path, *extra: str, argv: list[str] = RUN) -> subprocess.Popen:
