@@ -287,10 +287,10 @@ def step_loss(
     loss of the global batch), still attached to the graph, and the method's named terms.
 
     ``joint_forward`` is :attr:`~robustbench_zs.methods.Step.joint_forward`; None (the default) turns it on for
-    GPUs only. On the CPU the joint batch measured slower, not faster (``zsbench bench``, ViT-B/32, batch 32, 2
-    cores: 2-7%): a matrix of 1600 rows already keeps the cores busy, and the doubled activations (over 32 MiB)
-    fall out of the allocator's reuse and the caches. On a GPU, which a batch of 32 underfills, one forward of both
-    batches is expected to help (not measured yet). Results are the same either way, up to float rounding.
+    GPUs only. On the CPU the joint batch measured slower, not faster (ViT-B/32, batch 32, 2 cores: 2-7% in
+    ``zsbench bench``, 9% in ``benchmarks/pmg_aft_ladder.py``): a matrix of 1600 rows already keeps the cores
+    busy, and the doubled activations (over 32 MiB) fall out of the allocator's reuse and the caches. On a GPU,
+    which a batch of 32 underfills, one forward of both batches is expected to help (not measured yet). Results are the same either way, up to float rounding.
     """
     if joint_forward is None:
         joint_forward = x.device.type == "cuda"
