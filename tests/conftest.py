@@ -14,6 +14,17 @@ TINY = ModelSpec("zsbench-tiny", "random", init_seed=0)
 DEVICE = torch.device(os.environ.get("ZSBENCH_TEST_DEVICE", "cpu"))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tests: the tiny models gain nothing from intra-op threads, which thrash when
+    other processes share the CPUs; and in-process reruns then round like subprocesses run with OMP_NUM_THREADS=1.
+    A module opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(tmp_path, monkeypatch):
     """No test reads or writes the user's cache, data or results folders."""

@@ -22,13 +22,7 @@ DEVICE = torch.device(os.environ.get("ZSBENCH_TEST_DEVICE", "cpu"))
 EPS = {"linf": 2 / 255, "l2": 0.25}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The tiny model gains nothing from intra-op threads, and they thrash when other processes share the CPUs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -108,14 +108,7 @@ def _spy_on_resumes(monkeypatch) -> list[tuple[str, int, int]]:
     return calls
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """In-process reruns compute like the killed subprocesses (OMP_NUM_THREADS=1): the same float rounding, so the
-    records of a resumed run equal those of an uninterrupted one bit for bit; and no oversubscribed cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -10,14 +10,7 @@ from robustbench_zs.attacks import Threat, pgd_single, run_pgd
 from robustbench_zs.datasets import select_subset
 from robustbench_zs.engine import evaluate
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The tiny model gains nothing from intra-op threads, and they thrash when other processes share the CPUs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _linf(eps255: float, steps: int = 10, step255: float = 1.0) -> Threat:

@@ -33,13 +33,7 @@ RN = ModelSpec("zsbench-tiny-rn", "random", init_seed=0)
 MEAN, STD = NORMALIZATIONS["clip"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: one thread is several times faster than many on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fresh(spec: ModelSpec):
