@@ -25,6 +25,18 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture
+def quick_standard(monkeypatch):
+    """AutoAttack's standard components at the small ``quick_attacks.QUICK`` settings, for one test."""
+    from quick_attacks import QUICK
+
+    from robustbench_zs.attacks.autoattack import STANDARD
+
+    for name, values in QUICK.items():
+        for key, value in values.items():
+            monkeypatch.setitem(STANDARD[name], key, value)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(tmp_path, monkeypatch):
     """No test reads or writes the user's cache, data or results folders."""

@@ -11,11 +11,9 @@ import os
 
 import pytest
 import torch
-from test_autoattack import QUICK
 from torch import nn
 
 from robustbench_zs.attacks import ATTACKS, NORMS, Threat, pgd_single
-from robustbench_zs.attacks.autoattack import STANDARD
 from robustbench_zs.attacks.pgd import unit_noise
 
 DEVICE = torch.device(os.environ.get("ZSBENCH_TEST_DEVICE", "cpu"))
@@ -23,13 +21,6 @@ EPS = {"linf": 2 / 255, "l2": 0.25}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture
-def quick_standard(monkeypatch):
-    for name, values in QUICK.items():
-        for key, value in values.items():
-            monkeypatch.setitem(STANDARD[name], key, value)
 
 
 def _threat(name: str, norm: str, eps: float | None = None, precision: str = "fp32") -> Threat:

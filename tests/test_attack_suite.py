@@ -10,7 +10,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from test_autoattack import QUICK, InputBlind
+from quick_attacks import QUICK
+from test_autoattack import InputBlind
 
 from robustbench_zs.attacks import ATTACKS, Threat
 from robustbench_zs.attacks.autoattack import STANDARD
@@ -33,13 +34,6 @@ TINY = ["--arch", "zsbench-tiny", "--pretrained", "random", "--device", "cpu", "
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture
-def quick_standard(monkeypatch):
-    for name, values in QUICK.items():
-        for key, value in values.items():
-            monkeypatch.setitem(STANDARD[name], key, value)
 
 
 def _records(out, attack=None):

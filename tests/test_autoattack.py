@@ -32,24 +32,8 @@ from robustbench_zs.models import NORMALIZATIONS, ModelSpec, ZeroShotClassifier,
 
 DEVICE = torch.device(os.environ.get("ZSBENCH_TEST_DEVICE", "cpu"))
 
-# small settings for the tests that are about wiring, not strength (patched into STANDARD, so the registry path and
-# the evaluator use them too)
-QUICK = {
-    "apgd-ce": {"n_iter": 10},
-    "apgd-t": {"n_iter": 10, "n_target_classes": 2},
-    "fab-t": {"n_iter": 10, "n_target_classes": 2},
-    "square": {"n_queries": 20},
-}
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture
-def quick_standard(monkeypatch):
-    for name, values in QUICK.items():
-        for key, value in values.items():
-            monkeypatch.setitem(STANDARD[name], key, value)
 
 
 @pytest.fixture(scope="module")

@@ -270,7 +270,10 @@ def test_mixed_precision_trains(tmp_path, small_train, precision: str) -> None:
     assert meta["precision"] == precision
 
 
-def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_state(tmp_path, small_train, monkeypatch) -> None:
+@pytest.mark.parametrize("bad", ["nan", "inf"])
+def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_state(
+    tmp_path, small_train, monkeypatch, bad: str
+) -> None:
     monkeypatch.setitem(synthetic.SIZES, "train", 96)
     recipe = {"batch_size": 32, "epochs": 2, "lr": 1e-2}  # 6 steps
     good = train(_cfg(tmp_path / "a", "ft_standard", recipe=recipe, max_steps=2), echo=lambda s: None)
@@ -279,13 +282,13 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_state(tmp_path
 
     def poisoned(self, st):
         loss, terms = real_loss(self, st)
-        return (loss * float("nan"), terms) if st.extras["step"] == 2 else (loss, terms)
+        return (loss + float(bad), terms) if st.extras["step"] == 2 else (loss, terms)
 
     monkeypatch.setattr(cls, "loss", poisoned)
     with pytest.raises(ZSBenchError) as err:
         train(_cfg(tmp_path / "b", "ft_standard", recipe=recipe), echo=lambda s: None)
     message = str(err.value)
-    assert "the loss is nan at step 3 of 6" in message and "state after step 2" in message and "\n" not in message
+    assert f"the loss is {bad} at step 3 of 6" in message and "state after step 2" in message and "\n" not in message
     (folder,) = (tmp_path / "b" / "models").iterdir()
     state = json.loads((folder / "resume" / "state.json").read_text())
     assert state["step"] == 2
@@ -343,10 +346,10 @@ def test_batch_loader_gathers_and_prefetches_the_same_images() -> None:
     want = (rows[idx].float() / 255, torch.as_tensor(labels[idx]))
     for images in (Items(), Gather()):
         for prefetch in (False, True):
-            loader = BatchLoader(images, prefetch=prefetch)
+            loader = BatchLoader(images, cpu, prefetch=prefetch)
             loader.request(idx)
-            got = loader.get(idx, cpu)
-            other = loader.get(np.array([0, 1]), cpu)  # nothing requested: read on the spot
+            got = loader.get(idx)
+            other = loader.get(np.array([0, 1]))  # nothing requested: read on the spot
             loader.close()
             assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
             assert torch.equal(other[0], rows[:2].float() / 255)

@@ -241,9 +241,34 @@ def _check_loss(loss: str, expected: str, component: str) -> None:
         raise ZSBenchError(f"{component} optimizes the {expected!r} loss only (got loss={loss!r})")
 
 
-def _write(adv: torch.Tensor | None, idx: torch.Tensor, sub: torch.Tensor | None) -> None:
+def _run_on_robust(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    seeds: torch.Tensor,
+    robust: torch.Tensor,
+    adv: torch.Tensor | None,
+    stream: int,
+    *,
+    norm: str,
+    y_target: torch.Tensor | None = None,
+    **kwargs,
+) -> bool:
+    """One APGD run (a restart, or a target) on the points still ``robust``, updating ``robust`` and ``adv`` in place.
+
+    Each point's random start comes from its seed and ``stream``; ``y_target`` (one class per image of ``x``) makes
+    it targeted. The other keywords go to :func:`apgd_single`. Returns False when no point was left to attack.
+    """
+    idx = robust.nonzero().flatten()
+    if len(idx) == 0:
+        return False
+    start = unit_noise(tuple(x.shape[1:]), stream_seeds(seeds[idx.cpu()], stream), x.device, norm)
+    sub = None if adv is None else adv[idx]
+    target = None if y_target is None else y_target[idx]
+    robust[idx] = apgd_single(model, x[idx], y[idx], norm=norm, start=start, y_target=target, adv=sub, **kwargs)
     if adv is not None:
         adv[idx] = sub
+    return True
 
 
 def apgd_ce(
@@ -273,28 +298,10 @@ def apgd_ce(
     """
     _check_loss(loss, "ce", "APGD-CE")
     robust = (_clean_logits(model, x).argmax(1) == y) if robust is None else robust.clone()
+    settings = {"norm": norm, "eps": eps, "n_iter": n_iter, "rho": rho, "eot_iter": eot_iter, "precision": precision}
     for r in range(n_restarts):
-        idx = robust.nonzero().flatten()
-        if len(idx) == 0:
+        if not _run_on_robust(model, x, y, seeds, robust, adv, _STREAM_APGD_CE * 1000 + r, **settings):
             break
-        start = unit_noise(
-            tuple(x.shape[1:]), stream_seeds(seeds[idx.cpu()], _STREAM_APGD_CE * 1000 + r), x.device, norm
-        )
-        sub = None if adv is None else adv[idx]
-        robust[idx] = apgd_single(
-            model,
-            x[idx],
-            y[idx],
-            norm=norm,
-            eps=eps,
-            n_iter=n_iter,
-            start=start,
-            rho=rho,
-            eot_iter=eot_iter,
-            precision=precision,
-            adv=sub,
-        )
-        _write(adv, idx, sub)
     return robust
 
 
@@ -327,29 +334,13 @@ def apgd_targeted(
     require_targeted_classes(n_classes)
     robust = (logits.argmax(1) == y) if robust is None else robust.clone()
     order = logits.sort(dim=1).indices
+    settings = {"norm": norm, "eps": eps, "n_iter": n_iter, "rho": rho, "eot_iter": eot_iter, "precision": precision}
     for target_class in range(2, min(n_target_classes, n_classes - 1) + 2):
         for r in range(n_restarts):
-            idx = robust.nonzero().flatten()
-            if len(idx) == 0:
-                return robust
             stream = _STREAM_APGD_T * 1000 + target_class * 10 + r
-            start = unit_noise(tuple(x.shape[1:]), stream_seeds(seeds[idx.cpu()], stream), x.device, norm)
-            sub = None if adv is None else adv[idx]
-            robust[idx] = apgd_single(
-                model,
-                x[idx],
-                y[idx],
-                norm=norm,
-                eps=eps,
-                n_iter=n_iter,
-                start=start,
-                y_target=order[idx, -target_class],
-                rho=rho,
-                eot_iter=eot_iter,
-                precision=precision,
-                adv=sub,
-            )
-            _write(adv, idx, sub)
+            y_target = order[:, -target_class]
+            if not _run_on_robust(model, x, y, seeds, robust, adv, stream, y_target=y_target, **settings):
+                return robust
     return robust
 
 

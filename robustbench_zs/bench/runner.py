@@ -37,6 +37,7 @@ from ..attacks import ATTACKS, Threat
 from ..attacks.pgd import eval_mode_no_param_grad
 from ..datasets import DATASETS
 from ..datasets.spec import load_metadata
+from ..engine.runner import resolve_device
 from ..errors import ZSBenchError
 from ..methods import METHODS
 from ..models import HeadKnobs, LoadedModel, ModelSpec, ZeroShotClassifier, build_text_head, load_model
@@ -74,18 +75,6 @@ class BenchConfig:
     seed: int = 0
     peak_size: int | None = None
     argv: tuple[str, ...] = field(default_factory=tuple)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ZSBenchError(f"--device {name}: no CUDA GPU is visible to torch; use --device cpu")
-        return torch.device(name)
-    if name == "cpu":
-        return torch.device("cpu")
-    raise ZSBenchError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto")
 
 
 def class_prompts() -> tuple[list[str], list[str]]:

@@ -416,11 +416,11 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
         global_idx = orders[epoch][pos * recipe.batch_size : (pos + 1) * recipe.batch_size]
         return epoch, global_idx[env.rank * local : (env.rank + 1) * local]
 
-    batches = BatchLoader(images, prefetch=device.type == "cuda" if cfg.prefetch is None else cfg.prefetch)
+    batches = BatchLoader(images, device, prefetch=device.type == "cuda" if cfg.prefetch is None else cfg.prefetch)
     try:
         while step < end:
             epoch, idx = indices(step)
-            x, y = batches.get(idx, device)
+            x, y = batches.get(idx)
             if step + 1 < end:
                 batches.request(indices(step + 1)[1])  # read while this step computes (on a GPU)
             seeds = attack_seeds(idx, cfg.seed, epoch)
@@ -498,11 +498,11 @@ class BatchLoader:
     leave a GPU idle); only host work happens on the thread, the copy to the device stays on the caller's.
     """
 
-    def __init__(self, images, prefetch: bool = False) -> None:
-        self.images = images
+    def __init__(self, images, device: torch.device, prefetch: bool = False) -> None:
+        self.images, self.device = images, device
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zsbench-batch") if prefetch else None
         self.pending: tuple[bytes, Future] | None = None
-        self.pin = prefetch and torch.cuda.is_available()
+        self.pin = prefetch and device.type == "cuda"  # pinned pages let the copy to the GPU run asynchronously
 
     def _read(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         take = getattr(self.images, "take", None)
@@ -518,14 +518,14 @@ class BatchLoader:
         if self.pool is not None:
             self.pending = (idx.tobytes(), self.pool.submit(self._read, idx.copy()))
 
-    def get(self, idx: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def get(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         pending, self.pending = self.pending, None
         if pending is not None and pending[0] == idx.tobytes():
             u8, labels = pending[1].result()
         else:
             u8, labels = self._read(idx)
-        x = u8.to(device, non_blocking=True).float().div_(255)
-        return x, labels.to(device, non_blocking=True)
+        x = u8.to(self.device, non_blocking=True).float().div_(255)
+        return x, labels.to(self.device, non_blocking=True)
 
     def close(self) -> None:
         if self.pool is not None:
