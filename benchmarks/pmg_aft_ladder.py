@@ -47,14 +47,14 @@ def main() -> None:
     x, y, seeds = random_batch(b, bench.base.image_size, len(bench.names), 0, device)
 
     def naive_rung(fixes: tuple[str, ...]):
-        naive = NaiveTraining(method, bench.base.model, bench.prompt_tokens(), recipe, bench.base.image_size, "fp32", device,
-                              fixes)  # fmt: skip
+        naive = NaiveTraining(method, bench.base.model, bench.prompt_tokens(), recipe, bench.knobs, bench.base.image_size,
+                              "fp32", device, fixes)  # fmt: skip
         return lambda: float(naive.step(x, y, seeds))
 
     def engine_rung(joint: bool):
         loaded = bench.fresh_model()
         head, _ = build_text_head(loaded.model, loaded.tokenizer, bench.names, bench.templates, None)
-        models = prepare_models(method, loaded, recipe, head, device)
+        models = prepare_models(method, loaded, bench.knobs, head, device)
         models.model.train()
         opt = _optimizer(models.trainable, recipe)
         env = DistEnv(0, 1, 0, device)

@@ -12,7 +12,7 @@ from pathlib import Path
 from . import __version__
 from .attacks.base import PRECISIONS
 from .errors import ZSBenchError
-from .profiles import PROFILES
+from .profiles import PROFILES, TRAIN_PROFILES
 
 EXIT_USAGE = 2
 
@@ -250,14 +250,40 @@ def build_parser() -> argparse.ArgumentParser:
         ("train-eps", float, "training PGD radius, units of 1/255"),
         ("train-steps", int, "training PGD steps"),
         ("train-step-size", float, "training PGD step, units of 1/255"),
-        ("normalization", str, "clip or imagenet"),
-        ("logit-scale", str, "100, 1 or learned"),
+        ("train-attack", str, "training PGD rule: pgd (TeCoA/PMG-AFT) or pgd_momentum (RobustVLM)"),
     ]:
         tr.add_argument(f"--{flag}", type=kind, help=f"{what} (default: the method's recipe)")
     tr.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (the schedule still spans all)")
-    tr.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast (default fp32)")
-    tr.add_argument("--preprocess", choices=["paper", "standard"], default="paper", help="image preprocessing")
-    tr.add_argument("--prompts", choices=["paper", "ensemble"], default="paper", help="prompt set of the text head")
+    tr.add_argument(
+        "--profile",
+        choices=sorted(TRAIN_PROFILES),
+        default="standard",
+        help="a whole set of training knobs (default standard: CLIP normalization, logit scale 100, fp32, summed "
+        "attack loss, eval mode while attacked, the model's preprocessing, ensemble prompts, full batches only; "
+        "paper: as the official PMG-AFT code trained); the flags below override single knobs",
+    )
+    tr.add_argument("--normalization", choices=["clip", "imagenet"], help="pixel normalization (profile's by default)")
+    tr.add_argument("--logit-scale", choices=["100", "1", "learned"], help="logit scale tau (profile's by default)")
+    tr.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="autocast (profile's by default)")
+    tr.add_argument(
+        "--attack-reduction",
+        choices=["sum", "mean"],
+        help="training attack's loss over the batch (profile's by default; mean under fp16 underflows as the "
+        "official code's did)",
+    )
+    tr.add_argument("--attack-mode", choices=["eval", "train"], help="the model's mode while the training attack runs")
+    tr.add_argument("--preprocess", choices=["paper", "standard"], help="image preprocessing (profile's by default)")
+    tr.add_argument("--prompts", choices=["paper", "ensemble"], help="prompt set of the text head (profile's)")
+    tr.add_argument(
+        "--last-batch", choices=["keep", "drop"], help="train on the last partial batch of each epoch (profile's)"
+    )
+    tr.add_argument(
+        "--official-options",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="default each method option to the method's official code (PMG-AFT: published KL direction, summed "
+        "KL) rather than its paper's equations (profile's by default: on for paper)",
+    )
     tr.add_argument("--seed", type=int, default=0, help="data order and attack random starts (default 0)")
     tr.add_argument("--save-every", type=int, default=0, help="write the resume state every N steps (and each epoch)")
     tr.add_argument("--name", help="checkpoint folder name (default: method-arch-weights-data-<config hash>)")
@@ -464,9 +490,21 @@ def _checkpoints(items: list[str], models_dir: Path, arch: str, pretrained: str)
 
 def _train(args: argparse.Namespace) -> int:
     from .models import ModelSpec
+    from .profiles import get_train_profile
     from .provenance import default_cache_dir, default_data_root, default_models_dir
     from .train import TrainConfig, train
 
+    profile = get_train_profile(args.profile).with_overrides(
+        normalization=args.normalization,
+        logit_scale=args.logit_scale,
+        precision=args.precision,
+        attack_reduction=args.attack_reduction,
+        attack_mode=args.attack_mode,
+        preprocess=args.preprocess,
+        prompts=args.prompts,
+        last_batch=args.last_batch,
+        official_options=args.official_options,
+    )
     recipe = {
         "epochs": args.epochs,
         "batch_size": args.batch_size,
@@ -478,8 +516,7 @@ def _train(args: argparse.Namespace) -> int:
         "train_eps_255": args.train_eps,
         "train_steps": args.train_steps,
         "train_step_size_255": args.train_step_size,
-        "normalization": args.normalization,
-        "logit_scale": args.logit_scale,
+        "train_attack": args.train_attack,
     }
     cfg = TrainConfig(
         method=args.method,
@@ -490,9 +527,7 @@ def _train(args: argparse.Namespace) -> int:
         options=parse_sets(args.set),
         recipe={k: v for k, v in recipe.items() if v is not None},
         max_steps=_positive_int("max-steps", args.max_steps),
-        precision=args.precision,
-        preprocess=args.preprocess,
-        prompts=args.prompts,
+        profile=profile,
         seed=_positive_int("seed", args.seed, minimum=0, maximum=2**31 - 1),
         device=args.device,
         workers=_positive_int("workers", args.workers, minimum=0),

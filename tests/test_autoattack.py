@@ -410,7 +410,7 @@ def test_eps_zero_is_the_clean_accuracy(centroid, synthetic, name):
         elif precision not in entry.precisions:  # refused, rather than mislabel a record
             with pytest.raises(ZSBenchError, match=f"{precision!r}"):
                 entry.run(centroid, x, y, [tp], seeds)
-    assert ATTACKS.get("autoattack").precisions == ("fp32",)
+    assert ATTACKS.get("autoattack").precisions == ("fp32", "fp16")
 
 
 def test_attacks_restore_train_mode_and_requires_grad(centroid, synthetic, quick_standard):

@@ -20,10 +20,12 @@ from robustbench_zs.cli import main
 from robustbench_zs.methods import METHODS
 from robustbench_zs.methods.base import batch_independent
 from robustbench_zs.models import HeadKnobs, ModelSpec, ZeroShotClassifier, build_text_head, load_model
+from robustbench_zs.profiles import TRAIN_PROFILES
 from robustbench_zs.train.engine import prepare_models, step_loss
 
 TINY = ModelSpec("zsbench-tiny", "random", init_seed=0)
 CPU = torch.device("cpu")
+KNOBS = TRAIN_PROFILES["paper"].head_knobs()  # the benchmark's: the official code's head knobs
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +50,7 @@ def _models(method_id: str):
     loaded = load_model(TINY, CPU)
     names, templates = class_prompts()
     head, _ = build_text_head(loaded.model, loaded.tokenizer, names, templates, None)
-    return method, loaded, prepare_models(method, loaded, method.recipe, head, CPU)
+    return method, loaded, prepare_models(method, loaded, KNOBS, head, CPU)
 
 
 def test_bench_writes_every_figure(report) -> None:
@@ -119,7 +121,9 @@ def test_naive_baseline_computes_the_same_loss(report) -> None:
         ours, _ = step_loss(method, models, x, y, seeds, method.recipe, "fp32", {"global_batch": 16})
         tokens = pristine.tokenizer([t.format(c) for c in names for t in templates])
         for fixes in ((), FIXES[:1], FIXES):  # the official way, the first rung of the ladder, all of them
-            naive = NaiveTraining(method, pristine.model, tokens, method.recipe, loaded.image_size, "fp32", CPU, fixes)
+            naive = NaiveTraining(
+                method, pristine.model, tokens, method.recipe, KNOBS, loaded.image_size, "fp32", CPU, fixes
+            )
             loss = float(naive.loss(x, y, seeds).detach())
             assert loss == pytest.approx(float(ours.detach()), rel=1e-5), (method_id, fixes)
 

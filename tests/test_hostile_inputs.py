@@ -128,7 +128,7 @@ CASES = [
     ("negative batch size", lambda t: [*SMOKE, "--batch-size", "-3"], "--batch-size -3 must be at least 1"),
     ("batch size not an integer", lambda t: [*SMOKE, "--batch-size", "x"], "--batch-size 'x' is not an integer"),
     ("steps with AutoAttack", lambda t: [*SMOKE, "--attack", "autoattack", "--steps", "5"], "--steps has no effect"),
-    ("bf16 AutoAttack", lambda t: [*SMOKE, "--attack", "autoattack", "--attack-precision", "bf16"], "fp32 only"),
+    ("bf16 AutoAttack", lambda t: [*SMOKE, "--attack", "autoattack", "--attack-precision", "bf16"], "not bf16"),
     ("missing dataset folder", _dataset_case("missing"), "CIFAR-10 not found"),
     ("partial dataset folder", _dataset_case("partial"), "lacks test_batch"),
     ("corrupt image", _dataset_case("corrupt image"), ".jpg"),

@@ -392,16 +392,11 @@ def test_pmg_aft_config_defaults_and_overrides():
 def test_registry_and_recipes():
     assert METHODS.get("pmg_aft") is PMGAFT
     assert METHODS.get("tecoa") is TeCoA and METHODS.get("ft_standard") is FTStandard and METHODS.get("fare") is FARE
-    assert (PMGAFT.recipe.normalization, PMGAFT.recipe.logit_scale, PMGAFT.needs_frozen) == ("imagenet", "1", True)
+    # the head knobs are the training profile's, not the method's (profiles.TRAIN_PROFILES)
+    assert PMGAFT.needs_frozen and PMGAFT.official_options == {"kl_direction": "published", "kl_reduction": "sum"}
     r = TeCoA.recipe
-    assert (r.normalization, r.logit_scale, r.lr, r.train_eps_255, r.train_steps, r.batch_size) == (
-        "clip",
-        "100",
-        5e-5,
-        1.0,
-        2,
-        256,
-    )
+    assert (r.lr, r.train_eps_255, r.train_steps, r.batch_size, r.train_attack) == (5e-5, 1.0, 2, 256, "pgd")
+    assert not hasattr(r, "normalization") and not hasattr(r, "logit_scale")
     f = FARE.recipe
     assert (f.optimizer, f.lr, f.weight_decay, f.train_steps, f.train_eps_255, f.warmup_steps) == (
         "adamw",
@@ -412,3 +407,4 @@ def test_registry_and_recipes():
         1400,
     )
     assert not FARE.needs_labels and not FARE.needs_text_head and FARE.needs_frozen
+    assert f.train_attack == "pgd_momentum" and FARE.train_attack_mode == "eval"

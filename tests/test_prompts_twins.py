@@ -180,7 +180,10 @@ def test_vp_only_prompts_get_gradients():
     encoder = method.build_encoder(model)
     trainable = method.trainable_parameters(encoder)
     names = {n for n, p in encoder.named_parameters() if any(p is t for t in trainable)}
-    assert names == {"pad_prompt", "prompt_tokens", "prompt_pos_embedding"}
+    # the official optimizer: SGD(prompter.parameters() + add_prompter.parameters()); the tokens' positional embedding
+    # lives in the frozen backbone and is never trained
+    assert names == {"pad_prompt", "prompt_tokens"}
+    assert not encoder.prompt_pos_embedding.requires_grad and not encoder.prompt_pos_embedding.any()
     clf = classifier(encoder, random_head())
     x, y = images(4), torch.tensor([0, 1, 2, 3])
     loss, terms = method.loss(Step(x=x, y=y, model=clf, frozen=None, attack=lambda fn: x))
@@ -204,10 +207,8 @@ def test_vp_trained_state_holds_only_prompts_and_round_trips(tmp_path):
     for cls in (VPTeCoA, VPPMGAFT):
         method = cls(cls.Config(n_tokens=4))
         encoder = method.build_encoder(fresh(VIT).model)
-        with torch.no_grad():
-            encoder.prompt_pos_embedding.normal_()
         state = method.trained_state(encoder)
-        assert set(state) == {"pad_prompt", "prompt_tokens", "prompt_pos_embedding"}
+        assert set(state) == {"pad_prompt", "prompt_tokens"}
         assert state["pad_prompt"].shape == (3, 32, 32) and state["prompt_tokens"].shape == (4, 64)
         save_file(state, str(tmp_path / f"{cls.id}.safetensors"))
         loaded = load_file(str(tmp_path / f"{cls.id}.safetensors"))
@@ -410,3 +411,42 @@ def test_twins_trained_state_round_trips(tmp_path):
     with pytest.raises(ZSBenchError) as err:
         method.load_trained_state(fresh(RN).model.visual, state)  # a tower without twins does not fit
     one_line(err)
+
+
+def test_vp_old_checkpoints_with_a_trained_position_still_load(tmp_path):
+    """Checkpoints of the earlier version trained the tokens' positional embedding: it loads into the zero buffer, so
+    such a checkpoint is evaluated as it was trained; new checkpoints never hold it."""
+    method = VPTeCoA(VisualPromptConfig(n_tokens=4))
+    encoder = method.build_encoder(fresh(VIT).model)
+    old = {**method.trained_state(encoder), "prompt_pos_embedding": torch.randn(4, 64)}
+    other = method.build_encoder(fresh(VIT).model)
+    method.load_trained_state(other, old)
+    assert torch.equal(other.prompt_pos_embedding, old["prompt_pos_embedding"])
+    assert "prompt_pos_embedding" not in method.trained_state(other)
+
+
+def test_vp_one_sgd_step_moves_each_prompt_as_the_official_optimizer():
+    """What trains, how it starts and how fast it moves, against the official TeCoA visual-prompt code: the border
+    and the tokens from N(0, 1), nothing else; one SGD step at lr 40 moves every token by lr * grad exactly once
+    (an extra trained positional embedding would add the same gradient a second time)."""
+    from robustbench_zs.train.engine import _optimizer
+
+    torch.manual_seed(0)
+    method = VPTeCoA(VisualPromptConfig(n_tokens=50))
+    encoder = method.build_encoder(fresh(VIT).model)
+    tokens = encoder.prompt_tokens.detach().clone()
+    pad = encoder.pad_prompt.detach()[encoder.pad_mask.expand(3, -1, -1) > 0]
+    assert abs(tokens.mean()) < 0.1 and abs(tokens.std() - 1) < 0.1  # N(0, 1) as torch.randn
+    assert abs(pad.mean()) < 0.1 and abs(pad.std() - 1) < 0.1
+    assert not encoder.pad_prompt.detach()[encoder.pad_mask.expand(3, -1, -1) == 0].any()  # the interior stays 0
+    assert method.recipe.lr == 40.0 and method.recipe.momentum == 0.9 and method.recipe.weight_decay == 0.0
+    trainable = method.trainable_parameters(encoder)
+    opt = _optimizer(trainable, method.recipe)
+    clf = classifier(encoder, random_head())
+    x, y = images(4), torch.tensor([0, 1, 2, 3])
+    loss, _ = method.loss(Step(x=x, y=y, model=clf, frozen=None, attack=lambda fn: x))
+    loss.backward()
+    grad = encoder.prompt_tokens.grad.detach().clone()
+    opt.step()
+    assert torch.allclose(encoder.prompt_tokens.detach(), tokens - 40.0 * grad, atol=1e-5)
+    assert not encoder.prompt_pos_embedding.any()

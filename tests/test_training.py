@@ -19,6 +19,7 @@ from robustbench_zs.engine.evaluator import evaluate
 from robustbench_zs.errors import ZSBenchError
 from robustbench_zs.methods import METHODS
 from robustbench_zs.models import ModelSpec
+from robustbench_zs.profiles import TRAIN_PROFILES
 from robustbench_zs.train import TrainConfig, train
 from robustbench_zs.train.checkpoint import load_checkpoint
 from robustbench_zs.train.engine import lr_at
@@ -135,8 +136,10 @@ def test_tecoa_is_more_robust_than_ft_standard(tmp_path, monkeypatch) -> None:
     from robustbench_zs.models import HeadKnobs, ZeroShotClassifier, build_text_head
 
     robust = {}
+    # trained with the head it is evaluated with below: the paper's single prompt, CLIP normalization, tau 100
+    profile = TRAIN_PROFILES["standard"].with_overrides(prompts="paper")
     for method in ("ft_standard", "tecoa"):
-        res = train(_cfg(tmp_path, method, recipe=recipe), echo=lambda s: None)
+        res = train(_cfg(tmp_path, method, recipe=recipe, profile=profile), echo=lambda s: None)
         (variant,) = resolve_variants((method,), TINY, {}, {method: res.folder}, tmp_path, None)
         loaded, encoder = variant.load(torch.device("cpu"))
         head, _ = build_text_head(
@@ -238,11 +241,21 @@ def test_interpolation_sweep_rows(tmp_path, small_train, capsys) -> None:
 
 
 @pytest.mark.slow
-def test_two_process_torchrun_matches_one_process(tmp_path) -> None:
+@pytest.mark.parametrize(
+    "profile",
+    [
+        ["--batch-size", "64", "--max-steps", "4"],
+        # the paper profile (fp32 here): a mean attack loss, train mode, summed KL, and the last partial batch of
+        # 2048 % 300 = 248 images shared as 124 + 124
+        ["--profile", "paper", "--precision", "fp32", "--batch-size", "300"],
+    ],
+    ids=["standard", "paper-partial-batch"],
+)
+def test_two_process_torchrun_matches_one_process(tmp_path, profile) -> None:
     """torchrun --nproc_per_node 2 (gloo, CPU) ends with the weights of one process on the same global batch."""
     common = ["train", "--method", "pmg_aft", "--train-dataset", "synthetic", "--data-root", str(tmp_path)]
     common += ["--arch", "zsbench-tiny", "--pretrained", "random", "--device", "cpu", "--no-progress"]
-    common += ["--epochs", "1", "--batch-size", "64", "--lr", "1e-2", "--max-steps", "4", "--name", "run"]
+    common += ["--epochs", "1", "--lr", "1e-2", "--name", "run", *profile]
     env = {**os.environ, "ZSBENCH_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     one = subprocess.run([sys.executable, "-m", "robustbench_zs", *common, "--out", str(tmp_path / "one")], env=env)
     assert one.returncode == 0
@@ -252,6 +265,8 @@ def test_two_process_torchrun_matches_one_process(tmp_path) -> None:
     a, _ = load_checkpoint(tmp_path / "one" / "run")
     b, meta = load_checkpoint(tmp_path / "two" / "run")
     assert meta["world_size"] == 2
+    if "paper" in profile:
+        assert meta["steps"] == 7 and meta["last_batch_size"] == 248
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
 
@@ -264,7 +279,8 @@ def test_unknown_method_and_trainless_errors() -> None:
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_trains(tmp_path, small_train, precision: str) -> None:
     """bf16 autocast, and fp16 with a gradient scaler, run and keep the loss finite (CPU autocast here)."""
-    res = train(_cfg(tmp_path, "pmg_aft", recipe={"epochs": 3, "lr": 1e-2}, precision=precision), echo=lambda s: None)
+    profile = TRAIN_PROFILES["standard"].with_overrides(precision=precision)
+    res = train(_cfg(tmp_path, "pmg_aft", recipe={"epochs": 3, "lr": 1e-2}, profile=profile), echo=lambda s: None)
     assert res.steps == 3 and all(np.isfinite(res.losses))
     _, meta = load_checkpoint(res.folder)
     assert meta["precision"] == precision

@@ -28,6 +28,15 @@ to see, per threat, which components ran, which were skipped and why, and how ma
 component setting in ``STANDARD`` (or an override) is passed to the code that runs it, so a report never names a
 setting that did not run; the official package's results depend on the batch, so its settings say
 ``depends_on_batch_size`` and ``zsbench run`` keys its records on the attack batch size.
+
+Precision (``Threat.precision``): ``fp32`` (autocast off) or ``fp16``, which reproduces the official PMG-AFT code: there
+AutoAttack attacked ``model_fn``, the CLIP forward inside ``torch.cuda.amp.autocast()`` with its logits cast to
+float32. Here the model is wrapped the same way (``AutocastForward``: the forward under float16 autocast on the
+images' device, ``logits.float()``) and the wrapper is what every part of the attack calls: the clean check, every
+forward of every component (for both implementations) and the final verdict. Nothing else changes: the losses
+(AutoAttack's own per-image CE, targeted DLR and margin, summed over the batch), step rules, targets, seeds and the
+cascade are the standard ones, and everything outside the model's forward stays in fp32 (autocast off). bf16 is
+refused.
 """
 
 from __future__ import annotations
@@ -47,9 +56,10 @@ import torch
 from torch import nn
 
 from ..errors import ZSBenchError
-from .apgd import MIN_CLASSES_TARGETED_DLR, apgd_ce, apgd_targeted, require_fp32, stream_seeds
-from .base import ATTACKS, AttackEntry, Threat
+from .apgd import MIN_CLASSES_TARGETED_DLR, apgd_ce, apgd_targeted, stream_seeds
+from .base import ATTACKS, AttackEntry, Threat, require_precision
 from .pgd import eval_mode_no_param_grad
+from .precision import attack_autocast
 
 OFFICIAL = "fra31/auto-attack"
 COMPONENTS = "torchattacks components"
@@ -90,6 +100,45 @@ _WHY = {
 }
 _NORMS = {"linf": "Linf", "l2": "L2"}
 _SQUARE_STREAM = 4000
+
+PRECISIONS = ("fp32", "fp16")
+"""``Threat.precision`` values AutoAttack runs in (bf16 is refused)."""
+#: ``bs`` of the official package's ``run_standard_evaluation`` under fp16: the official PMG-AFT code called it with
+#: ``bs=100`` on each evaluation batch of 256 (``PMG_AFT.py``, ``validate``).
+OFFICIAL_FP16_BS = 100
+PRECISION_DETAIL = {
+    "fp16": "every forward (clean check, every component's forwards, the verdict) under float16 autocast, logits "
+    "cast to float32; AutoAttack's own losses and steps unchanged (APGD: per-image CE / targeted DLR summed over the "
+    "batch); the official PMG-AFT code's model_fn inside autocast; with fra31/auto-attack, "
+    f"run_standard_evaluation(bs={OFFICIAL_FP16_BS}) on each evaluation batch, as that code",
+}
+"""What a non-fp32 precision means for AutoAttack, for its per-threat report (``precision_detail``)."""
+
+
+class AutocastForward(nn.Module):
+    """``model``'s forward under ``attack_autocast(x.device, precision)``, returning ``logits.float()``.
+
+    For ``fp16`` this is the official PMG-AFT ``model_fn`` inside ``autocast()``. The autocast region is entered
+    inside the forward, so it holds even where the attack code around it turned autocast off (APGD's
+    ``attack_autocast(device, "fp32")``): a nested autocast region re-enables it. The wrapper shares the model's
+    parameters and reports its train/eval flag without changing it.
+    """
+
+    def __init__(self, model: nn.Module, precision: str) -> None:
+        super().__init__()
+        self.model = model
+        self.precision = precision
+        self.training = model.training  # (not .train(): that would set the model's mode too)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with attack_autocast(x.device, self.precision):
+            logits = self.model(x)
+        return logits.float()
+
+
+def _forward_for(model: nn.Module, precision: str) -> nn.Module:
+    """What the attack calls at ``precision``: the model itself in fp32 (unchanged), else ``AutocastForward``."""
+    return model if precision == "fp32" else AutocastForward(model, precision)
 
 
 # ----------------------------------------------------------------------------------------------- official package
@@ -393,9 +442,10 @@ def _run_official(
     entry["ran"].extend(aa.attacks_to_run)
     entry["n_target_classes"].update({a: n_targets for a in ("apgd-t", "fab-t") if a in aa.attacks_to_run})
     entry["seed"] = seed
-    entry["batch_sizes"] = [len(x)]
+    bs = min(OFFICIAL_FP16_BS, len(x)) if t.precision == "fp16" else len(x)
+    entry["batch_sizes"] = [min(bs, len(x) - start) for start in range(0, len(x), bs)]
     with _keep_rng(x.device):
-        x_adv = aa.run_standard_evaluation(x, y, bs=len(x))
+        x_adv = aa.run_standard_evaluation(x, y, bs=bs)
     if isinstance(x_adv, tuple):
         x_adv = x_adv[0]
     x_adv = x_adv.to(x.device).float()
@@ -444,7 +494,7 @@ def _autoattack(
     if impl == OFFICIAL and settings:
         raise ZSBenchError("setting overrides apply to the torchattacks components only, not to fra31/auto-attack")
     merged = _merge(settings)
-    require_fp32(threats)
+    require_precision(threats, PRECISIONS)
     seeds = torch.as_tensor(seeds).cpu()
     out: dict[Threat, torch.Tensor] = {}
     advs: dict[Threat, torch.Tensor] = {}
@@ -454,11 +504,16 @@ def _autoattack(
         return {t: empty.clone() for t in threats}, {t: x.float().clone() for t in threats}
     with eval_mode_no_param_grad(model), torch.autocast(device_type=x.device.type, enabled=False):
         x = x.float()
-        with torch.no_grad():
-            logits = model(x)
-        n_classes = int(logits.shape[1])
-        clean = logits.argmax(1) == y
+        forwards: dict[str, nn.Module] = {}
+        cleans: dict[str, torch.Tensor] = {}
+        for p in dict.fromkeys(t.precision for t in threats):  # the clean check of each precision, in its forward
+            forwards[p] = _forward_for(model, p)
+            with torch.no_grad():
+                logits = forwards[p](x)
+            n_classes = int(logits.shape[1])
+            cleans[p] = logits.argmax(1) == y
         for t in threats:
+            fwd, clean = forwards[t.precision], cleans[t.precision]
             entry = {
                 "implementation": impl,
                 "n_classes": n_classes,
@@ -469,6 +524,9 @@ def _autoattack(
                 "robust": {"clean": int(clean.sum())},
                 "masks": {},
             }
+            if t.precision != "fp32":
+                entry["precision"] = t.precision
+                entry["precision_detail"] = PRECISION_DETAIL[t.precision]
             if impl == COMPONENTS:
                 entry["settings"] = copy.deepcopy(merged)
             adv = x.clone() if track else None
@@ -479,9 +537,9 @@ def _autoattack(
                 entry["skipped"] = {name: f"{n_classes} class: {_WHY[name]}" for name in ORDER}
                 out[t] = clean.clone()
             elif impl == OFFICIAL:
-                out[t] = _run_official(model, x, y, t, seeds, clean, n_classes, entry, adv)
+                out[t] = _run_official(fwd, x, y, t, seeds, clean, n_classes, entry, adv)
             else:
-                out[t] = _run_components(model, x, y, t, seeds, clean, n_classes, merged, entry, adv)
+                out[t] = _run_components(fwd, x, y, t, seeds, clean, n_classes, merged, entry, adv)
             if adv is not None:
                 advs[t] = adv
             last[t.slug] = entry
@@ -511,8 +569,9 @@ def run_autoattack(
             (points robust: clean, then after each component; ``autoattack`` only, for the official package) and
             ``masks`` (the same, per image: component -> bool tensor, robust after it and every earlier one); the
             official package also gives ``seed`` and ``batch_sizes`` (the ``bs`` of each call). Counts add up and
-            masks are concatenated when the same dict is passed for several batches. The last call's report is also
-            ``run_autoattack.last_report``.
+            masks are concatenated when the same dict is passed for several batches. A threat of another precision
+            than fp32 adds ``precision`` and ``precision_detail`` (what it means for AutoAttack). The last call's
+            report is also ``run_autoattack.last_report``.
         implementation: ``fra31/auto-attack`` or ``torchattacks components``; default: the registered one.
         settings: per-component overrides of ``STANDARD`` (torchattacks components only), e.g.
             ``{"square": {"n_queries": 100}}``, for quick looks and tests; records use the standard values. Each value
@@ -549,7 +608,8 @@ ATTACKS.add(
     AttackEntry(
         name="autoattack",
         description="standard AutoAttack: APGD-CE, APGD-T, FAB-T, Square (fra31/auto-attack if installed, "
-        "else torchattacks components at the official settings); steps and step size are not used",
+        "else torchattacks components at the official settings); steps and step size are not used (fp32; fp16 as "
+        "the official PMG-AFT code)",
         run=run_autoattack,
         perturb=perturb_autoattack,
         fixed_settings=AUTOATTACK_SETTINGS,
@@ -557,5 +617,7 @@ ATTACKS.add(
         default_steps=None,
         uses_step_size=False,
         reports=True,
+        precisions=PRECISIONS,
+        precision_notes=PRECISION_DETAIL,
     ),
 )

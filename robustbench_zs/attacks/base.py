@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from ..errors import ZSBenchError
 from ..registry import Registry
@@ -96,9 +96,11 @@ class Threat:
         d = asdict(self)
         d["eps_255"] = round(self.eps * 255, 6)
         d["step_size_255"] = round(self.step_size * 255, 6)
-        d.update(ATTACKS.get(self.name).fixed_settings)
+        entry = ATTACKS.get(self.name)
+        d.update(entry.fixed_settings)
+        d.update(entry.precision_settings.get(self.precision, {}))
         if self.precision != "fp32":
-            d["precision_detail"] = PRECISION_NOTES[self.precision]
+            d["precision_detail"] = entry.precision_notes.get(self.precision, PRECISION_NOTES[self.precision])
         return d
 
 
@@ -126,6 +128,10 @@ class AttackEntry:
         min_classes: the fewest classes the attack is defined for; ``undefined_why`` says why (APGD-T: 4).
         takes_clean: ``run`` accepts ``clean=`` (the per-image clean correctness, as a bool tensor on the images'
             device) and then skips its own clean forward; the evaluator, which has that mask already, passes it.
+        precision_notes: what a precision means for this attack where ``PRECISION_NOTES`` (PGD's) does not say it
+            (AutoAttack's fp16 keeps its own per-image losses); recorded as the attack's ``precision_detail``.
+        precision_settings: ``fixed_settings`` values that a precision changes (PGD's fp16: a batch-mean loss), so the
+            record never states a setting that did not run.
     """
 
     name: str
@@ -141,6 +147,8 @@ class AttackEntry:
     min_classes: int = 1
     undefined_why: str = ""
     takes_clean: bool = False
+    precision_notes: dict = field(default_factory=dict)
+    precision_settings: dict = field(default_factory=dict)
 
     def check_precision(self, precision: str) -> None:
         if precision not in self.precisions:

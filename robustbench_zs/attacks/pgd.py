@@ -252,5 +252,12 @@ ATTACKS.add(
             "robust_if": "correct on the clean image and at every iterate",
             "implementation": "robustbench_zs.attacks.pgd",
         },
+        precision_settings={
+            # the official test attack: CrossEntropyLoss() (a batch mean) and the verdict of the last iterate
+            "fp16": {
+                "loss_reduction": "mean",
+                "robust_if": "correct on the clean image and at the last iterate (its float16 forward)",
+            }
+        },
     ),
 )

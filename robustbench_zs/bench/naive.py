@@ -111,6 +111,7 @@ class NaiveTraining:
         method: the configured method (its loss function and config are used as they are).
         clip: the pre-trained open_clip model; copies are made on ``device`` (the one trained, the pre-trained one).
         tokens: the tokenized class prompts (C, context length).
+        knobs: the head knobs (normalization, logit scale) of the classifier, as the engine's training profile sets.
         fixes: which of :data:`FIXES` to apply (none: the official code's way; all: this package's computation,
             with the clean and adversarial forwards still separate).
     """
@@ -121,6 +122,7 @@ class NaiveTraining:
         clip: nn.Module,
         tokens: torch.Tensor,
         recipe: Recipe,
+        knobs: HeadKnobs,
         image_size: tuple[int, int],
         precision: str,
         device: torch.device,
@@ -131,7 +133,6 @@ class NaiveTraining:
         if method.id not in NAIVE_METHODS or getattr(method.config, "distance", "kl") not in ("kl", "l2_output"):
             raise ZSBenchError(f"the naive baseline exists for {', '.join(NAIVE_METHODS)} (logit distances) only")
         tokens = tokens.to(device)
-        knobs = HeadKnobs(normalization=recipe.normalization, logit_scale=recipe.logit_scale)
         self.method, self.recipe, self.precision, self.fixes = method, recipe, precision, set(fixes)
         self.model = _image_tower_trains(copy.deepcopy(clip).to(device)).train()
         self.original = _image_tower_trains(copy.deepcopy(clip).to(device)).train() if method.id == "pmg_aft" else None

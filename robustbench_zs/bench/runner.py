@@ -41,6 +41,7 @@ from ..engine.runner import resolve_device
 from ..errors import ZSBenchError
 from ..methods import METHODS
 from ..models import HeadKnobs, LoadedModel, ModelSpec, ZeroShotClassifier, build_text_head, load_model
+from ..profiles import TRAIN_PROFILES
 from ..provenance import software
 from ..train.distributed import DistEnv
 from ..train.engine import _optimizer, apply_update, attack_seeds, prepare_models, step_loss
@@ -193,6 +194,8 @@ class Bench:
         self.warmup = cfg.warmup if cfg.warmup is not None else (2 if self.device.type == "cuda" or cfg.compile else 0)
         self.method = method_cls()
         self.recipe = method_cls.recipe
+        # the head knobs of the official code the naive side reproduces (PMG-AFT's: ImageNet normalization, tau = 1)
+        self.knobs = TRAIN_PROFILES["paper"].head_knobs()
         self.names, self.templates = class_prompts()
         self.base: LoadedModel = load_model(ModelSpec(cfg.arch, cfg.pretrained), "cpu")
         self.method.check_model(self.base.model, cfg.arch)
@@ -232,7 +235,7 @@ class Bench:
         cfg = self.cfg
         loaded = self.fresh_model()
         head, _ = build_text_head(loaded.model, loaded.tokenizer, self.names, self.templates, None)
-        models = prepare_models(self.method, loaded, self.recipe, head, self.device)
+        models = prepare_models(self.method, loaded, self.knobs, head, self.device)
         opt = _optimizer(models.trainable, self.recipe)
         env = DistEnv(0, 1, 0, self.device)
         x, y, seeds = random_batch(cfg.batch_size, loaded.image_size, len(self.names), cfg.seed, self.device)
@@ -281,7 +284,14 @@ class Bench:
         x, y, seeds = random_batch(cfg.batch_size, self.base.image_size, len(self.names), cfg.seed, self.device)
         tokens = self.prompt_tokens()
         naive = NaiveTraining(
-            self.method, self.base.model, tokens, self.recipe, self.base.image_size, self.precision, self.device
+            self.method,
+            self.base.model,
+            tokens,
+            self.recipe,
+            self.knobs,
+            self.base.image_size,
+            self.precision,
+            self.device,
         )
         phase = _run_phase(lambda: float(naive.step(x, y, seeds)), self.device, cfg.naive_steps, self.warmup)
         phase["loss_first_step"] = phase.pop("first_result")

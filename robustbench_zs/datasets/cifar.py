@@ -130,6 +130,7 @@ DATASETS.add(
         classnames=tuple(load_metadata("cifar100_classnames")["classnames"]),
         native_size=(32, 32),
         paper_preprocess="native",
+        paper_train_preprocess="resize256_crop224",  # PMG_AFT.py: CIFAR100(train=True, transform=preprocess224)
         ensemble_templates="cifar100",
         download=torchvision_download("CIFAR100", {"train": False}, {"train": True}),
         folder="cifar-100-python",

@@ -97,7 +97,11 @@ class Preprocess:
 
 
 def resolve_preprocess(
-    profile: str, spec: DatasetSpec, model_cfg: dict | None = None, attack_resolution: str = "model"
+    profile: str,
+    spec: DatasetSpec,
+    model_cfg: dict | None = None,
+    attack_resolution: str = "model",
+    train: bool = False,
 ) -> Preprocess:
     """The pipeline of ``spec`` under ``profile``.
 
@@ -107,6 +111,9 @@ def resolve_preprocess(
         model_cfg: the model's own preprocessing (:func:`robustbench_zs.models.loader.model_preprocess_cfg`);
             needed by ``standard``.
         attack_resolution: ``model`` or ``native``; only ``standard`` takes ``native``.
+        train: the pipeline of the training split: under ``paper`` the official code's training transform
+            (``spec.paper_train_preprocess``: CIFAR-100 is trained at 224 px though attacked at 32 px in evaluation;
+            TinyImageNet and ImageNet at 224 px, CIFAR-10 native).
     """
     if profile not in PREPROCESS_PROFILES:
         raise ZSBenchError(f"unknown preprocessing profile {profile!r}; choose one of {', '.join(PREPROCESS_PROFILES)}")
@@ -120,7 +127,8 @@ def resolve_preprocess(
                 "--attack-resolution native goes with --preprocess standard; the paper profile fixes the resolution "
                 "per dataset (native for CIFAR and STL-10, 224 px for the others)"
             )
-        if spec.paper_preprocess == "native":
+        rule = (spec.paper_train_preprocess or spec.paper_preprocess) if train else spec.paper_preprocess
+        if rule == "native":
             return Preprocess("paper")
         return Preprocess("paper", "shortest", 256, (224, 224), "bilinear")
     if attack_resolution == "native":

@@ -113,6 +113,9 @@ class DatasetSpec:
         ensemble_names: loaded split -> the ``ensemble`` prompt set's class names.
         native_size: (H, W) shared by every image, or None where sizes vary.
         paper_preprocess: ``native`` (attacked at native resolution) or ``resize256_crop224`` (protocol.md section 4).
+        paper_train_preprocess: the official code's transform of the training split where it differs from
+            ``paper_preprocess`` (CIFAR-100: ``resize256_crop224``, while its test split is attacked at 32 px); None:
+            the same as ``paper_preprocess``.
         download: ``download(data_root)`` fetching the data into ``layout`` (torchvision's downloader), or None.
         manual_steps: exact steps to get the data by hand, printed by ``zsbench datasets download`` when
             ``download`` is None.
@@ -137,12 +140,15 @@ class DatasetSpec:
     )
     native_size: tuple[int, int] | None = None
     paper_preprocess: str = "resize256_crop224"
+    paper_train_preprocess: str | None = None
     download: Callable[[Path], None] | None = field(default=None, repr=False, compare=False)
     manual_steps: str | None = None
 
     def __post_init__(self) -> None:
         if self.paper_preprocess not in PAPER_PREPROCESS:
             raise ValueError(f"{self.id}: paper_preprocess must be one of {PAPER_PREPROCESS}")
+        if self.paper_train_preprocess not in (None, *PAPER_PREPROCESS):
+            raise ValueError(f"{self.id}: paper_train_preprocess must be None or one of {PAPER_PREPROCESS}")
         if self.paper_preprocess == "native" and self.native_size is None:
             raise ValueError(f"{self.id}: native paper preprocessing needs a fixed native_size")
         if self.needs_root and self.download is None and not self.manual_steps:

@@ -19,12 +19,13 @@ from ..datasets import DATASETS, DatasetSpec, ImageDataset, select_subset
 from ..datasets.cache import TensorCache, worth_caching
 from ..datasets.preprocess import Preprocess, PreprocessedDataset, resolve_preprocess
 from ..datasets.prompts import prompt_set
-from ..datasets.subset import paper_subsample
+from ..datasets.subset import paper_subsample_of
 from ..errors import ZSBenchError
 from ..methods import METHODS
 from ..models import NORMALIZATIONS, HeadKnobs, LoadedModel, ModelSpec, ZeroShotClassifier, build_text_head
 from ..models.loader import RANDOM, model_preprocess_cfg, resolve_spec
 from ..models.text_head import text_weights_sha256
+from ..profiles import TRAIN_PROFILES, TrainProfile
 from ..provenance import device_description, sha256_file, software
 from ..results import SCHEMA_VERSION, RecordStore, ensure_writable, per_example, record_key, result_block
 from ..results.stats import pack_bools
@@ -65,6 +66,9 @@ class RunConfig:
     train_missing: bool = True
     profile: str = "custom"  # the profile name the knobs came from (robustbench_zs.profiles), recorded
     paper_subsample: bool = False  # evaluate every 20th batch of 256 images only, as the paper's validation did
+    # the training knobs a checkpoint must have been trained with (and a missing one is trained with); None: any
+    # checkpoint, trained with the standard profile when missing
+    train_profile: TrainProfile | None = None
 
 
 @dataclass
@@ -131,15 +135,18 @@ def attack_report_block(report: dict) -> dict:
 
 def attack_settings(threat: Threat, batch_size: int | None) -> dict:
     """The attack block of a record and of its key: ``threat.settings()``, plus ``attack_batch_size`` for an attack
-    whose results depend on how the images are batched (``depends_on_batch_size``: the official AutoAttack package),
-    so that runs (and resumed runs) with another batch size get their own record and never mix per-example results.
-    ``batch_size`` None is ``--batch-size auto``, which such an attack refuses (the key would not fix its batch)."""
+    whose results depend on how the images are batched, so that runs (and resumed runs) with another batch size get
+    their own record and never mix per-example results: the official AutoAttack package
+    (``depends_on_batch_size``), and every fp16 attack (the paper profile's: with a batch-mean loss its input
+    gradients underflow more as the batch grows, protocol.md section 4). fp32 and bf16 attacks stay out of it, so
+    their records are reused across batch sizes. ``batch_size`` None is ``--batch-size auto``, which such an attack
+    refuses (the key would not fix its batch)."""
     settings = threat.settings()
-    if settings.get("depends_on_batch_size"):
+    if settings.get("depends_on_batch_size") or threat.precision == "fp16":
         if batch_size is None:
+            why = settings.get("implementation") if settings.get("depends_on_batch_size") else "fp16 autocast"
             raise ZSBenchError(
-                f"--batch-size auto: {threat.label}'s results depend on the batch size ({settings.get('implementation')}"
-                "); give --batch-size N"
+                f"--batch-size auto: {threat.label}'s results depend on the batch size ({why}); give --batch-size N"
             )
         settings["attack_batch_size"] = batch_size
     return settings
@@ -169,6 +176,7 @@ def _trainer(cfg: RunConfig, echo: Callable[[str], None]):
                 out_dir=Path(cfg.models_dir),
                 options=options,
                 recipe=recipe,
+                profile=cfg.train_profile or TRAIN_PROFILES["standard"],
                 seed=cfg.seed,
                 device=cfg.device,
                 cache_dir=cfg.cache_dir,
@@ -241,6 +249,7 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
         _trainer(cfg, echo) if cfg.train_missing else None,
         echo,
         train_dataset=cfg.train_dataset,
+        train_profile=cfg.train_profile,
     )
     for variant in variants:
         method_id = variant.method.id
@@ -248,9 +257,14 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
         encoder = None
         text_sha: str | None = None
         for ds_id, (spec, data, pre) in datasets.items():
-            subset = paper_subsample(len(data)) if cfg.paper_subsample else select_subset(len(data), cfg.n, cfg.seed)
+            subset = (
+                paper_subsample_of(spec, data) if cfg.paper_subsample else select_subset(len(data), cfg.n, cfg.seed)
+            )
             if cfg.paper_subsample:
-                echo(f"note: --paper-subsample: {ds_id} evaluates {subset.n} of {len(data)} images (every 20th batch)")
+                echo(
+                    f"note: --paper-subsample: {ds_id} evaluates {subset.n} of {len(data)} images (every 20th batch of "
+                    f"256 in the official loader's order: {subset.order})"
+                )
             elif cfg.n is not None and subset.is_full:
                 echo(
                     f"note: --n {cfg.n} >= the {len(data)} images of {ds_id}/{spec.eval_split}; evaluating all of them"
@@ -284,7 +298,8 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
                 identity = {
                     "method": method_id,
                     "model": {**model_id, **variant.identity},
-                    "dataset": {k: v for k, v in dataset_block.items() if k != "name"},
+                    # the images are identified by their indices' hash; how their order was derived is not identity
+                    "dataset": {k: v for k, v in dataset_block.items() if k not in ("name", "paper_order")},
                     "attack": attack_settings(t, cfg.batch_size),
                     "profile": profile,
                     # the seed draws the subset and the attacks' random starts; a full clean pass uses neither

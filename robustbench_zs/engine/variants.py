@@ -3,8 +3,9 @@
 - ``clip`` (and any method that trains nothing and mixes nothing): the backbone as loaded.
 - a trained method: ``--checkpoint METHOD=PATH`` (our checkpoint folder, or a foreign file: the official PMG-AFT /
   TeCoA ``vision_encoder_state_dict`` files, RobustVLM's open_clip visual state dicts), else the one complete
-  checkpoint of that method for this backbone under the models folder, else it is trained first with the method's
-  recipe (``--set METHOD.key=value`` sets recipe fields and method options).
+  checkpoint of that method for this backbone under the models folder (trained with the run's training profile, when
+  it has one), else it is trained first with the method's recipe and that profile (``--set METHOD.key=value`` sets
+  recipe fields and method options).
 - ``interpolation``: one variant per value of a comma-separated ``--set interpolation.alpha=0,0.5,1``.
 """
 
@@ -22,6 +23,7 @@ from torch import nn
 from ..errors import ZSBenchError
 from ..methods import METHODS, Method, Recipe
 from ..models import LoadedModel, ModelSpec, load_model
+from ..profiles import TrainProfile, training_knobs
 
 RECIPE_FIELDS = {f.name for f in dataclasses.fields(Recipe)}
 
@@ -42,6 +44,8 @@ def training_summary(meta: dict) -> dict:
     """What a record says about the training run behind a checkpoint folder (from its ``meta.json``)."""
     recipe = meta.get("recipe") or {}
     return {
+        "knobs": training_knobs(meta),
+        "knobs_unused": list(meta.get("train_knobs_unused") or []),
         "train_dataset": meta.get("train_dataset"),
         "train_eps_255": recipe.get("train_eps_255"),
         "train_steps": recipe.get("train_steps"),
@@ -88,6 +92,7 @@ def find_checkpoints(
     train_dataset: str | None = None,
     config: dict | None = None,
     recipe: dict | None = None,
+    train_knobs: dict | None = None,
 ) -> list[Path]:
     """Complete checkpoints of ``method_id`` trained from ``model`` under ``models_dir``, newest first.
 
@@ -96,6 +101,8 @@ def find_checkpoints(
         config: only checkpoints whose method config equals this one (``Config.to_dict()``; any when None), so that
             ``--set pmg_aft.beta=0`` never evaluates a checkpoint trained with beta = 1.
         recipe: only checkpoints whose recipe has these values (the recipe overrides asked for).
+        train_knobs: only checkpoints trained with these training-profile knobs (``TrainProfile.knobs()``, the
+            profile's name aside; any when None).
     """
     found = []
     for meta_path in sorted(Path(models_dir).glob("*/meta.json")):
@@ -116,8 +123,27 @@ def find_checkpoints(
             continue
         if recipe and any((meta.get("recipe") or {}).get(k) != v for k, v in recipe.items()):
             continue
+        if train_knobs is not None and _knobs_only(training_knobs(meta)) != _knobs_only(train_knobs):
+            continue
         found.append((meta.get("created_utc", ""), meta_path.parent))
     return [p for _, p in sorted(found, reverse=True)]
+
+
+def _knobs_only(knobs: dict) -> dict:
+    """Training knobs without the profile's name, values as strings (JSON keeps ``"1"`` and ``1`` apart)."""
+    return {k: str(v) for k, v in knobs.items() if k != "name"}
+
+
+def wanted_training(method_cls: type[Method], profile: TrainProfile | None, options: dict) -> tuple[dict, dict | None]:
+    """(config options, training knobs) a checkpoint of ``method_cls`` must have under ``profile``: the options with
+    the method's official values filled in where the profile asks for them, and the profile's knobs as they train
+    this method (``train.engine.effective_profile``); ``(options, None)`` without a profile."""
+    if profile is None:
+        return options, None
+    from ..train.engine import effective_profile, method_options
+
+    prof = effective_profile(method_cls, profile)
+    return method_options(method_cls, options, prof), prof.knobs()
 
 
 def _checkpoint_loader(model: ModelSpec, method: Method, path: Path):
@@ -152,9 +178,11 @@ def _checkpoint_identity(path: Path) -> dict:
     return {"checkpoint": checkpoint_identity(path), "checkpoint_name": path.name}
 
 
-def _wanted(train_dataset: str | None, config: dict, recipe: dict) -> str:
+def _wanted(train_dataset: str | None, config: dict, recipe: dict, profile: TrainProfile | None = None) -> str:
     parts = [f"trained on {train_dataset}"] if train_dataset else []
     parts += [f"{k}={v}" for k, v in {**config, **recipe}.items()]
+    if profile is not None:
+        parts.append(f"training profile {profile.name}")
     return f" ({', '.join(parts)})" if parts else ""
 
 
@@ -167,11 +195,14 @@ def resolve_variants(
     train_fn: Callable[[str, dict[str, str], dict], Path] | None,
     echo: Callable[[str], None] = print,
     train_dataset: str | None = None,
+    train_profile: TrainProfile | None = None,
 ) -> list[MethodVariant]:
     """The variants to evaluate, in the order of ``method_ids``; trains missing checkpoints with ``train_fn``.
 
     A trained method without ``--checkpoint`` uses the newest complete checkpoint under ``models_dir`` of the same
-    backbone, method options and recipe overrides (and training dataset, when ``train_dataset`` is given).
+    backbone, method options and recipe overrides (and training dataset, when ``train_dataset`` is given, and
+    training knobs, when ``train_profile`` is given: under ``paper`` the method's official option values count as
+    asked for).
     """
     unknown = sorted(set(options) - set(method_ids))
     if unknown:
@@ -199,9 +230,17 @@ def resolve_variants(
         config_opts, recipe_opts = _split_options(cls, opts)
         path = checkpoints.get(mid)
         if path is None:
+            config_opts, knobs = wanted_training(cls, train_profile, config_opts)
             wanted = cls.Config.from_overrides(config_opts).to_dict()
-            found = find_checkpoints(
-                models_dir, mid, model, train_dataset=train_dataset, config=wanted, recipe=recipe_opts
+            kw = dict(train_dataset=train_dataset, config=wanted, recipe=recipe_opts)
+            found = find_checkpoints(models_dir, mid, model, **kw, train_knobs=knobs)
+            what = _wanted(train_dataset, config_opts, recipe_opts, train_profile)
+            others = [] if found or knobs is None else find_checkpoints(models_dir, mid, model, **kw)
+            hint = (
+                f" ({len(others)} trained with other knobs, e.g. {others[0].name}: pass --checkpoint {mid}=PATH to "
+                "evaluate one anyway, flagged in the leaderboard)"
+                if others
+                else ""
             )
             if found:
                 path = found[0]
@@ -210,13 +249,11 @@ def resolve_variants(
                         f"note: {len(found)} {mid} checkpoints for {model.label} in {models_dir}; using the newest, {path.name}"
                     )
             elif train_fn is None:
-                what = _wanted(train_dataset, config_opts, recipe_opts)
                 raise ZSBenchError(
-                    f"no {mid} checkpoint for {model.label}{what} in {models_dir}; pass --checkpoint {mid}=PATH"
+                    f"no {mid} checkpoint for {model.label}{what} in {models_dir}{hint}; pass --checkpoint {mid}=PATH"
                 )
             else:
-                what = _wanted(train_dataset, config_opts, recipe_opts)
-                echo(f"{mid}: no checkpoint for {model.label}{what} in {models_dir}; training it first")
+                echo(f"{mid}: no checkpoint for {model.label}{what} in {models_dir}{hint}; training it first")
                 path = train_fn(mid, config_opts, recipe_opts)
         path = Path(path)
         if not path.exists():

@@ -1,7 +1,9 @@
 """Markdown and CSV leaderboards from the records: methods as rows, datasets as columns plus the average.
 
 One table per threat and protocol: records whose attack settings, profile knobs, subset size or seed differ never
-share a table, so no cell is ranked against a number measured differently.
+share a table, so no cell is ranked against a number measured differently. A row whose checkpoint was trained with
+other knobs than the table evaluates with (say CLIP normalization, evaluated with ImageNet's) is marked
+:data:`TRAIN_EVAL_MARK` and listed under the table with every knob that differs.
 """
 
 from __future__ import annotations
@@ -15,9 +17,12 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
+from ..profiles import train_eval_differences
 from ..results import RecordStore
 
 _PROTOCOL_KEYS = ("normalization", "logit_scale", "resize", "prompts")
+#: Marks a row trained under other knobs than it is evaluated with (``profiles.train_eval_differences``).
+TRAIN_EVAL_MARK = "⚑"
 
 
 def _dataset_order() -> list[str]:
@@ -68,6 +73,7 @@ def records_frame(out_dir: Path, mix_profiles: bool = False) -> pd.DataFrame:
         }
         lo, hi = r["result"]["ci95"]
         sanity = r.get("sanity") or {}
+        training = r["model"].get("training") or {}
         rows.append(
             {
                 "table": r.get("threat_label", attack.get("name")),
@@ -96,6 +102,9 @@ def records_frame(out_dir: Path, mix_profiles: bool = False) -> pd.DataFrame:
                 "profile_name": profile.get("name", "custom"),
                 "flags": sanity.get("flags", ""),
                 "failed_checks": json.dumps([c for c in sanity.get("checks", []) if not c.get("passed", True)]),
+                "train_eval": "; ".join(
+                    train_eval_differences(training.get("knobs"), profile, training.get("knobs_unused") or ())
+                ),
                 "created_utc": r["created_utc"],
                 "record": str(path),
             }
@@ -266,6 +275,10 @@ def build_tables(df: pd.DataFrame, checks: pd.DataFrame | None = None) -> list[d
     df["row"] = _row_labels(df)
     if "profile_name" in df and df["protocol"].str.contains('"profile": "mixed"').any():
         df["row"] = df["row"] + " [" + df["profile_name"] + "]"
+    if "train_eval" not in df:
+        df["train_eval"] = ""
+    df["train_eval"] = df["train_eval"].fillna("")
+    df["row"] = df["row"].where(df["train_eval"] == "", df["row"] + f" {TRAIN_EVAL_MARK}")
     if checks is None:
         checks = cross_record_checks(df)
     df["column"] = df["dataset"] + "|" + df["indices_sha256"] + "|" + df["content_sha256"]
@@ -311,6 +324,7 @@ def build_tables(df: pd.DataFrame, checks: pd.DataFrame | None = None) -> list[d
             wide.index, key=lambda r: (methods.index(method_of[r]) if method_of[r] in methods else len(methods), r)
         )
         flags, failed = _table_flags(g, checks, title, order)
+        mismatched = g[g["train_eval"] != ""].drop_duplicates("row").set_index("row")["train_eval"]
         tables.append(
             {
                 "title": title,
@@ -326,6 +340,7 @@ def build_tables(df: pd.DataFrame, checks: pd.DataFrame | None = None) -> list[d
                 "counts": [_images(info.at[c, "n"], info.at[c, "n_total"]) for c in cols],
                 "incomplete": [] if mixed else [r for r in order if not complete[r]],
                 "mixed": mixed,
+                "train_eval": {r: mismatched[r] for r in order if r in mismatched.index},
             }
         )
     _knob_notes(tables)
@@ -406,6 +421,13 @@ def render_markdown(tables: list[dict]) -> str:
         lines.append(tabulate(body, headers=headers, tablefmt="github", disable_numparse=True))
         if flags:
             lines += ["", "⚠ marks a failed sanity check (listed at the end): the number needs a second look."]
+        if t.get("train_eval"):
+            lines += [
+                "",
+                f"{TRAIN_EVAL_MARK} marks a model trained with other knobs than this table evaluates with: its numbers "
+                "measure the knob change as well as the method, and do not rank with the other rows.",
+            ]
+            lines += [f"- {r}: {diff}" for r, diff in t["train_eval"].items()]
         for other, note in t.get("knob_notes", []):
             lines += ["", f"Not ranked with the {other} table measured under other knobs ({note})."]
         if t["incomplete"]:
@@ -429,6 +451,7 @@ def wide_frame(tables: list[dict]) -> pd.DataFrame:
         ci = t.get("average_ci95", {})
         w["Average_ci95_low"] = [ci.get(r, (np.nan, np.nan))[0] for r in w.index]
         w["Average_ci95_high"] = [ci.get(r, (np.nan, np.nan))[1] for r in w.index]
+        w.insert(0, "train_eval", [t.get("train_eval", {}).get(r, "") for r in w.index])
         w.insert(0, "sanity", [t.get("flags", {}).get(r, "") for r in w.index])
         w.insert(0, "protocol", t["protocol_line"])
         w.insert(0, "table", t["title"])

@@ -42,6 +42,9 @@ from ..registry import Registry
 #: What a method trains.
 TRAINS = ("nothing", "image_encoder", "prompts")
 
+#: Rules of the training PGD (:attr:`Recipe.train_attack`).
+TRAIN_ATTACKS = ("pgd", "pgd_momentum")
+
 
 @dataclass(frozen=True)
 class MethodConfig:
@@ -90,7 +93,14 @@ class Recipe:
         epochs: passes over the training split.
         batch_size: the global batch (split across processes under torchrun).
         train_eps_255, train_steps, train_step_size_255: the training PGD (L-inf, uniform random start).
-        normalization, logit_scale: the zero-shot head knobs used in training (recorded in the checkpoint).
+        train_attack: the training PGD's rule: ``pgd`` (the TeCoA/PMG-AFT code: random start clipped to the image,
+            then ``delta += step * sign(grad)``) or ``pgd_momentum`` (RobustVLM's ``train/pgd_train.py``, FARE: the
+            first forward sees the unclipped random start, then ``v = sign(0.9 * v + sign(grad))`` and
+            ``delta += step * v``).
+
+    The head knobs (normalization, logit scale), the training precision and the attack's reduction and mode are
+    not part of the recipe: they are the training profile's (:class:`robustbench_zs.profiles.TrainProfile`), so that
+    a model is trained with the knobs it is evaluated with.
     """
 
     optimizer: str = "sgd"
@@ -103,8 +113,7 @@ class Recipe:
     train_eps_255: float = 1.0
     train_steps: int = 2
     train_step_size_255: float = 1.0
-    normalization: str = "clip"
-    logit_scale: str = "100"
+    train_attack: str = "pgd"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -120,9 +129,10 @@ class Step:
         model: the classifier being trained (pixels in [0, 1] -> logits); ``model.features(x)`` gives the
             L2-normalized embeddings and ``model.embed(x)`` the unnormalized ones.
         frozen: the pre-trained classifier, eval mode, no gradients (None unless ``needs_frozen``).
-        attack: ``attack(loss_fn) -> x_adv``: the recipe's training PGD from ``x``, maximizing
-            ``loss_fn(x_adv).sum()`` where ``loss_fn`` returns one loss per image; gradients flow only to the
-            perturbation, never into the parameters. Random starts are seeded per image.
+        attack: ``attack(loss_fn) -> x_adv``: the recipe's training PGD from ``x``, maximizing the sum of
+            ``loss_fn(x_adv)`` (or its batch mean: the training profile's ``attack_reduction``) where ``loss_fn``
+            returns one loss per image; gradients flow only to the perturbation, never into the parameters.
+            Random starts are seeded per image.
         joint_forward: let :meth:`pair` run two batches through the model as one (the training engine sets it
             for GPUs only; see :func:`robustbench_zs.train.engine.step_loss`).
     """
@@ -177,6 +187,10 @@ class Method:
         recipe: the training recipe (optimizer, schedule, training attack, head knobs).
         needs_labels / needs_text_head / needs_frozen: what the engine must build.
         trains: ``nothing``, ``image_encoder`` or ``prompts``.
+        train_attack_mode: the model's mode during the training attack where the method's own official code fixes
+            it (``eval``: FARE, TWINS); None: the training profile's ``attack_mode``.
+        official_options: the option values of the method's official code where they differ from the defaults
+            (the paper's equations); the ``paper`` training profile uses them unless an option is given.
     """
 
     id: ClassVar[str] = ""
@@ -189,6 +203,8 @@ class Method:
     needs_text_head: ClassVar[bool] = True
     needs_frozen: ClassVar[bool] = False
     trains: ClassVar[str] = "image_encoder"
+    train_attack_mode: ClassVar[str | None] = None
+    official_options: ClassVar[dict[str, str]] = {}
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         self.config = config if config is not None else self.Config()
@@ -240,5 +256,10 @@ def register_method(cls: type[Method]) -> type[Method]:
         raise ValueError(f"{cls.__name__}.trains must be one of {TRAINS}")
     if not (dataclasses.is_dataclass(cls.Config) and issubclass(cls.Config, MethodConfig)):
         raise ValueError(f"{cls.__name__}.Config must be a MethodConfig dataclass")
+    if cls.recipe.train_attack not in TRAIN_ATTACKS:
+        raise ValueError(f"{cls.__name__}.recipe.train_attack must be one of {TRAIN_ATTACKS}")
+    unknown = set(cls.official_options) - {f.name for f in dataclasses.fields(cls.Config)}
+    if unknown:
+        raise ValueError(f"{cls.__name__}.official_options: {', '.join(sorted(unknown))} are not options of its Config")
     METHODS.add(cls.id, cls)
     return cls

@@ -64,12 +64,14 @@ class PMGAFT(Method):
 
         --set kl_direction=published --set kl_reduction=sum
 
-    i.e. KL(p(x') || p0(x')) and KL(p(x') || p(x)), summed over the batch while the cross-entropy is averaged.
+    i.e. KL(p(x') || p0(x')) and KL(p(x') || p(x)), summed over the batch while the cross-entropy is averaged. These
+    are the method's ``official_options``: the ``paper`` training profile uses them unless the options are given.
     ``distance`` selects the paper's ablations (``l2_output``, ``l2_feature``, ``cosine_feature``; the feature ones
     use the unnormalized image embeddings ``model.embed``), ``beta = 0`` drops the natural term.
 
     Recipe: protocol.md section 3 (SGD lr 5e-5, momentum 0.9, warm-up 1000, 10 epochs, batch 256, training PGD eps
-    1/255, 2 steps of 1/255) with PMG-AFT's code knobs: ImageNet normalization and tau = 1 (raw cosines).
+    1/255, 2 steps of 1/255). PMG-AFT's code knobs (ImageNet normalization, tau = 1, fp16 autocast, ...) are the
+    ``paper`` training profile's.
 
     Subclasses (visual prompts) change the encoder hooks only: the loss uses nothing but ``step.model``,
     ``step.frozen`` and their ``embed`` for the feature distances.
@@ -83,7 +85,9 @@ class PMGAFT(Method):
         "(arXiv 2401.04350)"
     )
     Config = PMGAFTConfig
-    recipe = Recipe(normalization="imagenet", logit_scale="1")
+    recipe = Recipe()
+    # PMG_AFT.py as published (before its 2024-05-29 commit), which produced the paper's numbers
+    official_options = {"kl_direction": "published", "kl_reduction": "sum"}
     needs_frozen = True
 
     def attack_loss(self, step: Step) -> Callable[[torch.Tensor], torch.Tensor]:

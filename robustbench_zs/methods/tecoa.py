@@ -16,8 +16,9 @@ class TeCoA(Method):
 
     The zero-shot logits are ``tau * cos(f(x), T_c)`` against the frozen text embeddings, so this is the
     text-guided contrastive loss of the paper. Recipe: protocol.md section 3 (SGD lr 5e-5, momentum 0.9, weight
-    decay 0, warm-up 1000, 10 epochs, batch 256, training PGD eps 1/255, 2 steps of 1/255) with TeCoA's code knobs:
-    CLIP normalization and tau = 100 (protocol.md section 4).
+    decay 0, warm-up 1000, 10 epochs, batch 256, training PGD eps 1/255, 2 steps of 1/255). The head knobs are the
+    training profile's: ``standard`` has TeCoA's own code knobs (CLIP normalization, tau = 100); ``paper`` trains it
+    with the PMG-AFT code's (ImageNet normalization, tau = 1), under which that paper evaluated every row.
 
     Subclasses (e.g. visual prompts) change the encoder hooks only: the loss uses nothing but ``step.model``.
     """
@@ -26,7 +27,7 @@ class TeCoA(Method):
     name = "TeCoA"
     summary = "adversarial fine-tuning of the image encoder with cross-entropy on PGD examples against the text head"
     paper = "Mao et al., Understanding Zero-Shot Adversarial Robustness for Large-Scale Models, ICLR 2023"
-    recipe = Recipe(normalization="clip", logit_scale="100")
+    recipe = Recipe()
 
     def attack_loss(self, step: Step) -> Callable[[torch.Tensor], torch.Tensor]:
         """The training attack's objective: per-image cross-entropy of the model being trained."""

@@ -21,8 +21,8 @@ the official code (ziquanliu/CVPR2023-TWINS, ``TWINS_*/robustness/imagenet_model
 This implementation: every ``nn.BatchNorm2d`` of the image tower becomes a :class:`TwinBatchNorm2d`; the loss
 attacks the adaptive wing (the engine's attack puts the model in eval mode, so running statistics), then runs the
 adversarial batch through both wings as the code does (``batch="split"``) or the whole adversarial batch through
-each wing (``batch="full"``, twice the compute). The other knobs are TeCoA's (CLIP normalization, tau = 100) and the
-recipe of protocol.md section 3: TWINS itself fine-tunes supervised ImageNet ResNets with a new linear head and
+each wing (``batch="full"``, twice the compute). The head knobs are the training profile's, the training attack
+always runs in eval mode (``train_attack_mode``, as the official code), and the recipe is protocol.md section 3's: TWINS itself fine-tunes supervised ImageNet ResNets with a new linear head and
 has no zero-shot recipe.
 """
 
@@ -175,7 +175,8 @@ class TWINS(Method):
         "Generalization, CVPR 2023"
     )
     Config = TwinsConfig
-    recipe = Recipe(normalization="clip", logit_scale="100")
+    recipe = Recipe()
+    train_attack_mode = "eval"  # the official TWINS code attacks in eval mode (adaptive wing, running statistics)
 
     def check_model(self, model: nn.Module, arch: str) -> None:
         visual = getattr(model, "visual", model)

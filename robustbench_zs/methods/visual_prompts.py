@@ -6,17 +6,21 @@ The prompts are those of protocol.md section 2, as TeCoA's visual-prompt code im
 * a padding prompt (Bahng et al.'s ``PadPrompter``): a learnable border of ``pad`` pixels (30 at 224 px) added to
   the *normalized* image (the official code applies it after ``clip_img_preprocessing``);
 * ``n_tokens`` learnable tokens of the transformer's width (100 in the paper; the code's default is 10), appended
-  after the patch tokens, each with its own positional embedding initialized to zero (``prompt_pos_embedding =
-  scale * zeros``) and passed through ``ln_pre`` and the transformer with the image tokens; the class token is
-  pooled as usual.
+  after the patch tokens and passed through ``ln_pre`` and the transformer with the image tokens; the class token is
+  pooled as usual. Each token position has a positional embedding (``prompt_pos_embedding = scale * zeros`` in the
+  code's ``VisionTransformer``) that lives in the frozen backbone: the official optimizer is
+  ``SGD(list(prompter.parameters()) + list(add_prompter.parameters()))``, so it is never trained and stays zero.
+  Here it is a zero buffer, never trained either. (Training it as well, as an earlier version of this package did,
+  moves every token along ``grad`` twice per step: the token and its position get the same gradient and are added.)
 
-Initialization: ``prompt_init="randn"`` (default) draws the border and the tokens from N(0, 1), as the official
-``PadPrompter`` and ``TokenPrompter`` do (``torch.randn``); ``"zeros"`` starts both at zero. The positional
-embeddings of the tokens always start at zero.
-
-The backbone stays frozen and in eval mode (TeCoA's code keeps ``model.eval()`` while it trains the prompters);
-the optimizer sees only the prompt tensors and checkpoints hold only them. Recipe: the parent method's, with SGD at
-lr 40 (protocol.md section 2; ``--learning_rate 40`` in TeCoA's ``visual_prompt.py``).
+Which tensors train, and how: exactly the official ``PadPrompter`` border (``pad_up``, ``pad_down``, ``pad_left``,
+``pad_right``, here one masked tensor) and ``TokenPrompter.prompt`` (1 x n_tokens x width), both drawn from N(0, 1)
+(``torch.randn``; ``prompt_init="zeros"`` starts them at zero instead), updated by SGD at lr 40 with momentum 0.9
+and no weight decay under the linear warm-up and cosine schedule (``--learning_rate 40`` in TeCoA's
+``visual_prompt.py``; protocol.md section 2). The backbone stays frozen and in eval mode (TeCoA's code keeps
+``model.eval()`` while it trains the prompters); checkpoints hold only the trained prompt tensors (a checkpoint of
+the earlier version that also holds a trained ``prompt_pos_embedding`` still loads, into the buffer, so it is
+evaluated as it was trained).
 """
 
 from __future__ import annotations
@@ -39,8 +43,11 @@ PROMPT_INITS = ("randn", "zeros")
 #: The reference input size the ``pad`` option is given at (the paper's 30 px border is at 224 px).
 REFERENCE_SIZE = 224
 
-#: Names of the prompt tensors in checkpoints.
-PROMPT_KEYS = ("pad_prompt", "prompt_tokens", "prompt_pos_embedding")
+#: Names of the trained prompt tensors in checkpoints.
+PROMPT_KEYS = ("pad_prompt", "prompt_tokens")
+#: The tokens' positional embedding: zero and never trained (the official code's optimizer does not hold it); read from
+#: checkpoints of earlier versions of this package, which trained it.
+POS_KEY = "prompt_pos_embedding"
 
 
 def scaled_pad(pad: int, size: int) -> int:
@@ -114,10 +121,10 @@ class PromptedViT(nn.Module):
             shape = (n_tokens, token_width)
             tokens = torch.randn(shape, **factory) if random else torch.zeros(shape, **factory)
             self.prompt_tokens = nn.Parameter(tokens)
-            self.prompt_pos_embedding = nn.Parameter(torch.zeros(shape, **factory))
+            self.register_buffer(POS_KEY, torch.zeros(shape, **factory), persistent=False)
         else:
             self.register_parameter("prompt_tokens", None)
-            self.register_parameter("prompt_pos_embedding", None)
+            self.register_buffer(POS_KEY, None, persistent=False)
         self.vit.eval()
 
     # --- what the engine and the classifier read ------------------------------------------------------------------
@@ -145,13 +152,17 @@ class PromptedViT(nn.Module):
         return [p for p in (getattr(self, k) for k in PROMPT_KEYS) if p is not None]
 
     def prompt_state(self) -> dict[str, torch.Tensor]:
-        """The prompt tensors by name, detached, on the CPU (what a checkpoint stores)."""
+        """The trained prompt tensors by name, detached, on the CPU (what a checkpoint stores)."""
         return {k: p.detach().cpu().contiguous() for k in PROMPT_KEYS if (p := getattr(self, k)) is not None}
 
     def load_prompt_state(self, state: dict[str, torch.Tensor], owner: str = "visual prompts") -> None:
-        """Copy prompt tensors into this module; strict: the same names and shapes, else a one-line ZSBenchError."""
+        """Copy prompt tensors into this module; strict: the same names and shapes, else a one-line ZSBenchError.
+
+        A ``prompt_pos_embedding`` (checkpoints of earlier versions, which trained it) is loaded into the buffer."""
         expected = {k: p for k in PROMPT_KEYS if (p := getattr(self, k)) is not None}
-        missing = sorted(set(expected) - set(state))
+        if POS_KEY in state and getattr(self, POS_KEY) is not None:
+            expected[POS_KEY] = getattr(self, POS_KEY)
+        missing = sorted(set(expected) - set(state) - {POS_KEY})
         unexpected = sorted(set(state) - set(expected))
         if missing or unexpected:
             raise ZSBenchError(
@@ -168,7 +179,8 @@ class PromptedViT(nn.Module):
                 )
         with torch.no_grad():
             for key, param in expected.items():
-                param.copy_(state[key].to(device=param.device, dtype=param.dtype))
+                if key in state:
+                    param.copy_(state[key].to(device=param.device, dtype=param.dtype))
 
     # --- forward -------------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor):

@@ -28,6 +28,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     rp.add_argument("--dry-run", action="store_true", help="list the missing runs and trainings with a cost estimate")
     rp.add_argument(
+        "--json",
+        action="store_true",
+        help="with --dry-run: print the full plan as JSON, every training and evaluation knob of every run",
+    )
+    rp.add_argument(
         "--paper-subsample",
         action="store_true",
         help="evaluate only every 20th batch of 256 images, as the paper's validation loop did (recorded)",
@@ -38,7 +43,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     rp.add_argument("--arch", default="ViT-B-32", help="open_clip architecture (default ViT-B-32)")
     rp.add_argument("--pretrained", default="openai", help="open_clip pretrained tag or 'random' (default openai)")
     rp.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
-    rp.add_argument("--batch-size", help="evaluation batch size (default 128)")
+    rp.add_argument(
+        "--batch-size",
+        help="evaluation batch size (default 256, the official code's; fp16 attacks are keyed on it, since their "
+        "results depend on it)",
+    )
     rp.add_argument("--n", help="evaluate a seeded random subset of N images per dataset (default: the full split)")
     rp.add_argument(
         "--no-train", action="store_true", help="never train: rows without a checkpoint are skipped (shown missing)"
@@ -64,7 +73,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     from ..cli import _positive_int
     from ..profiles import get_profile
     from ..provenance import default_cache_dir, default_data_root, default_models_dir, default_results_dir
-    from .estimate import dry_run_report
+    from .estimate import dry_run_plan, dry_run_report
     from .reproduce import reproduce
     from .targets import get_target
 
@@ -75,12 +84,21 @@ def _reproduce(args: argparse.Namespace) -> int:
     n = _positive_int("n", args.n)
     if args.paper_subsample and n is not None:
         raise ZSBenchError("--paper-subsample and --n both choose the images; drop one of them")
-    batch_size = _positive_int("batch-size", args.batch_size) or 128
+    batch_size = _positive_int("batch-size", args.batch_size) or 256
+    if args.json and not args.dry_run:
+        raise ZSBenchError("--json prints the plan of a dry run; add --dry-run")
     out = Path(args.out) if args.out else default_results_dir()
     models_dir = Path(args.models_dir) if args.models_dir else default_models_dir()
     common = dict(arch=args.arch, pretrained=args.pretrained, n=n, paper_subsample=args.paper_subsample)
     if args.dry_run:
-        print(dry_run_report(args.target, out, args.profile, models_dir=models_dir, **common), end="")
+        if args.json:
+            import json
+
+            doc = dry_run_plan(args.target, out, args.profile, models_dir=models_dir, batch_size=batch_size, **common)
+            print(json.dumps(doc, indent=1, ensure_ascii=False))
+            return 0
+        text = dry_run_report(args.target, out, args.profile, models_dir=models_dir, batch_size=batch_size, **common)
+        print(text, end="")
         return 0
     result = reproduce(
         args.target,

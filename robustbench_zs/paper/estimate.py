@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from ..profiles import PAPER_SUBSAMPLE_BATCH, PAPER_SUBSAMPLE_EVERY, Profile
+from ..profiles import PAPER_SUBSAMPLE_BATCH, PAPER_SUBSAMPLE_EVERY, Profile, TrainProfile
 from .match import load_records, match, missing_cells
 from .plan import (
     CHECKPOINT_REF,
@@ -31,7 +31,7 @@ from .plan import (
     resolve_profile,
     split_options,
 )
-from .render import profile_line
+from .render import profile_line, train_profile_line
 from .targets import dataset_images, get_target, train_images
 
 NO_THROUGHPUT = "no measured throughput yet"
@@ -97,6 +97,16 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s"
 
 
+def epoch_images(n: int | None, batch_size: int, profile: TrainProfile) -> int | None:
+    """Images one training epoch of ``n`` images sees: all of them with the last batch kept, else the full batches."""
+    if n is None:
+        return None
+    from ..train.engine import steps_per_epoch
+
+    steps = steps_per_epoch(n, batch_size, profile.last_batch)
+    return min(n, steps * batch_size)
+
+
 @dataclass(frozen=True)
 class Training:
     """A checkpoint the plan needs and the models folder lacks."""
@@ -107,7 +117,7 @@ class Training:
 
 
 def needed_trainings(
-    cells: Iterable[Cell], models_dir: Path, arch: str, pretrained: str
+    cells: Iterable[Cell], models_dir: Path, arch: str, pretrained: str, train_profile: TrainProfile | None = None
 ) -> tuple[list[Training], list[Cell]]:
     """The trainings the cells need (no matching checkpoint yet), and the cells that wait for another's checkpoint.
 
@@ -123,9 +133,11 @@ def needed_trainings(
         if c.variant not in waits:
             waits[c.variant] = False
             if any(isinstance(v, str) and v.startswith(CHECKPOINT_REF) for _, v in c.options):
-                waits[c.variant] = resolve_options(c.options, models_dir, c.train_dataset, arch, pretrained) is None
+                resolved = resolve_options(c.options, models_dir, c.train_dataset, arch, pretrained, train_profile)
+                waits[c.variant] = resolved is None
             elif METHODS.get(c.method).trains != "nothing" and (
-                find_checkpoint(models_dir, c.method, dict(c.options), c.train_dataset, arch, pretrained) is None
+                find_checkpoint(models_dir, c.method, dict(c.options), c.train_dataset, arch, pretrained, train_profile)
+                is None
             ):
                 trainings[Training(c.method, c.options, c.train_dataset)] = None
         if waits[c.variant]:
@@ -143,6 +155,7 @@ def dry_run_report(
     models_dir: Path = Path("models"),
     n: int | None = None,
     paper_subsample: bool | None = None,
+    batch_size: int | None = None,
 ) -> str:
     """What ``zsbench reproduce TARGET`` would run, with its estimated cost; reads records and checkpoints only.
 
@@ -153,15 +166,24 @@ def dry_run_report(
     """
     from ..attacks import Threat
     from ..methods import METHODS
-    from ..train.engine import resolve_recipe
+    from ..profiles import train_profile_for
+    from ..train.engine import effective_profile, resolve_recipe
 
     t = get_target(target)
     prof = resolve_profile(profile, paper_subsample)
+    train_prof = train_profile_for(prof)
     cells = plan(target, prof)
     records = load_records(Path(out_dir))
     # a robust run evaluates the clean images first unless their record exists: match those cells too
     cleans = [c.clean() for c in cells if c.metric == "robust"]
-    kw = dict(arch=arch, pretrained=pretrained, models_dir=models_dir, n=n, paper_subsample=prof.paper_subsample)
+    kw = dict(
+        arch=arch,
+        pretrained=pretrained,
+        models_dir=models_dir,
+        n=n,
+        paper_subsample=prof.paper_subsample,
+        batch_size=batch_size,
+    )
     found = match([*cells, *cleans], out_dir, prof, records=records, **kw)
     todo = missing_cells({c: found[c] for c in cells})
     runs: dict[tuple, dict] = {}
@@ -172,7 +194,7 @@ def dry_run_report(
         passes[c.threat] = None
     eval_rates = measured_eval_rates(records, arch)
     train_rates = measured_train_rates(models_dir, arch)
-    trainings, waiting = needed_trainings(todo, models_dir, arch, pretrained)
+    trainings, waiting = needed_trainings(todo, models_dir, arch, pretrained, train_prof)
 
     labels = {r.key: r.label for r in t.rows}
     total, unmeasured, rows = 0.0, 0, []
@@ -206,8 +228,8 @@ def dry_run_report(
         cls = METHODS.get(tr.method)
         _, recipe_opts = split_options(tr.method, dict(tr.options))
         recipe = resolve_recipe(cls, {k: type(getattr(cls.recipe, k))(v) for k, v in recipe_opts.items()})
-        per_epoch = train_images(tr.train_dataset)
-        images = None if per_epoch is None else recipe.epochs * (per_epoch // recipe.batch_size) * recipe.batch_size
+        images = epoch_images(train_images(tr.train_dataset), recipe.batch_size, effective_profile(cls, train_prof))
+        images = None if images is None else recipe.epochs * images
         ips = train_rates.get(tr.method)
         if images is None or ips is None:
             estimate = NO_THROUGHPUT
@@ -230,6 +252,8 @@ def dry_run_report(
         f"# Dry run: zsbench reproduce {t.id} ({profile_line(prof)}; {arch}/{pretrained})",
         "",
         f"Records: {out_dir}; checkpoints: {models_dir}. Nothing was run or written.",
+        "",
+        f"Trainings use the {train_profile_line(prof)}; every knob of every run: `--dry-run --json`.",
         "",
         f"{len(cells) - len(todo)} of {len(cells)} cells have a record; {len(runs)} evaluation runs are missing; "
         f"{len(trainings)} trainings are needed.",
@@ -281,3 +305,129 @@ def dry_run_report(
         "records (device and batch size as measured); training images/s of the same method in the checkpoints."
     )
     return "\n".join(lines) + "\n"
+
+
+def dry_run_plan(
+    target: str,
+    out_dir: Path,
+    profile: str | Profile = "paper",
+    *,
+    arch: str = "ViT-B-32",
+    pretrained: str = "openai",
+    models_dir: Path = Path("models"),
+    n: int | None = None,
+    paper_subsample: bool | None = None,
+    batch_size: int = 256,
+) -> dict:
+    """The whole plan of ``zsbench reproduce TARGET``, knob by knob (``--dry-run --json``); reads records only.
+
+    One entry per run (a row's method variant on one dataset, with every threat the row needs there), whether its
+    records exist or not, holding everything that decides its numbers: the method and its resolved config (the
+    row's options plus, under ``paper``, the official code's: ``official_options`` with their source), the
+    training (training set, the resolved recipe, the training profile's knobs as they train this method, the
+    training images' preprocessing, steps per epoch and in all, the checkpoint that would be used), and the
+    evaluation (dataset, images and how they are chosen, preprocessing, profile knobs, batch size, and each
+    threat's full settings as its record's key holds them). A reader compares it line by line with the official
+    scripts.
+    """
+    from ..attacks import Threat
+    from ..datasets import DATASETS
+    from ..datasets.preprocess import resolve_preprocess
+    from ..engine.runner import attack_settings, model_identity
+    from ..engine.variants import _split_options, wanted_training
+    from ..methods import METHODS
+    from ..models import ModelSpec
+    from ..models.loader import model_preprocess_cfg
+    from ..profiles import profile_family, train_profile_for
+    from ..train.engine import effective_profile, resolve_recipe, steps_per_epoch
+    from .plan import official
+
+    t = get_target(target)
+    prof = resolve_profile(profile, paper_subsample)
+    train_prof = train_profile_for(prof)
+    cells = plan(target, prof)
+    records = load_records(Path(out_dir))
+    kw = dict(arch=arch, pretrained=pretrained, models_dir=models_dir, n=n, paper_subsample=prof.paper_subsample)
+    found = match(cells, out_dir, prof, records=records, batch_size=batch_size, **kw)
+    model = ModelSpec(arch, pretrained)
+    needs_model_cfg = prof.preprocess == "standard" or train_prof.preprocess == "standard"
+    model_cfg = model_preprocess_cfg(model) if needs_model_cfg else None
+    rows = {r.key: r for r in t.rows}
+    runs: dict[tuple, dict] = {}
+    for c in cells:
+        key = (c.variant, c.row, c.dataset)
+        if key not in runs:
+            row, cls = rows[c.row], METHODS.get(c.method)
+            options = dict(c.options)
+            config_opts, recipe_opts = _split_options(cls, options)
+            training = None
+            if cls.trains != "nothing":
+                config_opts, _ = wanted_training(cls, train_prof, config_opts)
+                eff = effective_profile(cls, train_prof)
+                recipe = resolve_recipe(cls, recipe_opts)
+                spec = DATASETS.get(c.train_dataset)
+                per_epoch_images = train_images(c.train_dataset)
+                steps = (
+                    None
+                    if per_epoch_images is None
+                    else steps_per_epoch(per_epoch_images, recipe.batch_size, eff.last_batch)
+                )
+                path = find_checkpoint(models_dir, c.method, options, c.train_dataset, arch, pretrained, train_prof)
+                training = {
+                    "train_dataset": c.train_dataset,
+                    "train_images": per_epoch_images,
+                    "recipe": recipe.to_dict(),
+                    "knobs": eff.to_dict(),
+                    "attack_mode_fixed_by_method": cls.train_attack_mode,
+                    "preprocess": resolve_preprocess(eff.preprocess, spec, model_cfg, train=True).describe(spec),
+                    "steps_per_epoch": steps,
+                    "total_steps": None if steps is None else steps * recipe.epochs,
+                    "checkpoint": None if path is None else str(path),
+                }
+            spec = DATASETS.get(c.dataset)
+            images = eval_images(c.dataset, n, prof.paper_subsample)
+            runs[key] = {
+                "row": c.row,
+                "label": row.label,
+                "method": c.method,
+                "options": options,
+                "official_options": dict(row.official_options) if official(prof) else {},
+                "official_source": row.official_source if official(prof) and row.official_options else "",
+                "official_note": row.official_note if official(prof) and row.official_options else "",
+                "method_config": cls.Config.from_overrides(config_opts).to_dict(),
+                "base_model": model_identity(model),
+                "training": training,
+                "evaluation": {
+                    "dataset": c.dataset,
+                    "split": spec.eval_split,
+                    "images": images,
+                    "selection": "paper_subsample" if prof.paper_subsample else ("all" if n is None else "random"),
+                    "profile": {"name": prof.name, **prof.knobs()},
+                    "preprocess": resolve_preprocess(prof.preprocess, spec, model_cfg).describe(spec),
+                    "batch_size": batch_size,
+                    "threats": [attack_settings(Threat(), batch_size)],  # every run evaluates the clean images first
+                },
+                "records": {},
+            }
+        run = runs[key]
+        threats = [Threat()] if c.metric == "clean" else [c.threat]
+        for th in threats:
+            settings = attack_settings(th, batch_size)
+            if settings not in run["evaluation"]["threats"]:
+                run["evaluation"]["threats"].append(settings)
+        f = found.get(c)
+        run["records"][c.threat.label if c.metric == "robust" else "Clean"] = (
+            "missing" if f is None else ("found" if f.complete else f"partial ({f.n} of {f.n_total} images)")
+        )
+    return {
+        "target": t.id,
+        "caption": t.caption,
+        "profile": {"name": prof.name, "family": profile_family(prof), **prof.knobs()},
+        "train_profile": train_prof.to_dict(),
+        "base_model": {"arch": arch, "pretrained": pretrained},
+        "batch_size": batch_size,
+        "results": str(out_dir),
+        "models": str(models_dir),
+        "cells": {"total": len(cells), "with_record": sum(f is not None and f.complete for f in found.values())},
+        "runs": list(runs.values()),
+    }

@@ -1,9 +1,11 @@
 """Which record supplies each cell of a plan.
 
-A record fits a cell when it has the same method, method config (defaults plus the row's options), training set and
-training eps (``record["model"]["training"]``; a foreign checkpoint, whose training is unknown, never fits a trained
-row), the same base model, dataset, attack, eps and steps, and was measured under the requested profile (its name,
-or exactly its knobs: see :func:`profile_matches`) with the same paper-subsample setting. Of several fitting records
+A record fits a cell when it has the same method, method config (defaults plus the row's options), training set,
+training eps and training knobs (``record["model"]["training"]``: the knobs of the profile's training profile, as
+they train the method; a foreign checkpoint, whose training is unknown, never fits a trained row), the same base
+model, dataset, attack, eps and steps (and, for an attack whose results depend on the batch size, such as the paper
+profile's fp16 attacks, the same ``attack_batch_size``), and was measured under the requested profile (its name, or
+exactly its knobs: see :func:`profile_matches`) with the same paper-subsample setting. Of several fitting records
 the newest that covers the requested images wins (the whole split, ``--n N`` or the paper's subsample); a record on
 fewer images is still returned, marked incomplete, so the table can show it with its "n of N" while its run stays
 planned.
@@ -16,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..profiles import Profile
+from ..profiles import Profile, TrainProfile
 from .plan import (
     Cell,
     attack_precision,
@@ -94,7 +96,9 @@ def profile_matches(record: dict, profile: Profile) -> bool:
     return have == want
 
 
-def _attack_matches(record: dict, threat) -> bool:
+def _attack_matches(record: dict, threat, batch_size: int | None = None) -> bool:
+    """Same attack, norm, eps and steps; a record keyed on its attack batch size (fp16, the official AutoAttack
+    package) fits only the batch size asked for (None: any)."""
     a = record["attack"]
     if threat.is_clean:
         return a.get("name") == "clean"
@@ -103,26 +107,32 @@ def _attack_matches(record: dict, threat) -> bool:
         and a.get("norm") == threat.norm
         and same_value(a.get("eps_255", a.get("eps", -1) * 255), threat.eps * 255)
         and int(a.get("steps", -1)) == threat.steps
+        and (batch_size is None or a.get("attack_batch_size") in (None, batch_size))
     )
 
 
 class _Expectation:
     """What a cell's record must hold: the method config and, for trained methods, training set and eps."""
 
-    def __init__(self, cell: Cell, models_dir: Path | None, arch: str, pretrained: str) -> None:
+    def __init__(
+        self, cell: Cell, models_dir: Path | None, arch: str, pretrained: str, train_profile: TrainProfile | None
+    ) -> None:
+        from ..engine.variants import wanted_training
         from ..methods import METHODS
+        from ..provenance import default_models_dir
 
         cls = METHODS.get(cell.method)
         self.trains = cls.trains != "nothing"
         self.config: dict | None = None
         self.train_eps = 0.0
-        from ..provenance import default_models_dir
-
+        self.knobs: dict | None = None
         folder = Path(models_dir) if models_dir is not None else default_models_dir()
-        options = resolve_options(cell.options, folder, cell.train_dataset, arch, pretrained)
+        options = resolve_options(cell.options, folder, cell.train_dataset, arch, pretrained, train_profile)
         if options is None:
             return  # its checkpoint (e.g. interpolation's theta1) does not exist yet: no record can match
         config_opts, recipe_opts = split_options(cell.method, options)
+        if self.trains:
+            config_opts, self.knobs = wanted_training(cls, train_profile, config_opts)
         self.config = cls.Config.from_overrides(config_opts).to_dict()
         self.train_eps = expected_train_eps(cell.method, recipe_opts)
 
@@ -135,9 +145,18 @@ class _Expectation:
         if not self.trains:
             return True
         training = model.get("training") or {}  # None: a foreign checkpoint, whose training is unknown
+        if self.knobs is not None and not _same_knobs(training.get("knobs"), self.knobs):
+            return False
         return training.get("train_dataset") == cell.train_dataset and same_value(
             training.get("train_eps_255"), self.train_eps
         )
+
+
+def _same_knobs(have: dict | None, want: dict) -> bool:
+    """Training knobs equal, the profile's name aside (a record without them, from before profiles, never fits)."""
+    if not isinstance(have, dict):
+        return False
+    return {k: str(v) for k, v in have.items() if k != "name"} == {k: str(v) for k, v in want.items() if k != "name"}
 
 
 def _complete(n: int, n_total: int, want_n: int | None, paper_subsample: bool) -> bool:
@@ -166,6 +185,8 @@ def match(
     n: int | None = None,
     paper_subsample: bool | None = None,
     records: list[tuple[Path, dict]] | None = None,
+    batch_size: int | None = None,
+    check_training: bool = True,
 ) -> dict[Cell, Found | None]:
     """The record of each cell under ``out_dir`` (None where there is none); see the module docstring for the rules.
 
@@ -177,8 +198,15 @@ def match(
         n: the requested images per dataset (None: the whole split); a record on fewer is shown but not complete.
         paper_subsample: True or False overrides the profile's knob (the paper's every-20th-batch subsample).
         records: :func:`load_records` of ``out_dir``, when the caller has them already.
+        batch_size: the evaluation batch size asked for: records keyed on another attack batch size (fp16 attacks,
+            the official AutoAttack package) do not fit; None: any.
+        check_training: False lets records of checkpoints trained with other training knobs fit (to find them and
+            say so; a table never uses them).
     """
+    from ..profiles import train_profile_for
+
     prof = resolve_profile(profile, paper_subsample)
+    train_prof = train_profile_for(prof)
     index: dict[tuple[str, str], list[tuple[Path, dict]]] = defaultdict(list)
     for path, record in load_records(Path(out_dir)) if records is None else records:
         index[(record["method"], record["dataset"]["id"])].append((path, record))
@@ -186,7 +214,9 @@ def match(
     out: dict[Cell, Found | None] = {}
     for cell in cells:
         if cell.variant not in expectations:
-            expectations[cell.variant] = _Expectation(cell, models_dir, arch, pretrained)
+            expectations[cell.variant] = _Expectation(
+                cell, models_dir, arch, pretrained, train_prof if check_training else None
+            )
         want = expectations[cell.variant]
         fits = []
         for path, r in index.get((cell.method, cell.dataset), ()):
@@ -194,7 +224,7 @@ def match(
             if (
                 model.get("arch") == arch
                 and model.get("pretrained") == pretrained
-                and _attack_matches(r, cell.threat)
+                and _attack_matches(r, cell.threat, batch_size)
                 and profile_matches(r, prof)
                 and want.fits(r, cell)
             ):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ZSBenchError
-from ..profiles import Profile, get_profile
+from ..profiles import Profile, TrainProfile, get_profile
 from .targets import AVERAGE, get_target, paper_datasets
 
 #: Option values of the form ``@checkpoint:METHOD`` stand for the folder of that method's checkpoint for the same
@@ -59,7 +59,8 @@ class Cell:
 
 
 def attack_precision(attack: str, profile: Profile) -> str:
-    """The profile's attack precision where the attack supports it, else fp32 (AutoAttack runs in fp32 only)."""
+    """The profile's attack precision where the attack supports it, else fp32 (PGD and AutoAttack run the paper
+    profile's fp16 as the official code did; an attack without fp16 would run fp32 and its records say so)."""
     from ..attacks import ATTACKS
 
     supported = getattr(ATTACKS.get(attack), "precisions", ("fp32",))
@@ -90,11 +91,20 @@ def resolve_profile(profile: str | Profile, paper_subsample: bool | None = None)
     return prof
 
 
+def official(profile: Profile) -> bool:
+    """Whether rows take the official code's method options (:attr:`Row.official_options`): under ``paper``, with or
+    without the paper subsample."""
+    from ..profiles import profile_family
+
+    return profile_family(profile) == "paper"
+
+
 def plan(target: str, profile: str | Profile = "paper") -> list[Cell]:
     """Every cell ``target`` needs under ``profile``, in the paper's row and column order.
 
     Rows the paper gives without their settings have no cells (they are never run). Average columns expand to the
-    16 datasets of their metric.
+    16 datasets of their metric. Under the ``paper`` profile each row's options include its official ones (the
+    options of the code behind the paper's numbers).
     """
     from ..attacks import Threat
 
@@ -112,7 +122,7 @@ def plan(target: str, profile: str | Profile = "paper") -> list[Cell]:
                     target=t.id,
                     row=row.key,
                     method=row.method,
-                    options=row.options or (),
+                    options=row.options_for(official(prof)),
                     train_dataset=t.train_dataset,
                     dataset=ds,
                     metric=col.metric,
@@ -166,14 +176,21 @@ def expected_train_eps(method: str, recipe: dict[str, str]) -> float:
 
 
 def find_checkpoint(
-    models_dir: Path, method: str, options: dict[str, str], train_dataset: str, arch: str, pretrained: str
+    models_dir: Path,
+    method: str,
+    options: dict[str, str],
+    train_dataset: str,
+    arch: str,
+    pretrained: str,
+    train_profile: TrainProfile | None = None,
 ) -> Path | None:
-    """The newest complete checkpoint of ``method`` with these options, training set, training eps and backbone.
+    """The newest complete checkpoint of ``method`` with these options, training set, training eps and backbone
+    (and training knobs, given ``train_profile``: the profile's, as they train this method).
 
     The same rule ``zsbench run`` uses to pick a checkpoint (``engine.variants.find_checkpoints``), with the
     training eps pinned to the row's (the option, else the method's recipe default), so the plan and the run agree.
     """
-    from ..engine.variants import _split_options, find_checkpoints
+    from ..engine.variants import _split_options, find_checkpoints, wanted_training
     from ..methods import METHODS
     from ..models import ModelSpec
 
@@ -181,6 +198,7 @@ def find_checkpoint(
     if cls.trains == "nothing":
         return None
     config_opts, recipe_opts = _split_options(cls, options)
+    config_opts, knobs = wanted_training(cls, train_profile, config_opts)
     recipe = {"train_eps_255": expected_train_eps(method, options), **recipe_opts}
     found = find_checkpoints(
         Path(models_dir),
@@ -189,18 +207,25 @@ def find_checkpoint(
         train_dataset=train_dataset,
         config=cls.Config.from_overrides(config_opts).to_dict(),
         recipe=recipe,
+        train_knobs=knobs,
     )
     return found[0] if found else None
 
 
 def resolve_options(
-    options: Iterable[tuple[str, str]], models_dir: Path, train_dataset: str, arch: str, pretrained: str
+    options: Iterable[tuple[str, str]],
+    models_dir: Path,
+    train_dataset: str,
+    arch: str,
+    pretrained: str,
+    train_profile: TrainProfile | None = None,
 ) -> dict[str, str] | None:
     """Options with ``@checkpoint:METHOD`` values replaced by that checkpoint's folder; None if one is missing."""
     out = {}
     for k, v in options:
         if isinstance(v, str) and v.startswith(CHECKPOINT_REF):
-            path = find_checkpoint(models_dir, v[len(CHECKPOINT_REF) :], {}, train_dataset, arch, pretrained)
+            ref = v[len(CHECKPOINT_REF) :]
+            path = find_checkpoint(models_dir, ref, {}, train_dataset, arch, pretrained, train_profile)
             if path is None:
                 return None
             v = str(path)

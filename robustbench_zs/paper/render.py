@@ -19,7 +19,7 @@ from tabulate import tabulate
 
 from ..profiles import PAPER_SUBSAMPLE_BATCH, PAPER_SUBSAMPLE_EVERY, Profile
 from .match import Found
-from .plan import Cell, find_checkpoint, paper_threat, plan, resolve_profile
+from .plan import Cell, find_checkpoint, official, paper_threat, plan, resolve_profile
 from .targets import (
     AVERAGE,
     Column,
@@ -119,8 +119,21 @@ class _FlagNotes:
         return f" ⚠{len(self.lines)}"
 
 
+def train_profile_line(prof: Profile) -> str:
+    """The training knobs that go with an evaluation profile, in one line (``profiles.train_profile_for``)."""
+    from ..profiles import train_profile_for
+
+    tp = train_profile_for(prof)
+    return f"training profile `{tp.name}` (" + ", ".join(f"{k} {v}" for k, v in tp.knobs().items()) + ")"
+
+
 def _training_lines(
-    t: Target, matches: dict[tuple[str, str, str], Found | None], models_dir: Path | None, arch: str, pretrained: str
+    t: Target,
+    matches: dict[tuple[str, str, str], Found | None],
+    models_dir: Path | None,
+    arch: str,
+    pretrained: str,
+    prof: Profile | None = None,
 ) -> list[str]:
     """The paper's per-epoch training time beside our measured training images/s, one line per trained row."""
     from ..methods import METHODS
@@ -148,8 +161,16 @@ def _training_lines(
             if len(names) == 1:
                 folder = Path(models_dir) / names.pop()
             else:
+                from ..profiles import train_profile_for
+
                 folder = find_checkpoint(
-                    Path(models_dir), row.method, row.option_dict(), t.train_dataset, arch, pretrained
+                    Path(models_dir),
+                    row.method,
+                    dict(row.options_for(prof is not None and official(prof))),
+                    t.train_dataset,
+                    arch,
+                    pretrained,
+                    None if prof is None else train_profile_for(prof),
                 )
         ips = None
         if folder is not None and (folder / "meta.json").is_file():
@@ -229,7 +250,7 @@ def render(
         f"Source: {t.source}.",
         "",
         f"Protocol: {profile_line(prof)}; base model {arch}/{pretrained}; trained rows fine-tuned on "
-        f"{t.train_dataset}; test attack {_attack_line(t, prof)}.",
+        f"{t.train_dataset} with the {train_profile_line(prof)}; test attack {_attack_line(t, prof)}.",
         "",
         "Each cell: ours [Wilson 95% interval] / the paper's / ours − paper, in %. "
         f"*{MISSING}*: no record yet (`zsbench reproduce {t.id}` runs it); ⚠N: the paper's number looks wrong "
@@ -241,6 +262,17 @@ def render(
         tabulate(body, headers=headers, tablefmt="github", disable_numparse=True),
     ]
     notes = list(t.notes)
+    if official(prof):  # the official code's method options, one note per set of rows that share them
+        groups: dict[tuple, list[str]] = {}
+        for row in t.rows:
+            if row.reproducible and row.official_options:
+                groups.setdefault((row.official_options, row.official_source, row.official_note), []).append(row.label)
+        for (opts, source, note), labels in groups.items():
+            text = ", ".join(f"{k}={v}" for k, v in opts)
+            notes.append(
+                f"{', '.join(labels)}: trained with the official code's options {text} ({source})"
+                + (f"; {note}" if note else "")
+            )
     unreproducible = [f"{r.label}: {r.not_reproducible}" for r in t.rows if not r.reproducible]
     partial = sorted(
         {f"{ds} ({f.n} of {f.n_total} images)" for (_, _, ds), f in by_key.items() if f and f.n < f.n_total}
@@ -252,7 +284,7 @@ def render(
         if partial:
             lines.append(f"- Evaluated on part of a split: {', '.join(partial)}.")
         lines += [f"- {f}" for f in flags.lines]
-    training = _training_lines(t, by_key, models_dir, arch, pretrained)
+    training = _training_lines(t, by_key, models_dir, arch, pretrained, prof)
     if training:
         lines += ["", "## Training time", "", *training]
     lines += [*(["", *extra] if extra else []), ""]

@@ -84,7 +84,7 @@ def reproduce(
     arch: str = "ViT-B-32",
     pretrained: str = "openai",
     device: str = "auto",
-    batch_size: int = 128,
+    batch_size: int = 256,
     n: int | None = None,
     paper_subsample: bool | None = None,
     train: bool = True,
@@ -100,13 +100,21 @@ def reproduce(
     from ..engine.runner import RunConfig, run
     from ..methods import METHODS
     from ..models import ModelSpec
-    from ..profiles import run_config_fields
+    from ..profiles import run_config_fields, train_profile_for
     from ..results import ensure_writable
 
     t = get_target(target)
     prof = resolve_profile(profile, paper_subsample)
+    train_prof = train_profile_for(prof)
     out_dir, models_dir, data_root = Path(out_dir), Path(models_dir), Path(data_root)
-    kw = dict(arch=arch, pretrained=pretrained, models_dir=models_dir, n=n, paper_subsample=prof.paper_subsample)
+    kw = dict(
+        arch=arch,
+        pretrained=pretrained,
+        models_dir=models_dir,
+        n=n,
+        paper_subsample=prof.paper_subsample,
+        batch_size=batch_size,
+    )
     cells = plan(target, prof)
     todo = missing_cells(match(cells, out_dir, prof, **kw))
     ensure_writable(out_dir)
@@ -121,7 +129,7 @@ def reproduce(
         datasets = [d for d in datasets if d not in absent]
         if not datasets:
             continue
-        resolved = resolve_options(options, models_dir, train_dataset, arch, pretrained)
+        resolved = resolve_options(options, models_dir, train_dataset, arch, pretrained, train_prof)
         label = f"{method}({options_text(options)})" if options else method
         if resolved is None:
             skipped.append(f"{label}: the checkpoint it interpolates to does not exist")
@@ -129,7 +137,7 @@ def reproduce(
         if (
             not train
             and METHODS.get(method).trains != "nothing"
-            and find_checkpoint(models_dir, method, resolved, train_dataset, arch, pretrained) is None
+            and find_checkpoint(models_dir, method, resolved, train_dataset, arch, pretrained, train_prof) is None
         ):
             skipped.append(f"{label}: no checkpoint trained on {train_dataset} in {models_dir} (--no-train)")
             continue
@@ -162,11 +170,22 @@ def reproduce(
     for line in skipped:
         echo(f"skipped: {line}")
     found = match(cells, out_dir, prof, **kw)
+    loose = match(cells, out_dir, prof, **kw, check_training=False)
+    other_knobs = [c for c in cells if found.get(c) is None and loose.get(c) is not None]
+    unused = []
+    if other_knobs:
+        rows = ", ".join(sorted({c.row for c in other_knobs}))
+        unused.append(
+            f"Not used: {len(other_knobs)} cells (rows {rows}) have records of checkpoints trained with other knobs "
+            f"than the {train_prof.name} training profile; they are shown as missing here and marked ⚑ in "
+            "zsbench leaderboard."
+        )
+        echo(f"note: {unused[0]}")
     folder = out_dir / "reproduce"
     folder.mkdir(parents=True, exist_ok=True)
     stem = output_stem(t, profile, prof)
     figure = _draw_figure(t, out_dir, folder, prof, stem) if t.figure else []
-    extra = [*(f"Skipped: {s}." for s in skipped), *figure]
+    extra = [*(f"Skipped: {s}." for s in skipped), *unused, *figure]
     text = render(target, found, prof, arch=arch, pretrained=pretrained, models_dir=models_dir, extra=extra)
     path = folder / f"{stem}.md"
     path.write_text(text, encoding="utf-8")

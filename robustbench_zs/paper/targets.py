@@ -99,6 +99,9 @@ class Row:
             them; ``None`` where the paper does not give the settings (then ``not_reproducible`` says why).
         eps_255: the test attack's eps in units of 1/255.
         paper: where the paper's numbers are (None: the paper has none for this row).
+        official_options: the method options of the official code that produced the paper's numbers, added to
+            ``options`` under the ``paper`` profile (PMG-AFT: the published KL direction and summed KL);
+            ``official_source`` cites that code, ``official_note`` says what is assumed where its code is not public.
     """
 
     key: str
@@ -109,6 +112,9 @@ class Row:
     paper: PaperRef | None
     not_reproducible: str = ""
     note: str = ""
+    official_options: tuple[tuple[str, str], ...] = ()
+    official_source: str = ""
+    official_note: str = ""
 
     @property
     def reproducible(self) -> bool:
@@ -116,6 +122,11 @@ class Row:
 
     def option_dict(self) -> dict[str, str]:
         return dict(self.options or ())
+
+    def options_for(self, official: bool) -> tuple[tuple[str, str], ...]:
+        """The row's options, with its ``official_options`` underneath when ``official`` (the paper profile)."""
+        merged = {**dict(self.official_options), **self.option_dict()} if official else self.option_dict()
+        return tuple(sorted(merged.items()))
 
     @property
     def train_eps_255(self) -> float:
@@ -222,6 +233,9 @@ def targets() -> dict[str, Target]:
                 paper=_paper_ref(r.get("paper")),
                 not_reproducible=r.get("not_reproducible", ""),
                 note=r.get("note", ""),
+                official_options=tuple(sorted((r.get("official_options") or {}).items())),
+                official_source=r.get("official_source", ""),
+                official_note=r.get("official_note", ""),
             )
             for r in t["rows"]
         )

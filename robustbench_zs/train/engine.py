@@ -3,14 +3,23 @@
 What it does each step (``train(cfg)``):
 
 1. take the next global batch of a seeded per-epoch permutation of the training split (each process of a torchrun
-   job takes its equal share of the same global batch, so the data seen does not depend on the process count);
+   job takes its share of the same global batch, so the data seen does not depend on the process count); with the
+   training profile's ``last_batch = "keep"`` the last, partial batch of each epoch is trained on too, as the
+   official code's ``DataLoader(drop_last=False)`` did;
 2. build :class:`~robustbench_zs.methods.Step` with the recipe's training PGD (L-inf, uniform random start seeded per
-   image by (seed, epoch, image index), sign steps, gradients only into the perturbation, the model in eval mode
-   while attacked so BatchNorm statistics are not updated by attack forwards);
+   image by (seed, epoch, image index), sign steps (``pgd``) or RobustVLM's sign steps with momentum
+   (``pgd_momentum``), gradients only into the perturbation, the per-image losses summed or averaged over the batch
+   (the profile's ``attack_reduction``), the model in eval mode while attacked (BatchNorm statistics untouched) or
+   left in training mode as the official PMG-AFT/TeCoA code did (the profile's ``attack_mode``, unless the method
+   fixes its own));
 3. call ``method.loss(step)`` under autocast (bf16, or fp16 with a gradient scaler, or fp32), backpropagate,
    average gradients across processes (an all-reduce after backward, as DDP does: DDP's module wrapper assumes one
    forward per backward, which adversarial training with several forwards per step breaks), set the learning rate
    (linear warm-up, then cosine to 0 over all steps) and step the optimizer.
+
+Every knob comes from the training profile (:class:`robustbench_zs.profiles.TrainProfile`: normalization, logit
+scale, precision, attack reduction and mode, preprocessing per training set, prompts, last batch) and the method's
+recipe; ``meta.json`` stores all of them.
 
 Checkpoints hold only what the method trains (safetensors) plus a JSON of metadata; a ``resume/`` folder (weights,
 optimizer state as safetensors, step) is rewritten every ``save_every`` steps and at the end of each epoch, so an
@@ -45,20 +54,29 @@ from ..datasets.preprocess import PreprocessedDataset, resolve_preprocess
 from ..datasets.prompts import prompt_set
 from ..errors import ZSBenchError
 from ..methods import METHODS, Method, Recipe, Step
+from ..methods.base import TRAIN_ATTACKS
 from ..models import HeadKnobs, LoadedModel, ModelSpec, ZeroShotClassifier, build_text_head, load_model
 from ..models.loader import model_preprocess_cfg
 from ..models.text_head import text_weights_sha256
+from ..profiles import TRAIN_PROFILES, TrainProfile
 from ..provenance import software
 from . import distributed as dist_utils
 from .checkpoint import load_checkpoint, save_checkpoint
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 RECIPE_FIELDS = tuple(f for f in Recipe.__dataclass_fields__)
+#: Momentum of RobustVLM's training PGD (``train/pgd_train.py``: ``momentum=0.9``), for ``train_attack="pgd_momentum"``.
+PGD_MOMENTUM = 0.9
+
+
+def _standard() -> TrainProfile:
+    return TRAIN_PROFILES["standard"]
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One training run. ``recipe`` overrides the method's recipe field by field; ``options`` its config."""
+    """One training run. ``recipe`` overrides the method's recipe field by field; ``options`` its config; ``profile``
+    holds every other knob (:class:`~robustbench_zs.profiles.TrainProfile`; ``zsbench train --profile``)."""
 
     method: str
     model: ModelSpec
@@ -68,9 +86,7 @@ class TrainConfig:
     options: dict[str, str] = field(default_factory=dict)
     recipe: dict = field(default_factory=dict)
     max_steps: int | None = None
-    precision: str = "fp32"
-    preprocess: str = "paper"
-    prompts: str = "paper"
+    profile: TrainProfile = field(default_factory=_standard)
     seed: int = 0
     device: str = "auto"
     workers: int | None = None
@@ -95,8 +111,31 @@ def resolve_recipe(method: type[Method], overrides: dict) -> Recipe:
     for name in ("lr", "epochs", "batch_size"):
         if getattr(recipe, name) <= 0:
             raise ZSBenchError(f"--{name.replace('_', '-')} must be positive")
-    HeadKnobs(normalization=recipe.normalization, logit_scale=recipe.logit_scale)  # validates both knobs
+    if recipe.train_attack not in TRAIN_ATTACKS:
+        raise ZSBenchError(f"unknown training attack {recipe.train_attack!r}; use {' or '.join(TRAIN_ATTACKS)}")
     return recipe
+
+
+def method_options(method: type[Method], options: dict[str, str], profile: TrainProfile) -> dict[str, str]:
+    """The option overrides a run trains with: under a profile with ``official_options`` (``paper``), the method's
+    official code's values (PMG-AFT: the published KL direction, summed KL) for every option not given."""
+    base = dict(method.official_options) if profile.official_options else {}
+    return {**base, **options}
+
+
+def effective_profile(method: type[Method], profile: TrainProfile) -> TrainProfile:
+    """The knobs that actually train ``method``: ``profile``, with the attack mode the method's official code fixes
+    (FARE, TWINS: eval) where it fixes one. The name stays the profile's: the method, not the user, changed it."""
+    mode = method.train_attack_mode
+    return profile if mode is None or mode == profile.attack_mode else replace(profile, attack_mode=mode)
+
+
+def steps_per_epoch(n: int, batch_size: int, last_batch: str, world_size: int = 1) -> int:
+    """Optimizer steps per pass over ``n`` images: full batches only (``drop``), or with the last partial one
+    (``keep``, the official loaders' ``drop_last=False``: 391 for TinyImageNet's 100,000 images at 256). A last batch
+    with fewer images than processes cannot be shared out and is dropped."""
+    full, rest = divmod(n, batch_size)
+    return full + (1 if last_batch == "keep" and rest >= world_size else 0)
 
 
 def lr_at(step: int, base: float, warmup: int, total: int) -> float:
@@ -111,9 +150,24 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def run_identity(cfg: TrainConfig, method: Method, recipe: Recipe, data_fingerprint: str, total_steps: int) -> dict:
+def run_identity(
+    cfg: TrainConfig,
+    method: Method,
+    recipe: Recipe,
+    data_fingerprint: str,
+    total_steps: int,
+    profile: TrainProfile | None = None,
+    pipeline: dict | None = None,
+) -> dict:
+    """Everything that changes the trained weights (the checkpoint folder's name hashes it).
+
+    Args:
+        profile: the effective training profile (:func:`effective_profile`); default ``cfg.profile``.
+        pipeline: the training images' preprocessing (``Preprocess.describe``).
+    """
     from ..engine.runner import model_identity
 
+    prof = profile or cfg.profile
     return {
         "method": cfg.method,
         "config": method.config.to_dict(),
@@ -121,9 +175,11 @@ def run_identity(cfg: TrainConfig, method: Method, recipe: Recipe, data_fingerpr
         "model": model_identity(cfg.model),
         "train_dataset": cfg.train_dataset,
         "train_content_sha256": data_fingerprint,
-        "preprocess": cfg.preprocess,
-        "prompts": cfg.prompts,
-        "precision": cfg.precision,
+        "train_profile": prof.to_dict(),
+        "train_preprocess": pipeline,
+        "preprocess": prof.preprocess,
+        "prompts": prof.prompts,
+        "precision": prof.precision,
         "seed": cfg.seed,
         "total_steps": total_steps,
     }
@@ -143,26 +199,51 @@ def _autocast(device: torch.device, precision: str):
 
 
 def make_attack(
-    model: nn.Module, x: torch.Tensor, seeds: torch.Tensor, recipe: Recipe, precision: str
+    model: nn.Module,
+    x: torch.Tensor,
+    seeds: torch.Tensor,
+    recipe: Recipe,
+    precision: str,
+    reduction: str = "sum",
+    mode: str = "eval",
 ) -> Callable[[Callable[[torch.Tensor], torch.Tensor]], torch.Tensor]:
-    """The recipe's training PGD from ``x``, as :attr:`Step.attack` documents."""
+    """The recipe's training PGD from ``x``, as :attr:`Step.attack` documents.
+
+    Args:
+        precision: autocast of the attack's forwards (the training precision, as the official code's attack ran
+            inside its training autocast).
+        reduction: ``sum`` or ``mean`` of the per-image losses before the gradient; under fp16 autocast ``mean``
+            (the official code's ``CrossEntropyLoss()``) lets small input gradients underflow to zero, ``sum`` keeps
+            each image's gradient its own.
+        mode: ``eval`` (the model in eval mode while attacked) or ``train`` (left as the training loop has it, as
+            the official PMG-AFT/TeCoA code's ``model.visual.train()`` did); restored afterwards either way.
+    """
     eps, step_size, steps = recipe.train_eps_255 / 255, recipe.train_step_size_255 / 255, recipe.train_steps
+    rule = recipe.train_attack
 
     def attack(loss_fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         if eps == 0 or steps == 0:
             return x.detach()
         was_training = model.training
-        model.eval()
+        if mode == "eval":
+            model.eval()
         try:
             delta = unit_noise(tuple(x.shape[1:]), seeds, x.device, "linf") * eps
-            delta = (x + delta).clamp(0, 1) - x
+            if rule == "pgd":  # TeCoA/PMG-AFT: the random start is clipped to the image before the first forward
+                delta = (x + delta).clamp(0, 1) - x
+            velocity = torch.zeros_like(x)
             for _ in range(steps):
                 delta.requires_grad_(True)
                 with _autocast(x.device, precision):
-                    loss = loss_fn(x + delta).float().sum()
+                    per_image = loss_fn(x + delta).float()
+                loss = per_image.sum() if reduction == "sum" else per_image.mean()
                 (grad,) = torch.autograd.grad(loss, delta)
                 with torch.no_grad():
-                    delta = (delta + step_size * grad.sign()).clamp(-eps, eps)
+                    direction = grad.sign()
+                    if rule == "pgd_momentum":  # RobustVLM: momentum on the signs, renormalized to a sign
+                        velocity = (PGD_MOMENTUM * velocity + direction).sign()
+                        direction = velocity
+                    delta = (delta + step_size * direction).clamp(-eps, eps)
                     delta = (x + delta).clamp(0, 1) - x
         finally:
             model.train(was_training)
@@ -225,13 +306,14 @@ class TrainingModels:
 
 
 def prepare_models(
-    method: Method, loaded: LoadedModel, recipe: Recipe, head: torch.Tensor | None, device: torch.device
+    method: Method, loaded: LoadedModel, knobs: HeadKnobs, head: torch.Tensor | None, device: torch.device
 ) -> TrainingModels:
     """The classifier ``method`` trains and its frozen pre-trained copy, with gradients only where it trains.
 
     Args:
         loaded: the backbone from :func:`~robustbench_zs.models.load_model`; ``method.build_encoder`` modifies its
             image tower in place.
+        knobs: the training profile's head knobs (normalization, logit scale).
         head: the (C, D) text head, or None for methods without one (a placeholder that is never read).
     """
     frozen_visual = copy.deepcopy(loaded.model.visual).eval() if method.needs_frozen else None
@@ -244,7 +326,6 @@ def prepare_models(
         p.requires_grad_(id(p) in trainable_ids)
     for p in trainable:
         p.requires_grad_(True)
-    knobs = HeadKnobs(normalization=recipe.normalization, logit_scale=recipe.logit_scale)
     if head is None:
         head = torch.zeros(1, int(getattr(loaded.model.visual, "output_dim", 1)))  # never used: no logits needed
     model = ZeroShotClassifier.from_model(loaded.model, head, loaded.image_size, knobs, encoder).to(device)
@@ -280,6 +361,9 @@ def step_loss(
     precision: str,
     extras: dict,
     joint_forward: bool | None = None,
+    *,
+    attack_reduction: str = "sum",
+    attack_mode: str = "eval",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The training attack and the method's loss on this process's share ``x, y`` of a global batch.
 
@@ -299,7 +383,7 @@ def step_loss(
         y=y if method.needs_labels else None,
         model=models.model,
         frozen=models.frozen,
-        attack=make_attack(models.model, x, seeds, recipe, precision),
+        attack=make_attack(models.model, x, seeds, recipe, precision, attack_reduction, attack_mode),
         extras=extras,
         joint_forward=joint_forward,
     )
@@ -339,12 +423,11 @@ class TrainResult:
 
 def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
     """Train ``cfg.method``; returns where the checkpoint is. Resumes from ``<folder>/resume`` when present."""
-    if cfg.precision not in PRECISIONS:
-        raise ZSBenchError(f"unknown precision {cfg.precision!r}; use {', '.join(PRECISIONS)}")
     method_cls = METHODS.get(cfg.method)
     if method_cls.trains == "nothing":
         raise ZSBenchError(f"{cfg.method} does not train; evaluate it with zsbench run --methods {cfg.method}")
-    method = method_cls(method_cls.Config.from_overrides(cfg.options))
+    prof = effective_profile(method_cls, cfg.profile)
+    method = method_cls(method_cls.Config.from_overrides(method_options(method_cls, cfg.options, prof)))
     recipe = resolve_recipe(method_cls, cfg.recipe)
     env = dist_utils.setup(cfg.device)
     device = env.device
@@ -354,17 +437,17 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
     if "train" not in spec.splits:
         with_train = ", ".join(k for k, s in DATASETS.items() if "train" in s.splits)
         raise ZSBenchError(f"{spec.name} has no training split; train on one of: {with_train}")
-    model_cfg = model_preprocess_cfg(cfg.model) if cfg.preprocess == "standard" else None
-    pre = resolve_preprocess(cfg.preprocess, spec, model_cfg)
+    model_cfg = model_preprocess_cfg(cfg.model) if prof.preprocess == "standard" else None
+    pre = resolve_preprocess(prof.preprocess, spec, model_cfg, train=True)
     data = spec.loader(Path(cfg.data_root), "train")
     n = len(data)
     if recipe.batch_size % env.world_size:
         raise ZSBenchError(f"--batch-size {recipe.batch_size} is not divisible by the {env.world_size} processes")
-    steps_per_epoch = n // recipe.batch_size
-    if steps_per_epoch == 0:
+    per_epoch = steps_per_epoch(n, recipe.batch_size, prof.last_batch, env.world_size)
+    if per_epoch == 0:
         raise ZSBenchError(f"--batch-size {recipe.batch_size} exceeds the {n} training images of {spec.name}")
-    total_steps = steps_per_epoch * recipe.epochs
-    identity = run_identity(cfg, method, recipe, data.fingerprint(), total_steps)
+    total_steps = per_epoch * recipe.epochs
+    identity = run_identity(cfg, method, recipe, data.fingerprint(), total_steps, prof, pre.describe(spec))
     folder = Path(cfg.out_dir) / (cfg.name or default_name(cfg, identity))
     if (folder / "meta.json").is_file():
         meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
@@ -376,17 +459,17 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
     method.check_model(loaded.model, cfg.model.arch)
     head = None
     if method.needs_text_head:
-        names, templates, _ = prompt_set(spec, data, cfg.prompts)
+        names, templates, _ = prompt_set(spec, data, prof.prompts)
         head, _ = build_text_head(
             loaded.model, loaded.tokenizer, names, templates, cfg.cache_dir, text_sha=text_weights_sha256(loaded.model)
         )
-    models = prepare_models(method, loaded, recipe, head, device)
+    models = prepare_models(method, loaded, prof.head_knobs(), head, device)
     encoder, trainable, model = models.encoder, models.trainable, models.model
     if cfg.compile:
         compile_towers(models)
 
     opt = _optimizer(trainable, recipe)
-    scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
+    scaler = torch.amp.GradScaler(device.type) if prof.precision == "fp16" else None
     start = 0
     if (folder / "resume" / "state.json").is_file():
         start = _load_resume(folder / "resume", method, encoder, opt, scaler)
@@ -399,7 +482,6 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
         cache = TensorCache(Path(cfg.cache_dir or ".") / "tensors")
         images, _ = cache.prepare(spec, "train", data, pre, np.arange(n), workers=workers, progress=cfg.progress)
 
-    local = recipe.batch_size // env.world_size
     losses: list[float] = []
     model.train()
     t0 = time.perf_counter()
@@ -407,27 +489,39 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
     step = start
     orders: dict[int, np.ndarray] = {}
 
-    def indices(at: int) -> tuple[int, np.ndarray]:
-        """The epoch of step ``at`` and this process's share of its global batch."""
-        epoch, pos = divmod(at, steps_per_epoch)
+    def indices(at: int) -> tuple[int, np.ndarray, int]:
+        """The epoch of step ``at``, this process's share of its global batch, and the global batch's size (the
+        last batch of an epoch can be partial: its shares then differ by at most one image)."""
+        epoch, pos = divmod(at, per_epoch)
         if epoch not in orders:
             orders.clear()
             orders[epoch] = epoch_order(n, cfg.seed, epoch)
         global_idx = orders[epoch][pos * recipe.batch_size : (pos + 1) * recipe.batch_size]
-        return epoch, global_idx[env.rank * local : (env.rank + 1) * local]
+        return epoch, np.array_split(global_idx, env.world_size)[env.rank], len(global_idx)
 
     batches = BatchLoader(images, device, prefetch=device.type == "cuda" if cfg.prefetch is None else cfg.prefetch)
     try:
         while step < end:
-            epoch, idx = indices(step)
+            epoch, idx, global_batch = indices(step)
             x, y = batches.get(idx)
             if step + 1 < end:
                 batches.request(indices(step + 1)[1])  # read while this step computes (on a GPU)
             seeds = attack_seeds(idx, cfg.seed, epoch)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, recipe.lr, recipe.warmup_steps, total_steps)
-            extras = {"global_batch": recipe.batch_size, "epoch": epoch, "step": step}
-            scaled, terms = step_loss(method, models, x, y, seeds, recipe, cfg.precision, extras)
+            extras = {"global_batch": global_batch, "epoch": epoch, "step": step}
+            scaled, terms = step_loss(
+                method,
+                models,
+                x,
+                y,
+                seeds,
+                recipe,
+                prof.precision,
+                extras,
+                attack_reduction=prof.attack_reduction,
+                attack_mode=prof.attack_mode,
+            )
             # checked before anything of this step is applied, so the state saved below is the last good one
             global_loss = dist_utils.sum_scalar(float(scaled.detach()), env)
             if not math.isfinite(global_loss):
@@ -441,7 +535,7 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
             losses.append(global_loss)
             bar.set_postfix({k: f"{float(v):.3f}" for k, v in {"loss": global_loss, **terms}.items()})
             bar.update(1)
-            if env.is_main and ((cfg.save_every and step % cfg.save_every == 0) or step % steps_per_epoch == 0):
+            if env.is_main and ((cfg.save_every and step % cfg.save_every == 0) or step % per_epoch == 0):
                 _save_resume(folder / "resume", method, encoder, opt, scaler, step, identity)
     except BaseException:
         if env.is_main and step > start:
@@ -452,7 +546,9 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
         batches.close()
     seconds = time.perf_counter() - t0
     done = step - start
-    ips = done * recipe.batch_size / seconds if seconds > 0 else 0.0
+    last_size = min(n - (per_epoch - 1) * recipe.batch_size, recipe.batch_size)  # partial under "keep"
+    images_done = sum(last_size if (k + 1) % per_epoch == 0 else recipe.batch_size for k in range(start, step))
+    ips = images_done / seconds if seconds > 0 else 0.0
     if env.is_main:
         complete = step >= total_steps
         meta = {
@@ -464,6 +560,10 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
             "trains": method.trains,
             "base_weights_sha256": loaded.weights_sha256,
             "base_checkpoint_sha256": loaded.checkpoint_sha256,
+            # knobs this method's training never reads (no logits without a text head: FARE), so never flagged
+            "train_knobs_unused": [] if method.needs_text_head else ["logit_scale", "prompts"],
+            "steps_per_epoch": per_epoch,
+            "last_batch_size": last_size,
             "world_size": env.world_size,
             "compiled": cfg.compile,
             "images_per_second": round(ips, 2),
