@@ -377,3 +377,17 @@ def test_train_eval_differences_name_every_shared_knob_and_skip_unused_ones() ->
     assert train_eval_differences(None, evaluated) == []  # a foreign checkpoint: its training is unknown
     # FARE reads no logits: its logit scale and prompts were never used, so they are never flagged
     assert len(train_eval_differences(standard, evaluated, ("logit_scale", "prompts"))) == 2
+
+
+def test_fp16_verdicts_against_the_fp32_clean_pass_are_counted_not_flagged() -> None:
+    """An fp16 attack judges with its own float16 forward (as the official code): where that disagrees with the fp32
+    clean pass, its 'robust' verdict is dropped and counted, not reported as a broken attack."""
+    from robustbench_zs.attacks.sanity import leaderboard_flags, record_checks
+
+    clean = [True, True, False, False]
+    recorded = [True, False, False, False]  # the record's robust mask is always within the clean-correct images
+    above = [False, False, True, False]  # the attack's own verdict said robust where the fp32 clean pass did not
+    fp16 = record_checks(clean, recorded, above, None, None, label="PGD fp16", precision="fp16")
+    assert leaderboard_flags(fp16) == "" and {c["name"]: c["value"] for c in fp16}["fp16_verdict_vs_fp32_clean"] == 1
+    fp32 = record_checks(clean, recorded, above, None, None, label="PGD")
+    assert "robust>clean" in leaderboard_flags(fp32)

@@ -394,7 +394,13 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
                     if not t.is_clean:
                         report = result.reports.get(t)
                         checks = record_checks(
-                            result.clean, correct, result.above_clean[t], result.zero_grad, report, label=t.label
+                            result.clean,
+                            correct,
+                            result.above_clean[t],
+                            result.zero_grad,
+                            report,
+                            label=t.label,
+                            precision=t.precision,
                         )
                         record["sanity"] = {"checks": checks, "flags": leaderboard_flags(checks)}
                         if report is not None:
