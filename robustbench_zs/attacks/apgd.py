@@ -226,11 +226,6 @@ def require_targeted_classes(n_classes: int) -> None:
         )
 
 
-def require_fp32(threats: list[Threat]) -> None:
-    """Attacks that run in fp32 only refuse another precision rather than record it for an fp32 run."""
-    require_precision(threats, ("fp32",))
-
-
 def _clean_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     with torch.no_grad(), attack_autocast(x.device, "fp32"):
         return model(x).float()
