@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -15,6 +16,8 @@ from .errors import ZSBenchError
 from .profiles import PROFILES, TRAIN_PROFILES
 
 EXIT_USAGE = 2
+#: the largest evaluation batch accepted (far above what any accelerator holds at 224 px; larger is a typo)
+MAX_BATCH = 65536
 
 #: ``--preset smoke``: offline, tiny random-weight model, generated data, clean + PGD at two eps, ~1 minute on 2 cores.
 PRESETS = {
@@ -28,7 +31,20 @@ PRESETS = {
         "device": "cpu",
         "out": "results/smoke",
         "batch_size": 128,
-    }
+    },
+    "world": {
+        "methods": "clip",
+        "datasets": "world-colour,world-shape,world-size,world-count,world-position,world-texture,world-composition,"
+        "world-objects",
+        "arch": "zsbench-world",
+        "pretrained": "world",
+        "attack": "pgd",
+        "eps": "1,2,4",
+        "device": "cpu",
+        "out": "results/world",
+        "batch_size": 256,
+        "n": 256,
+    },
 }
 
 DEFAULTS = {
@@ -125,7 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     r = sub.add_parser("run", help="evaluate methods on datasets, clean and under attack; write records + leaderboard")
-    r.add_argument("--preset", choices=sorted(PRESETS), help="a named set of defaults (smoke: offline, ~1 min on CPU)")
+    r.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="a named set of defaults, offline: world (the shipped world CLIP on its 8 tasks, clean and PGD-10 at "
+        "1, 2, 4/255) or smoke (a random-weight tiny model: plumbing only)",
+    )
     r.add_argument(
         "--methods", help=f"comma-separated method ids (default {DEFAULTS['methods']}; see zsbench list methods)"
     )
@@ -287,6 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--seed", type=int, default=0, help="data order and attack random starts (default 0)")
     tr.add_argument("--save-every", type=int, default=0, help="write the resume state every N steps (and each epoch)")
     tr.add_argument("--name", help="checkpoint folder name (default: method-arch-weights-data-<config hash>)")
+    tr.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start over: discard the resume state or checkpoint already in the --name folder (a run of another "
+        "configuration there is refused without it)",
+    )
     tr.add_argument("--data-root", help="dataset root (default $ZSBENCH_DATA or ./datasets)")
     tr.add_argument("--out", help="checkpoint root (default $ZSBENCH_MODELS or ./models)")
     tr.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (under torchrun: one GPU per process)")
@@ -334,6 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import cli as bench_cmd
 
     bench_cmd.add_parser(sub)
+    from .world import cli as world_cmd
+
+    world_cmd.add_parser(sub)
     return p
 
 
@@ -387,7 +417,11 @@ def _run(args: argparse.Namespace) -> int:
     steps = _positive_int("steps", opts["steps"])
     n = _positive_int("n", opts["n"])
     seed = _positive_int("seed", opts["seed"], minimum=0, maximum=2**31 - 1)
-    batch_size = None if str(opts["batch_size"]) == "auto" else _positive_int("batch-size", opts["batch_size"])
+    batch_size = (
+        None
+        if str(opts["batch_size"]) == "auto"
+        else _positive_int("batch-size", opts["batch_size"], maximum=MAX_BATCH)
+    )
     workers = _positive_int("workers", opts["workers"], minimum=0)
     profile = get_profile(opts["profile"]).with_overrides(
         normalization=opts["normalization"],
@@ -428,13 +462,17 @@ def _run(args: argparse.Namespace) -> int:
         force=args.force,
         progress=args.progress,
         method_options=_method_sets(args.set, methods),
-        checkpoints=_checkpoints(args.checkpoint, models_dir, opts["arch"], opts["pretrained"]),
+        checkpoints=_checkpoints(args.checkpoint, models_dir, opts["arch"], opts["pretrained"], methods),
         models_dir=models_dir,
         train_dataset=args.train_dataset,
         train_missing=args.train_missing,
     )
     if args.preset == "smoke":
         print("smoke preset: tiny random-weight CLIP on generated data; accuracies sit near chance (10%).")
+    elif args.preset == "world":
+        print(
+            "world preset: the world CLIP shipped with the package on its 8 zero-shot tasks (see README: the proxy world)."
+        )
     try:
         summary = run(cfg)
     except BaseException:
@@ -475,8 +513,12 @@ def _method_sets(items: list[str], methods: list[str]) -> dict[str, dict[str, st
     return out
 
 
-def _checkpoints(items: list[str], models_dir: Path, arch: str, pretrained: str) -> dict[str, Path]:
-    """``--checkpoint METHOD=PATH`` or ``METHOD=zoo:ID`` (a downloaded, verified zoo entry: zsbench models)."""
+def _checkpoints(
+    items: list[str], models_dir: Path, arch: str, pretrained: str, methods: list[str] | None = None
+) -> dict[str, Path]:
+    """``--checkpoint METHOD=PATH`` or ``METHOD=zoo:ID`` (a downloaded, verified zoo entry: zsbench models); a
+    checkpoint for a method not in ``methods``, or for one that trains nothing, is refused (it would be ignored)."""
+    from .methods import METHODS
     from .zoo import resolve_zoo_checkpoint
 
     out = {}
@@ -484,6 +526,12 @@ def _checkpoints(items: list[str], models_dir: Path, arch: str, pretrained: str)
         method, sep, path = item.partition("=")
         if not sep or not method or not path:
             raise ZSBenchError(f"--checkpoint {item!r}: expected METHOD=PATH or METHOD=zoo:ID")
+        method = method.strip()
+        if methods is not None and method not in methods:
+            raise ZSBenchError(f"--checkpoint {item}: {method} is not among --methods {','.join(methods)}")
+        if method in METHODS and METHODS.get(method).trains == "nothing":
+            hint = " (its fine-tuned end point is --set interpolation.theta1=PATH)" if method == "interpolation" else ""
+            raise ZSBenchError(f"--checkpoint {item}: {method} trains nothing, so it takes no checkpoint{hint}")
         out[method.strip()] = resolve_zoo_checkpoint(path.strip(), models_dir, arch=arch, pretrained=pretrained)
     return out
 
@@ -537,6 +585,7 @@ def _train(args: argparse.Namespace) -> int:
         tensor_cache=args.tensor_cache,
         progress=args.progress,
         compile=args.compile,
+        fresh=args.fresh,
     )
     train(cfg)
     return 0
@@ -654,6 +703,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("zsbench: interrupted; every record finished so far is kept", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (``zsbench ... | head``): stop quietly, as a shell tool does
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # so that the interpreter's final flush finds no closed pipe
+        return 128 + 13  # SIGPIPE's exit status
 
 
 if __name__ == "__main__":

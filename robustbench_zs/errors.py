@@ -63,3 +63,31 @@ def writing(
         if isinstance(e, OSError):
             raise write_error(path, e, instead) from None
         raise
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where the platform says it (Linux), else set and restored."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(path: str | os.PathLike) -> None:
+    """Give ``path`` the mode a plain ``open`` would (0666 & ~umask); some writers (safetensors) create 0600."""
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o666 & ~_umask())
+
+
+def temp_file(folder: str | os.PathLike, prefix: str, suffix: str = ".tmp") -> tuple[int, str]:
+    """``tempfile.mkstemp`` in ``folder`` whose file then follows the user's umask (0666 & ~umask, as ``open``
+    gives) rather than mkstemp's 0600: the file it becomes by rename is shared like any other tool's output."""
+    import tempfile
+
+    fd, path = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=suffix)
+    with contextlib.suppress(OSError):
+        os.fchmod(fd, 0o666 & ~_umask())
+    return fd, path

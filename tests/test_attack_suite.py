@@ -25,7 +25,7 @@ from robustbench_zs.engine.evaluator import evaluate
 from robustbench_zs.errors import ZSBenchError
 from robustbench_zs.leaderboard import write_leaderboard
 from robustbench_zs.results import per_example
-from robustbench_zs.results.stats import pack_bools
+from robustbench_zs.results.schema import result_block
 
 DEVICE = torch.device(os.environ.get("ZSBENCH_TEST_DEVICE", "cpu"))
 # the paper's single prompts keep the random tiny model's class embeddings apart, so PGD leaves some points robust
@@ -127,8 +127,7 @@ def test_leaderboard_flags_autoattack_above_pgd_and_robust_rising_with_eps(pgd_a
     # PGD's robust accuracy rises from eps 0.25 to eps 1
     pgd_small = next((out / "records").rglob("pgd-linf-eps0.25-*.json"))
     rec = json.loads(pgd_small.read_text())
-    rec["result"].update(correct=0, accuracy=0.0)
-    rec["result"]["per_example"]["data"] = pack_bools(np.zeros(rec["result"]["n"], dtype=bool))
+    rec["result"].update(result_block(np.zeros(rec["result"]["n"], dtype=bool)))  # counts, bits and interval agree
     pgd_small.write_text(json.dumps(rec))
     md = write_leaderboard(out)["markdown"].read_text()
     assert "AA>PGD" in md and "robust↑ε" in md and "## Sanity checks that failed" in md

@@ -165,8 +165,13 @@ def test_components_run_with_every_setting_the_report_records(centroid, syntheti
     class Square(_Fake):
         pass
 
+    def square_linf(model, x, y, eps, seeds, **kwargs):  # L-inf Square (L2 runs torchattacks.Square)
+        calls["square_linf"] = {"eps": eps, **kwargs}
+        return x.clone()
+
     monkeypatch.setattr(aa_mod, "apgd_ce", recorder("apgd-ce"))
     monkeypatch.setattr(aa_mod, "apgd_targeted", recorder("apgd-t"))
+    monkeypatch.setattr(aa_mod, "square_linf", square_linf)
     monkeypatch.setattr(torchattacks, "FAB", FAB)
     monkeypatch.setattr(torchattacks, "Square", Square)
     x, y, seeds = _batch(synthetic, 4)
@@ -185,7 +190,7 @@ def test_components_run_with_every_setting_the_report_records(centroid, syntheti
     }
     for name in ("apgd-ce", "apgd-t"):
         assert (calls[name]["norm"], calls[name]["eps"]) == ("linf", 4 / 255)
-    fab, square = calls["FAB"], calls["Square"]
+    fab, square = calls["FAB"], calls["square_linf"]
     assert {k: fab.kwargs[k] for k in ("steps", "n_restarts", "alpha_max", "eta", "beta", "norm", "eps")} == {
         "steps": 100,
         "n_restarts": 1,
@@ -196,13 +201,11 @@ def test_components_run_with_every_setting_the_report_records(centroid, syntheti
         "eps": 4 / 255,
     }
     assert fab.kwargs["multi_targeted"] and fab.n_target_classes == 9
-    assert {k: square.kwargs[k] for k in ("n_queries", "n_restarts", "p_init", "loss", "resc_schedule")} == {
-        "n_queries": 5000,
-        "n_restarts": 1,
-        "p_init": 0.8,
-        "loss": "margin",
-        "resc_schedule": False,
-    }
+    square_standard = {"n_queries": 5000, "n_restarts": 1, "p_init": 0.8, "loss": "margin", "resc_schedule": False}
+    assert square == {"eps": 4 / 255, **square_standard}
+    run_autoattack(centroid, x, y, [_aa(0.5, "l2")], seeds, implementation=COMPONENTS)
+    assert {k: calls["Square"].kwargs[k] for k in square_standard} == square_standard
+    assert (calls["Square"].kwargs["norm"], calls["Square"].kwargs["eps"]) == ("L2", 0.5)
     entry = report[t.slug]
     assert entry["settings"] == STANDARD and entry["n_target_classes"] == {"apgd-t": 9, "fab-t": 9}
 
@@ -217,7 +220,7 @@ def test_components_run_with_every_setting_the_report_records(centroid, syntheti
     for name in ("apgd-ce", "apgd-t"):
         assert {k: calls[name][k] for k in overrides[name]} == overrides[name]
     assert calls["FAB"].kwargs["eta"] == 1.2
-    assert (calls["Square"].kwargs["p_init"], calls["Square"].kwargs["loss"]) == (0.3, "ce")
+    assert (calls["square_linf"]["p_init"], calls["square_linf"]["loss"]) == (0.3, "ce")
     for name, values in overrides.items():
         assert {k: report[t.slug]["settings"][name][k] for k in values} == values
 

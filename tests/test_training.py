@@ -23,6 +23,7 @@ from robustbench_zs.profiles import TRAIN_PROFILES
 from robustbench_zs.train import TrainConfig, train
 from robustbench_zs.train.checkpoint import load_checkpoint
 from robustbench_zs.train.engine import lr_at
+from robustbench_zs.train.state import load_state
 
 TINY = ModelSpec("zsbench-tiny", "random", init_seed=0)
 TINY_RN = ModelSpec("zsbench-tiny-rn", "random", init_seed=0)
@@ -93,7 +94,7 @@ def test_resume_ends_with_the_same_weights(tmp_path, small_train, monkeypatch) -
     recipe = {"batch_size": 32, "epochs": 2, "lr": 1e-2}  # 3 steps per epoch, 6 in all
     full = train(_cfg(tmp_path / "a", "pmg_aft", recipe=recipe), echo=lambda s: None)
     part = train(_cfg(tmp_path / "b", "pmg_aft", recipe=recipe, max_steps=4), echo=lambda s: None)
-    assert part.steps == 4 and (part.folder / "resume" / "state.json").is_file()
+    assert part.steps == 4 and load_state(part.folder / "resume")[2]["step"] == 4
     _, meta = load_checkpoint(part.folder)
     assert not meta["complete"]
     rest = train(_cfg(tmp_path / "b", "pmg_aft", recipe=recipe), echo=lambda s: None)
@@ -121,8 +122,8 @@ def test_an_interrupted_run_keeps_its_progress(tmp_path, small_train, monkeypatc
     monkeypatch.setattr(tecoa_mod.TeCoA, "loss", flaky)
     with pytest.raises(KeyboardInterrupt):
         train(_cfg(tmp_path, "tecoa", recipe={"batch_size": 16}), echo=lambda s: None)
-    state = json.loads(next((tmp_path / "models").glob("*/resume/state.json")).read_text())
-    assert state["step"] == 2
+    (folder,) = (tmp_path / "models").iterdir()
+    assert load_state(folder / "resume")[2]["step"] == 2
 
 
 def test_tecoa_is_more_robust_than_ft_standard(tmp_path, monkeypatch) -> None:
@@ -306,10 +307,9 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_state(
     message = str(err.value)
     assert f"the loss is {bad} at step 3 of 6" in message and "state after step 2" in message and "\n" not in message
     (folder,) = (tmp_path / "b" / "models").iterdir()
-    state = json.loads((folder / "resume" / "state.json").read_text())
+    kept, _, state = load_state(folder / "resume")
     assert state["step"] == 2
     # the kept state is the weights after two good steps, untouched by the non-finite one
-    kept, _ = load_checkpoint(folder / "resume")
     before, _ = load_checkpoint(good.folder)
     for k in before:
         assert torch.equal(kept[k], before[k]), k

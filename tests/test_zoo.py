@@ -527,10 +527,16 @@ def test_registry_entries_are_consistent():
     for e in registry.entries():
         assert e.method in METHODS or e.note, e.id  # a method not registered here says so in its note
         assert e.arch in archs, e.id
-        assert e.pretrained in open_clip.list_pretrained_tags_by_model(e.arch), e.id
-        assert e.sources and e.norm == "linf" and e.eps > 0
+        shipped = all(s.packaged for s in e.sources)  # weights inside the package (the world model)
+        if shipped:
+            assert e.method == "clip" and e.eps == 0 and e.note and "zsbench world pretrain" in e.note
+            assert all(s.packaged_path.is_file() and s.sha256 for s in e.sources), e.id
+        else:
+            assert e.pretrained in open_clip.list_pretrained_tags_by_model(e.arch), e.id
+            assert e.eps > 0
+        assert e.sources and e.norm == "linf"
         for s in e.sources:
-            assert s.manual or s.http_url.startswith("https://"), s.url
+            assert s.manual or s.packaged or s.http_url.startswith("https://"), s.url
     hub = registry.get_entry("robustvlm-fare2-vit-l-14").sources[0]
     assert hub.http_url == "https://huggingface.co/chs20/fare2-clip/resolve/main/open_clip_pytorch_model.bin"
 

@@ -13,10 +13,13 @@ settings in the records always name the one that ran:
   ``AutoAttack`` class (its APGD, APGD-T and FAB run 10 iterations and APGD-T uses n_classes - 1 targets).
   APGD-CE and APGD-T are ``robustbench_zs.attacks.apgd`` (the official algorithm with per-image random starts: the
   batched torchattacks APGD draws one random start for the whole batch); FAB-T is ``torchattacks.FAB`` (1 restart:
-  it draws no random numbers, so it runs batched); Square is ``torchattacks.Square`` run on one image at a time,
-  seeded from that image's seed. Per-image results therefore do not depend on the batch size (up to floating-point
-  differences of batched matrix products). The global torch random state is saved and restored around the
-  torchattacks components.
+  it draws no random numbers, so it runs batched); Square is, for L-inf, ``robustbench_zs.attacks.square.square_linf``
+  (torchattacks' L-inf Square run on all the still-robust images of a batch at once, each image with its own random
+  stream seeded from its seed: it gets the same random numbers as ``torchattacks.Square`` run on that image alone,
+  whereas torchattacks' batched run moves one square in every image) and, for L2, ``torchattacks.Square`` run on one
+  image at a time, seeded from that image's seed. Per-image results therefore do not depend on the batch size (up to
+  floating-point differences of batched matrix products). The global torch random state is saved and restored around
+  the torchattacks components.
 
 Both: the number of target classes is min(9, n_classes - 1); with fewer than 4 classes (PCAM has 2) APGD-T is
 skipped, because the targeted DLR loss divides by z_(1) - (z_(3) + z_(4)) / 2 of the sorted logits; FAB-T runs
@@ -60,6 +63,7 @@ from .apgd import MIN_CLASSES_TARGETED_DLR, apgd_ce, apgd_targeted, stream_seeds
 from .base import ATTACKS, AttackEntry, Threat, require_precision
 from .pgd import eval_mode_no_param_grad
 from .precision import attack_autocast
+from .square import square_linf
 
 OFFICIAL = "fra31/auto-attack"
 COMPONENTS = "torchattacks components"
@@ -246,7 +250,9 @@ def describe(implementation: str) -> dict:
                 "apgd-ce": "robustbench_zs.attacks.apgd (official algorithm, per-image random start)",
                 "apgd-t": "robustbench_zs.attacks.apgd (official algorithm, per-image random start)",
                 "fab-t": "torchattacks.FAB(multi_targeted=True), batched (1 restart: no random numbers)",
-                "square": "torchattacks.Square, one image at a time",
+                "square": "L-inf: robustbench_zs.attacks.square.square_linf, torchattacks' Square batched with one "
+                "random stream per image (the same random numbers as one image at a time); L2: torchattacks.Square, "
+                "one image at a time",
             },
             "seed": "per image: APGD starts and Square are seeded from the image's seed, so results do not depend "
             "on the batch size",
@@ -273,7 +279,7 @@ SUPPORTED_VALUES: dict[tuple[str, str], tuple] = {
     ("apgd-t", "loss"): ("dlr-targeted",),
     ("square", "loss"): ("margin", "ce"),
 }
-"""Settings whose overrides these components cannot run with other values (torchattacks.Square: margin or ce)."""
+"""Settings whose overrides these components cannot run with other values (Square, both codes: margin or ce)."""
 
 
 def _merge(overrides: dict | None) -> dict[str, dict]:
@@ -396,7 +402,15 @@ def _run_components(
                 if adv is not None:
                     broken = ~robust[idx]
                     adv[idx[broken]] = found[broken]
-            else:
+            elif t.norm == "linf":  # batched, one random stream per image (the numbers of a one-image run)
+                xr, yr = x[idx], y[idx]
+                sq_seeds = [_square_seed(int(seeds[i])) for i in idx.tolist()]
+                found = square_linf(model, xr, yr, t.eps, sq_seeds, **s)
+                robust[idx] = (_predict(model, found) == yr) | _outside_ball(found, xr, t.eps, t.norm)
+                if adv is not None:
+                    broken = ~robust[idx]
+                    adv[idx[broken]] = found[broken]
+            else:  # L2: torchattacks.Square, one image at a time (its batched run shares squares across the batch)
                 square = _make_square(model, t.norm, t.eps, s)
                 with _keep_rng(x.device):
                     for i in idx.tolist():

@@ -6,7 +6,7 @@ from ..errors import DatasetNotFoundError
 
 # registration, in the order of the paper's tables (protocol.md section 5); synthetic last
 from . import cifar, stl10, sun397, food101, pets, flowers102, dtd, eurosat, fgvc  # noqa: F401
-from . import tinyimagenet, imagenet, caltech, cars, pcam, synthetic  # noqa: F401
+from . import tinyimagenet, imagenet, caltech, cars, pcam, synthetic, world  # noqa: F401
 from .spec import DATASETS, GENERIC_TEMPLATE, DatasetSpec, ImageDataset, TensorImageDataset, clean_classname
 from .subset import Subset, select_subset
 

@@ -7,8 +7,10 @@ metadata or images raise :class:`ZSBenchError` naming the file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Iterable
+import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,28 +18,42 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DatasetNotFoundError, ZSBenchError
+from ..paths import is_inside
 from .spec import DatasetSpec, ImageDataset
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
 
 
-def decode_image(path: Path) -> torch.Tensor:
-    """Decode an image file to a uint8 (3, H, W) tensor; a broken file is reported with its path."""
+@contextlib.contextmanager
+def _opened(path: Path) -> Iterator[Image.Image]:
+    """``Image.open(path)`` with one-line errors naming the file. An image over PIL's decompression-bomb limit
+    (``Image.MAX_IMAGE_PIXELS``, about 89 megapixels) is refused before it is decoded: no dataset of the benchmark
+    holds one, and decoding it could take all the memory."""
     try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                yield im
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ZSBenchError(
+            f"image {path} is larger than the {Image.MAX_IMAGE_PIXELS:,}-pixel limit of a decompression bomb; a "
+            "damaged or hostile file: delete it or get a clean copy"
+        ) from None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
         raise ZSBenchError(f"cannot decode image {path}: {e}; re-download or delete the file") from None
+
+
+def decode_image(path: Path) -> torch.Tensor:
+    """Decode an image file to a uint8 (3, H, W) tensor; a broken file is reported with its path."""
+    with _opened(path) as im:
+        arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
 
 def open_rgb(path: Path) -> Image.Image:
     """The image at ``path`` as an RGB PIL image (fully loaded); one-line error naming the file."""
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-        raise ZSBenchError(f"cannot decode image {path}: {e}; re-download or delete the file") from None
+    with _opened(path) as im:
+        return im.convert("RGB")
 
 
 class FileImageDataset(ImageDataset):
@@ -125,7 +141,13 @@ def require_files(spec: DatasetSpec, base: Path, names: Iterable[str]) -> None:
 
 
 def require_present(spec: DatasetSpec, base: Path, samples: list[tuple[Path, int]], listed_in: str) -> None:
-    """Every listed image must exist; the error counts the absent ones and names the first."""
+    """Every listed image must lie inside ``base`` and exist; the error counts the absent ones and names the first."""
+    outside = next((p for p, _ in samples if not is_inside(base, p)), None)
+    if outside is not None:
+        raise ZSBenchError(
+            f"{listed_in} lists {str(outside)[:120]!r}, outside {base}; refusing it (a damaged or hostile file: get a "
+            "clean copy)"
+        )
     absent = [p for p, _ in samples if not p.is_file()]
     if absent:
         raise missing(spec, base, f"{len(absent)} images listed in {listed_in} are missing, e.g. {absent[0]}")

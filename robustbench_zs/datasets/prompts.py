@@ -33,6 +33,8 @@ def prompt_set(
         raise ZSBenchError(f"unknown prompt set {name!r}; available: {', '.join(PROMPT_SETS)}")
     if name == "paper":
         names, templates = spec.prompt_classnames(data.classnames), list(spec.templates)
+    elif spec.own_ensemble_templates is not None:
+        templates, names = list(spec.own_ensemble_templates), list(spec.ensemble_names(data))
     else:
         if spec.ensemble_templates is None:
             raise ZSBenchError(f"no ensemble prompts for {spec.id}; use --prompts paper or an override file")
@@ -53,6 +55,14 @@ def prompt_set(
         recorded = f"{name}+override:{digest}"
     if not templates or any("{}" not in t for t in templates):
         raise ZSBenchError(f"{spec.id}: every template must contain '{{}}' where the class name goes")
+    for t in templates:
+        try:
+            t.format("class")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ZSBenchError(
+                f"{spec.id}: template {t[:80]!r} has a placeholder other than one '{{}}' ({type(e).__name__}: {e}); "
+                "write literal braces as '{{' and '}}'"
+            ) from None
     return names, templates, recorded
 
 

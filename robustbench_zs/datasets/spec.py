@@ -110,6 +110,7 @@ class DatasetSpec:
         folder: the dataset's top folder under the data root (None for generated datasets).
         paper_names: raw class names (label order) -> the ``paper`` prompt set's names, as the official code made them.
         ensemble_templates: CLIP_benchmark template key of the ``ensemble`` prompt set (None: no ensemble).
+        own_ensemble_templates: the ``ensemble`` set's templates where CLIP_benchmark has none (the world tasks).
         ensemble_names: loaded split -> the ``ensemble`` prompt set's class names.
         native_size: (H, W) shared by every image, or None where sizes vary.
         paper_preprocess: ``native`` (attacked at native resolution) or ``resize256_crop224`` (protocol.md section 4).
@@ -135,6 +136,7 @@ class DatasetSpec:
     folder: str | None = None
     paper_names: Callable[[list[str]], list[str]] = field(default=clean_names, repr=False, compare=False)
     ensemble_templates: str | None = None
+    own_ensemble_templates: tuple[str, ...] | None = None
     ensemble_names: Callable[[ImageDataset], list[str]] = field(
         default=underscores_to_spaces, repr=False, compare=False
     )

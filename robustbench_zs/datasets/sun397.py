@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 from ..errors import ZSBenchError
+from ..paths import contained
 from .files import (
     FileImageDataset,
     check_class_count,
@@ -53,7 +54,7 @@ def load_sun397(data_root: Path, split: str) -> ImageDataset:
     lines = class_lines(base / "ClassName.txt")
     check_class_count(spec, len(lines), base, "ClassName.txt")
     names = [line[3:] for line in lines]  # raw names: minus the leading "/<letter>/"
-    folders = [base / line[1:] for line in lines]
+    folders = [contained(base, line[1:], str(base / "ClassName.txt")) for line in lines]
     absent = [f for f in folders if not f.is_dir()]
     if absent:
         raise missing(

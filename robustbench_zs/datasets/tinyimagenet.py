@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ZSBenchError
-from .files import IMAGE_SUFFIXES, FileImageDataset, missing, no_split
+from ..paths import contained
+from .files import IMAGE_SUFFIXES, FileImageDataset, missing, no_split, require_present
 from .spec import DATASETS, GENERIC_TEMPLATE, DatasetSpec, load_metadata
 
 FOLDER = "tiny-imagenet-200"
@@ -47,12 +48,8 @@ def load_tinyimagenet(data_root: Path, split: str) -> FileImageDataset:
             parts = line.split("\t")
             if len(parts) < 2 or parts[1] not in index:
                 raise ZSBenchError(f"{ann}:{lineno}: expected '<file>\\t<wnid>\\t...' with a wnid from wnids.txt")
-            samples.append((img_dir / parts[0], index[parts[1]]))
-        absent = [p for p, _ in samples if not p.is_file()]
-        if absent:
-            raise missing(
-                spec, base, f"{len(absent)} images listed in val_annotations.txt are missing, e.g. {absent[0]}"
-            )
+            samples.append((contained(img_dir, parts[0], f"{ann}:{lineno}"), index[parts[1]]))
+        require_present(spec, base, samples, "val_annotations.txt")
     elif split == "train":
         for w in wnids:
             d = base / "train" / w / "images"

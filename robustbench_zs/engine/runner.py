@@ -23,7 +23,7 @@ from ..datasets.subset import paper_subsample_of
 from ..errors import ZSBenchError
 from ..methods import METHODS
 from ..models import NORMALIZATIONS, HeadKnobs, LoadedModel, ModelSpec, ZeroShotClassifier, build_text_head
-from ..models.loader import RANDOM, model_preprocess_cfg, resolve_spec
+from ..models.loader import RANDOM, model_preprocess_cfg, packaged_weights, resolve_spec
 from ..models.text_head import text_weights_sha256
 from ..profiles import TRAIN_PROFILES, TrainProfile
 from ..provenance import device_description, sha256_file, software
@@ -102,6 +102,8 @@ def model_identity(spec: ModelSpec) -> dict:
         return {"arch": spec.arch, "weights": f"{RANDOM}(seed={spec.init_seed})"}
     if kind == "tag":
         return {"arch": spec.arch, "weights": f"open_clip:{spec.pretrained}"}
+    if kind == "package":  # the shipped file's sha256 (checked against the package's own on load)
+        return {"arch": spec.arch, "weights": f"sha256:{packaged_weights(spec).sha256}"}
     return {"arch": spec.arch, "weights": f"sha256:{sha256_file(spec.pretrained)}"}
 
 

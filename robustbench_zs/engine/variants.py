@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +23,10 @@ from torch import nn
 
 from ..errors import ZSBenchError
 from ..methods import METHODS, Method, Recipe
+from ..methods.base import recipe_value
 from ..models import LoadedModel, ModelSpec, load_model
 from ..profiles import TrainProfile, training_knobs
+from ..tensors import check_state_tensors
 
 RECIPE_FIELDS = {f.name for f in dataclasses.fields(Recipe)}
 
@@ -64,11 +67,10 @@ def _split_options(method_cls: type[Method], options: dict[str, str]) -> tuple[d
         if k in config_fields:
             config[k] = v
         elif k in RECIPE_FIELDS:
-            default = getattr(method_cls.recipe, k)
             try:
-                recipe[k] = type(default)(v)
-            except ValueError:
-                raise ZSBenchError(f"--set {method_cls.id}.{k}={v}: expected {type(default).__name__}") from None
+                recipe[k] = recipe_value(k, v)
+            except ValueError as e:
+                raise ZSBenchError(f"--set {method_cls.id}.{k}={v}: {e}") from None
         else:
             known = ", ".join(sorted(config_fields | RECIPE_FIELDS))
             raise ZSBenchError(f"{method_cls.id} has no option {k!r}; options: {known}")
@@ -108,25 +110,35 @@ def find_checkpoints(
     for meta_path in sorted(Path(models_dir).glob("*/meta.json")):
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            continue
-        if not (
-            meta.get("method") == method_id
-            and meta.get("complete")
-            and meta.get("arch") == model.arch
-            and meta.get("pretrained") == model.pretrained
-        ):
-            continue
-        if train_dataset is not None and meta.get("train_dataset") != train_dataset:
-            continue
-        if config is not None and meta.get("config") != config:
-            continue
-        if recipe and any((meta.get("recipe") or {}).get(k) != v for k, v in recipe.items()):
-            continue
-        if train_knobs is not None and _knobs_only(training_knobs(meta)) != _knobs_only(train_knobs):
-            continue
-        found.append((meta.get("created_utc", ""), meta_path.parent))
+            if not isinstance(meta, dict):
+                raise ValueError(f"a JSON {type(meta).__name__}, not an object")
+            if _matches(meta, method_id, model, train_dataset, config, recipe, train_knobs):
+                found.append((str(meta.get("created_utc", "")), meta_path.parent))
+        except (OSError, UnicodeDecodeError, ValueError, TypeError, AttributeError) as e:
+            # one damaged folder never stops the runs that do not need it: it is named and skipped
+            warnings.warn(
+                f"skipping {meta_path.parent}: its meta.json is damaged ({type(e).__name__}); delete that folder or "
+                "train it again",
+                stacklevel=2,
+            )
     return [p for _, p in sorted(found, reverse=True)]
+
+
+def _matches(meta: dict, method_id, model, train_dataset, config, recipe, train_knobs) -> bool:
+    if not (
+        meta.get("method") == method_id
+        and meta.get("complete")
+        and meta.get("arch") == model.arch
+        and meta.get("pretrained") == model.pretrained
+    ):
+        return False
+    if train_dataset is not None and meta.get("train_dataset") != train_dataset:
+        return False
+    if config is not None and meta.get("config") != config:
+        return False
+    if recipe and any((meta.get("recipe") or {}).get(k) != v for k, v in recipe.items()):
+        return False
+    return train_knobs is None or _knobs_only(training_knobs(meta)) == _knobs_only(train_knobs)
 
 
 def _knobs_only(knobs: dict) -> dict:
@@ -155,6 +167,7 @@ def _checkpoint_loader(model: ModelSpec, method: Method, path: Path):
         if (path / "meta.json").is_file() if path.is_dir() else False:
             tensors, _ = load_checkpoint(path)
             encoder = method.build_encoder(loaded.model)
+            check_state_tensors(tensors, method.trained_state(encoder), str(path))
             method.load_trained_state(encoder, {k: v.to(device) for k, v in tensors.items()})
             return loaded, encoder
         if method.trains != "image_encoder":

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
+from ..errors import temp_file, writing
 from ..profiles import train_eval_differences
 from ..results import RecordStore
 
@@ -460,17 +460,17 @@ def wide_frame(tables: list[dict]) -> pd.DataFrame:
 
 
 def _write_text(path: Path, text: str) -> None:
-    """Write atomically (temporary file, fsync, rename); on any error the temporary file is removed."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write atomically (temporary file, fsync, rename): the previous file stays whole until the new one is; on any
+    error the temporary file is removed, and a full, read-only or forbidden disk (or a folder in the file's place)
+    is one line naming the file."""
+    with writing(path):
+        fd, tmp = temp_file(path.parent, prefix=f".{path.name}.")
+        with writing(path, cleanup=(tmp,)):
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
 
 
 def write_leaderboard(out_dir: Path, mix_profiles: bool = False) -> dict[str, Path]:

@@ -29,6 +29,7 @@ The engine (``robustbench_zs.train``) reads the class attributes to build only w
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import ClassVar
@@ -80,6 +81,46 @@ class MethodConfig:
 
     def validate(self) -> None:
         """Raise ZSBenchError (one line) for values outside what the method supports."""
+
+
+#: recipe field -> (type, least value, whether the least value itself is allowed, greatest value or None)
+RECIPE_RANGES: dict[str, tuple[type, float, bool, float | None]] = {
+    "lr": (float, 0.0, False, None),
+    "momentum": (float, 0.0, True, 1.0),
+    "weight_decay": (float, 0.0, True, None),
+    "warmup_steps": (int, 0, True, None),
+    "epochs": (int, 1, True, None),
+    "batch_size": (int, 1, True, None),
+    "train_eps_255": (float, 0.0, True, 255.0),
+    "train_steps": (int, 0, True, None),
+    "train_step_size_255": (float, 0.0, True, 255.0),
+}
+
+
+def recipe_value(name: str, value: object) -> object:
+    """A recipe field's value checked and converted: a finite number of the field's type in its range (from a
+    number or its text), or a word for the others; a ``ValueError`` says what is wrong."""
+    if name not in RECIPE_RANGES:
+        if not isinstance(value, str):
+            raise ValueError(f"must be a word, not {type(value).__name__}")
+        return value
+    kind, least, inclusive, most = RECIPE_RANGES[name]
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"must be a number, not {type(value).__name__}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError("is not a number") from None
+    if not math.isfinite(number):
+        raise ValueError("must be a finite number")
+    if kind is int:
+        if number != int(number):
+            raise ValueError("must be a whole number")
+        number = int(number)
+    bound = f"at least {least:g}" if inclusive else f"above {least:g}"
+    if number < least or (not inclusive and number == least) or (most is not None and number > most):
+        raise ValueError(f"must be {bound}" + (f" and at most {most:g}" if most is not None else ""))
+    return kind(number)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Load open_clip models: a pretrained tag, a local checkpoint file, or random weights (tiny test architectures)."""
+"""Load open_clip models: a pretrained tag, a local checkpoint file, weights shipped with this package (the world
+model, ``--arch zsbench-world --pretrained world``), or random weights (tiny test architectures)."""
 
 from __future__ import annotations
 
@@ -21,10 +22,46 @@ from .patch_embed import use_matmul_patch_embedding
 _CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 open_clip.add_model_config(_CONFIG_DIR)
 
-#: Architectures this package adds to open_clip (random weights only; for tests and the smoke preset).
+#: Architectures this package adds to open_clip (the tiny test models, random weights only; the world model).
 TINY_ARCHS = tuple(sorted(p.stem for p in _CONFIG_DIR.glob("*.json")))
 
 RANDOM = "random"
+
+
+@dataclass(frozen=True)
+class PackagedWeights:
+    """Weights shipped inside this package under a pretrained tag of their own (no download).
+
+    Attributes:
+        file: the safetensors file, relative to the package folder.
+        sha256: its sha256, checked each time it is loaded.
+        tokenizer: ``module:callable`` of the tokenizer the text tower was trained with (None: open_clip's).
+        command: the command that made the file, bit for bit.
+    """
+
+    file: str
+    sha256: str
+    tokenizer: str | None = None
+    command: str = ""
+
+    @property
+    def path(self) -> Path:
+        return Path(__file__).resolve().parent.parent / self.file
+
+
+def _packaged() -> dict[tuple[str, str], PackagedWeights]:
+    from ..world import WORLD_WEIGHTS
+
+    return {("zsbench-world", "world"): WORLD_WEIGHTS}
+
+
+def packaged_weights(spec: ModelSpec) -> PackagedWeights:
+    """The shipped weights of ``spec`` (a KeyError for any other spec)."""
+    return _packaged()[(spec.arch, spec.pretrained)]
+
+
+#: Tokenizers of this package's own architectures (``module:callable``), where open_clip's would not fit.
+OWN_TOKENIZERS = {"zsbench-world": "robustbench_zs.world.tokenizer:WorldTokenizer"}
 
 
 @dataclass(frozen=True)
@@ -97,7 +134,8 @@ def _image_size(model: nn.Module) -> tuple[int, int]:
 
 
 def resolve_spec(spec: ModelSpec) -> tuple[str, dict]:
-    """Check that the architecture and weights exist; returns (kind, tag config) with kind in tag/file/random."""
+    """Check that the architecture and weights exist; returns (kind, tag config) with kind in
+    tag/file/package/random."""
     if spec.arch not in open_clip.list_models():
         known = ", ".join(
             m for m in open_clip.list_models() if m.startswith(("ViT-B", "ViT-L", "RN50")) or m in TINY_ARCHS
@@ -107,6 +145,8 @@ def resolve_spec(spec: ModelSpec) -> tuple[str, dict]:
         )
     if spec.pretrained == RANDOM:
         return "random", {}
+    if (spec.arch, spec.pretrained) in _packaged():
+        return "package", {}
     tag_cfg = open_clip.get_pretrained_cfg(spec.arch, spec.pretrained)
     if tag_cfg:
         return "tag", tag_cfg
@@ -125,11 +165,11 @@ def model_preprocess_cfg(spec: ModelSpec) -> dict:
     From open_clip's architecture config and pretrained-tag metadata (open_clip's defaults, bicubic and shortest-side
     resize, for checkpoint files and random weights).
     """
-    resolve_spec(spec)
     cfg = open_clip.get_model_config(spec.arch) or {}
     size = cfg.get("vision_cfg", {}).get("image_size", 224)
     size = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
-    tag_cfg = open_clip.get_pretrained_cfg(spec.arch, spec.pretrained) if spec.pretrained != RANDOM else {}
+    kind, _ = resolve_spec(spec)
+    tag_cfg = open_clip.get_pretrained_cfg(spec.arch, spec.pretrained) if kind == "tag" else {}
     return {
         "image_size": size,
         "interpolation": (tag_cfg or {}).get("interpolation") or "bicubic",
@@ -146,6 +186,19 @@ def load_model(spec: ModelSpec, device: torch.device | str = "cpu", cache_dir: s
         with torch.random.fork_rng(devices=[]), _quiet_root_logger():
             torch.manual_seed(spec.init_seed)
             model = open_clip.create_model(spec.arch, pretrained=None, device="cpu")
+    elif kind == "package":
+        shipped = _packaged()[(spec.arch, spec.pretrained)]
+        checkpoint_sha = sha256_file(shipped.path) if shipped.path.is_file() else None
+        if checkpoint_sha != shipped.sha256:
+            raise ZSBenchError(
+                f"the shipped weights {shipped.path} are "
+                + ("missing" if checkpoint_sha is None else f"damaged (sha256 {checkpoint_sha[:12]}…)")
+                + f"; reinstall robustbench_zs, or rebuild them with: {shipped.command}"
+            )
+        source = f"package:{shipped.file}"
+        with torch.random.fork_rng(devices=[]), _quiet_root_logger():
+            model = open_clip.create_model(spec.arch, pretrained=None, device="cpu")
+        load_weights_file(model, shipped.path, spec.arch)
     elif kind == "tag":
         try:
             path = open_clip.download_pretrained(tag_cfg, cache_dir=cache_dir)
@@ -175,7 +228,7 @@ def load_model(spec: ModelSpec, device: torch.device | str = "cpu", cache_dir: s
         load_weights_file(model, spec.pretrained, spec.arch)
     use_matmul_patch_embedding(model)  # same parameters and outputs; several times faster on the CPU
     model = model.float().eval().to(device)
-    tokenizer = open_clip.get_tokenizer(spec.arch)
+    tokenizer = make_tokenizer(spec.arch)
     logging.getLogger(__name__).debug("loaded %s from %s", spec.arch, source)
     return LoadedModel(
         spec=spec,
@@ -186,6 +239,18 @@ def load_model(spec: ModelSpec, device: torch.device | str = "cpu", cache_dir: s
         checkpoint_sha256=checkpoint_sha,
         weights_sha256=sha256_tensors(dict(model.state_dict())),
     )
+
+
+def make_tokenizer(arch: str):
+    """The tokenizer of ``arch``: this package's own where it has one (the world model's word-level vocabulary), else
+    open_clip's."""
+    own = OWN_TOKENIZERS.get(arch)
+    if own is None:
+        return open_clip.get_tokenizer(arch)
+    import importlib
+
+    module, name = own.split(":")
+    return getattr(importlib.import_module(module), name)()
 
 
 def _not_loadable(spec: ModelSpec, e: BaseException) -> ZSBenchError:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -18,7 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save
 from torch import nn
 
-from ..errors import writing
+from ..errors import temp_file, writing
 from ..provenance import sha256_tensors
 
 #: Bumped whenever the way a head is computed changes, so old cache entries are never reused.
@@ -117,7 +116,7 @@ def _write_head(path: Path, head: torch.Tensor, key: str) -> None:
     data = save({"head": head.detach().cpu().contiguous()}, metadata={"key": key})
     with writing(path, instead=CACHE_HINT):
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.{os.getpid()}.", suffix=".tmp")
+        fd, tmp = temp_file(path.parent, prefix=f".{path.stem}.{os.getpid()}.")
         with writing(path, instead=CACHE_HINT, cleanup=(tmp,)):
             with os.fdopen(fd, "wb") as f:
                 f.write(data)

@@ -215,3 +215,19 @@ def _check_result(res: dict, dataset: dict) -> None:
         raise ValueError("field 'result.per_example.data' is not base64") from None
     if len(raw) != (n + 7) // 8:
         raise ValueError(f"field 'result.per_example.data' holds {len(raw) * 8} bits for result.n = {n} images")
+    # the fields must tell one story: what compare reads (the bits) and what the leaderboard reads (the counts)
+    bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), bitorder="little")
+    if bits[n:].any():
+        raise ValueError("field 'result.per_example.data' has bits set beyond result.n images")
+    if int(bits[:n].sum()) != k:
+        raise ValueError(
+            f"field 'result.per_example.data' marks {int(bits[:n].sum())} images correct where result.correct says {k}"
+        )
+    if dataset["n"] != n:
+        raise ValueError(f"field 'dataset.n' ({dataset['n']}) differs from result.n ({n})")
+    if dataset["n"] > dataset["n_total"]:
+        raise ValueError(f"field 'dataset.n' ({dataset['n']}) is more than dataset.n_total ({dataset['n_total']})")
+    if res.get("ci_method") == "wilson" and any(
+        abs(a - b) > 1e-9 for a, b in zip(ci, wilson_interval(k, n), strict=True)
+    ):
+        raise ValueError(f"field 'result.ci95' is not the Wilson interval of {k} of {n}")

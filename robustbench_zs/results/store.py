@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from ..errors import OUT_HINT, ZSBenchError, writing
+from ..errors import OUT_HINT, ZSBenchError, temp_file, writing
 from .schema import validate
 
 
@@ -92,7 +92,7 @@ def atomic_write_json(path: Path, obj: object, instead: str = OUT_HINT) -> None:
     text = json.dumps(obj, indent=1, ensure_ascii=False, allow_nan=False) + "\n"
     with writing(path, instead=instead):
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+        fd, tmp = temp_file(path.parent, prefix=f".{path.name}.{os.getpid()}.")
         with writing(path, instead=instead, cleanup=(tmp,)):
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(text)
@@ -161,8 +161,11 @@ class RecordStore:
     @staticmethod
     def read_path(path: Path) -> dict:
         """One record, validated (ValueError names what is wrong: bad JSON, or the field and what it should be)."""
+        path = Path(path)
+        if not path.is_file():  # a FIFO would block, a device never end: only regular files are records
+            raise ValueError("not a regular file (a FIFO, device or folder)")
         try:
-            return validate(json.loads(Path(path).read_text(encoding="utf-8")))
+            return validate(json.loads(path.read_text(encoding="utf-8")))
         except RecursionError:  # json.loads of thousands of nested brackets
             raise ValueError("nested too deeply to be a record") from None
 

@@ -39,8 +39,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import ZSBenchError, writing
+from ..errors import ZSBenchError, follow_umask, writing
+from ..paths import contained
 from ..provenance import sha256_file
+from ..tensors import check_state_tensors
 
 #: ``format`` of our meta.json.
 FORMAT = "robustbench_zs-checkpoint-1"
@@ -148,6 +150,7 @@ def save_checkpoint(folder: str | os.PathLike, tensors: Mapping[str, torch.Tenso
             if isinstance(e, OSError) or code is None:
                 raise
             raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(tmp)) from None
+        follow_umask(tmp)
         sha, size = _hash_and_sync(tmp)
         os.replace(tmp, folder / WEIGHTS_FILE)
     out = {k: v for k, v in meta.items() if k not in _RESERVED}
@@ -200,7 +203,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
             "encoder files are read by load_visual_state)"
         )
     meta = _read_meta(meta_path)
-    weights = folder / str(meta.get("weights_file") or WEIGHTS_FILE)
+    weights = contained(folder, str(meta.get("weights_file") or WEIGHTS_FILE), f"{meta_path}: weights_file")
     if not p.is_dir() and p.resolve() != weights.resolve():
         raise ZSBenchError(f"{p}: {meta_path} describes {weights.name}, not this file")
     if not weights.is_file():
@@ -232,7 +235,7 @@ def checkpoint_identity(path: str | os.PathLike) -> str:
         name = WEIGHTS_FILE
         if (p / META_FILE).is_file():
             name = str(_read_meta(p / META_FILE).get("weights_file") or WEIGHTS_FILE)
-        p = p / name
+        p = contained(p, name, f"{p / META_FILE}: weights_file")
     if not p.is_file():
         raise ZSBenchError(f"{p}: no such checkpoint file")
     return f"sha256:{sha256_file(p)}"
@@ -578,4 +581,5 @@ def apply_visual_state(model: nn.Module, state: Mapping[str, torch.Tensor], arch
             more = f" and {len(shapes) - 1} more" if len(shapes) > 1 else ""
             parts.append(f"shape mismatch at {k} (checkpoint {got} vs model {want}){more}")
         raise ZSBenchError(f"checkpoint is for another architecture than {arch or 'this model'}: {'; '.join(parts)}")
+    check_state_tensors(state, own, f"checkpoint for {arch or 'this model'}")
     visual.load_state_dict(dict(state), strict=True)

@@ -21,9 +21,11 @@ Every knob comes from the training profile (:class:`robustbench_zs.profiles.Trai
 scale, precision, attack reduction and mode, preprocessing per training set, prompts, last batch) and the method's
 recipe; ``meta.json`` stores all of them.
 
-Checkpoints hold only what the method trains (safetensors) plus a JSON of metadata; a ``resume/`` folder (weights,
-optimizer state as safetensors, step) is rewritten every ``save_every`` steps and at the end of each epoch, so an
-interrupted run continues mid-epoch and ends with the same weights as an uninterrupted one. Nothing is unpickled.
+Checkpoints hold only what the method trains (safetensors) plus a JSON of metadata; a ``resume/`` state (weights,
+optimizer state as safetensors, step, the run's identity; saved as one unit, see :mod:`.state`) is rewritten every
+``save_every`` steps and at the end of each epoch, so an interrupted run continues mid-epoch and ends with the same
+weights as an uninterrupted one, and a run of another configuration under the same name is refused instead of
+resumed. Nothing is unpickled.
 """
 
 from __future__ import annotations
@@ -54,14 +56,16 @@ from ..datasets.preprocess import PreprocessedDataset, resolve_preprocess
 from ..datasets.prompts import prompt_set
 from ..errors import ZSBenchError
 from ..methods import METHODS, Method, Recipe, Step
-from ..methods.base import TRAIN_ATTACKS
+from ..methods.base import TRAIN_ATTACKS, recipe_value
 from ..models import HeadKnobs, LoadedModel, ModelSpec, ZeroShotClassifier, build_text_head, load_model
 from ..models.loader import model_preprocess_cfg
 from ..models.text_head import text_weights_sha256
+from ..paths import folder_name
 from ..profiles import TRAIN_PROFILES, TrainProfile
 from ..provenance import software
 from . import distributed as dist_utils
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import _read_meta, save_checkpoint
+from .state import has_state, identity_differences, load_state, save_state
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 RECIPE_FIELDS = tuple(f for f in Recipe.__dataclass_fields__)
@@ -97,6 +101,7 @@ class TrainConfig:
     progress: bool | None = None
     compile: bool = False
     prefetch: bool | None = None  # read the next batch during the step (None: on a GPU only; see BatchLoader)
+    fresh: bool = False  # start over: ignore (and replace) a resume state or checkpoint already in the folder
 
 
 def resolve_recipe(method: type[Method], overrides: dict) -> Recipe:
@@ -105,12 +110,17 @@ def resolve_recipe(method: type[Method], overrides: dict) -> Recipe:
         raise ZSBenchError(
             f"unknown training option(s) {', '.join(unknown)}; recipe fields: {', '.join(RECIPE_FIELDS)}"
         )
-    recipe = replace(method.recipe, **{k: v for k, v in overrides.items() if v is not None})
+    checked = {}
+    for k, v in overrides.items():
+        if v is not None:
+            try:
+                checked[k] = recipe_value(k, v)
+            except ValueError as e:
+                flag = "--" + k.replace("_255", "").replace("_", "-")
+                raise ZSBenchError(f"{flag} {v}: {e}") from None
+    recipe = replace(method.recipe, **checked)
     if recipe.optimizer not in ("sgd", "adamw"):
         raise ZSBenchError(f"unknown optimizer {recipe.optimizer!r}; use sgd or adamw")
-    for name in ("lr", "epochs", "batch_size"):
-        if getattr(recipe, name) <= 0:
-            raise ZSBenchError(f"--{name.replace('_', '-')} must be positive")
     if recipe.train_attack not in TRAIN_ATTACKS:
         raise ZSBenchError(f"unknown training attack {recipe.train_attack!r}; use {' or '.join(TRAIN_ATTACKS)}")
     return recipe
@@ -426,6 +436,8 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
     method_cls = METHODS.get(cfg.method)
     if method_cls.trains == "nothing":
         raise ZSBenchError(f"{cfg.method} does not train; evaluate it with zsbench run --methods {cfg.method}")
+    if cfg.name is not None:
+        folder_name(cfg.name, "--name")
     prof = effective_profile(method_cls, cfg.profile)
     method = method_cls(method_cls.Config.from_overrides(method_options(method_cls, cfg.options, prof)))
     recipe = resolve_recipe(method_cls, cfg.recipe)
@@ -449,10 +461,20 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
     total_steps = per_epoch * recipe.epochs
     identity = run_identity(cfg, method, recipe, data.fingerprint(), total_steps, prof, pre.describe(spec))
     folder = Path(cfg.out_dir) / (cfg.name or default_name(cfg, identity))
-    if (folder / "meta.json").is_file():
-        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    if not cfg.fresh and (folder / "meta.json").exists():
+        try:
+            meta = _read_meta(folder / "meta.json")
+        except ZSBenchError as e:
+            raise ZSBenchError(f"{e}; or rerun with --fresh to train it again") from None
+        diff = identity_differences({k: meta.get(k) for k in identity}, identity)
+        if diff:
+            raise ZSBenchError(
+                f"{folder} holds a checkpoint of another configuration ({'; '.join(diff[:4])}"
+                f"{f'; and {len(diff) - 4} more' if len(diff) > 4 else ''}); rerun with --fresh to replace it, or "
+                "give this configuration another --name"
+            )
         if meta.get("complete"):
-            echo(f"{cfg.method}: already trained at {folder} ({meta['steps']} steps); delete it to retrain")
+            echo(f"{cfg.method}: already trained at {folder} ({meta['steps']} steps); --fresh retrains it")
             return TrainResult(folder, meta["steps"], [], meta["steps"], 0.0, 0.0)
 
     loaded = load_model(cfg.model, device)
@@ -471,9 +493,12 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
     opt = _optimizer(trainable, recipe)
     scaler = torch.amp.GradScaler(device.type) if prof.precision == "fp16" else None
     start = 0
-    if (folder / "resume" / "state.json").is_file():
-        start = _load_resume(folder / "resume", method, encoder, opt, scaler)
-        echo(f"{cfg.method}: resuming at step {start} of {total_steps} from {folder / 'resume'}")
+    if has_state(folder / "resume"):
+        if cfg.fresh:
+            shutil.rmtree(folder / "resume", ignore_errors=True)
+        else:
+            start = _load_resume(folder / "resume", method, encoder, opt, scaler, identity)
+            echo(f"{cfg.method}: resuming at step {start} of {total_steps} from {folder / 'resume'}")
     end = total_steps if cfg.max_steps is None else min(total_steps, cfg.max_steps)
 
     images = PreprocessedDataset(data, pre)
@@ -570,7 +595,7 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
             "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "software": software(),
         }
-        save_checkpoint(folder, method.trained_state(encoder), meta)
+        save_checkpoint(folder, _finite(method.trained_state(encoder), step, folder / "resume"), meta)
         if step < total_steps:
             _save_resume(folder / "resume", method, encoder, opt, scaler, step, identity)
         else:
@@ -633,36 +658,46 @@ class BatchLoader:
 
 
 def _save_resume(folder: Path, method, encoder, opt, scaler, step: int, identity: dict) -> None:
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
+    """The resume state after ``step`` as one unit (:mod:`.state`); never a state with non-finite weights."""
+    weights = _finite(method.trained_state(encoder), step, folder)
     tensors, rest = optimizer_tensors(opt)
-    tmp = folder / f".optimizer.{os.getpid()}.safetensors"
-    save_file(tensors, str(tmp))
-    os.replace(tmp, folder / "optimizer.safetensors")
-    save_checkpoint(folder, method.trained_state(encoder), {"step": step, "identity": identity})
-    state = {"step": step, "optimizer": rest, "scaler": scaler.state_dict() if scaler else None}
-    tmp = folder / f".state.{os.getpid()}.json"
-    tmp.write_text(json.dumps(state, default=float), encoding="utf-8")
-    os.replace(tmp, folder / "state.json")
+    extra = {"optimizer": rest, "scaler": scaler.state_dict() if scaler else None}
+    save_state(folder, step, weights, tensors, extra, identity)
 
 
-def _load_resume(folder: Path, method, encoder, opt, scaler) -> int:
-    from safetensors.torch import load_file
+def _finite(weights: dict[str, torch.Tensor], step: int, resume: Path) -> dict[str, torch.Tensor]:
+    """``weights``, or a one-line stop when any is NaN or infinite (nothing of them is saved)."""
+    bad = [k for k, t in weights.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise ZSBenchError(
+            f"the weights became non-finite by step {step} ({bad[0]}{' and others' if len(bad) > 1 else ''}); the "
+            f"last good state stays in {resume}; lower --lr or train with --precision fp32"
+        )
+    return weights
 
-    state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
-    weights, meta = load_checkpoint(folder)
-    if meta.get("step") != state["step"]:
-        raise ZSBenchError(f"{folder}: weights and optimizer state are from different steps; delete the folder")
-    method.load_trained_state(encoder, weights)
+
+def _load_resume(folder: Path, method, encoder, opt, scaler, identity: dict) -> int:
+    weights, tensors, state = load_state(folder)
+    fix = "rerun with --fresh to start over, or give this configuration another --name"
+    diff = identity_differences(state["identity"], identity)
+    if diff:
+        raise ZSBenchError(
+            f"{folder} holds the resume state of another configuration ({'; '.join(diff[:4])}"
+            f"{f'; and {len(diff) - 4} more' if len(diff) > 4 else ''}); {fix}"
+        )
     try:
-        tensors = load_file(str(folder / "optimizer.safetensors"))
-    except Exception as e:
-        raise ZSBenchError(f"corrupt optimizer state {folder / 'optimizer.safetensors'}: {e}; delete it") from None
-    load_optimizer_tensors(opt, tensors, state["optimizer"])
-    if scaler and state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
+        method.load_trained_state(encoder, weights)
+        load_optimizer_tensors(opt, tensors, state["optimizer"])
+        if scaler and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+    except (KeyError, ValueError, RuntimeError, TypeError) as e:
+        raise ZSBenchError(f"{folder}: the resume state does not fit this model ({_one_line(e)}); {fix}") from None
     return int(state["step"])
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:160]}" if text else type(e).__name__
 
 
 def train_config_dict(cfg: TrainConfig) -> dict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..registry import Registry
 
@@ -23,6 +24,8 @@ FORMATS = {
 }
 
 HF_PREFIX = "hf-hub:"
+#: A file shipped inside this package: ``package:<path relative to the package folder>``.
+PACKAGE_PREFIX = "package:"
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,14 @@ class Source:
             raise ValueError(f"{self.url}: a downloadable source needs a file name")
 
     @property
+    def packaged(self) -> bool:
+        return self.url.startswith(PACKAGE_PREFIX)
+
+    @property
+    def packaged_path(self) -> Path:
+        return Path(__file__).resolve().parent.parent / self.url[len(PACKAGE_PREFIX) :]
+
+    @property
     def http_url(self) -> str:
         """The URL to fetch: hub ids become ``https://huggingface.co/<repo>/resolve/main/<file>``."""
         if self.url.startswith(HF_PREFIX):
@@ -65,8 +76,8 @@ class Source:
 
     @property
     def label(self) -> str:
-        """Short form for tables: the hub id, or the host of a direct URL."""
-        if self.url.startswith(HF_PREFIX):
+        """Short form for tables: the hub id, the shipped file, or the host of a direct URL."""
+        if self.url.startswith((HF_PREFIX, PACKAGE_PREFIX)):
             return self.url
         host = self.url.split("://", 1)[-1].split("/", 1)[0]
         return f"{host} (manual)" if self.manual else host
@@ -440,6 +451,37 @@ _ENTRIES = [
         "license file was found in the repository",
     ),
 ]
+
+
+def _world_entry() -> ZooEntry:
+    """The world CLIP shipped with the package (a base model, not a fine-tuning: ``--pretrained world``)."""
+    from ..world import PRETRAIN_COMMAND, WORLD_WEIGHTS
+
+    return ZooEntry(
+        id="zsbench-world",
+        method="clip",
+        arch="zsbench-world",
+        pretrained="world",
+        eps=0,
+        norm="linf",
+        train_data="the procedural image-caption world of robustbench_zs.world (generated, never a held-out pair)",
+        sources=(
+            Source(
+                f"{PACKAGE_PREFIX}{WORLD_WEIGHTS.file}",
+                Path(WORLD_WEIGHTS.file).name,
+                "open_clip",
+                sha256=WORLD_WEIGHTS.sha256,
+                note="shipped inside the package; use it as --arch zsbench-world --pretrained world (no download)",
+            ),
+        ),
+        license="the license of robustbench_zs",
+        paper="robustbench_zs: a tiny CLIP pre-trained contrastively from scratch on a procedural world",
+        project="robustbench_zs/world (README: the proxy world)",
+        note=f"rebuilt bit for bit, on one thread, by: {PRETRAIN_COMMAND}",
+    )
+
+
+_ENTRIES.append(_world_entry())
 
 #: The zoo, by id. Code reads it through :func:`get_entry` / :func:`entries` so that tests can replace it.
 ZOO: Registry[ZooEntry] = Registry("zoo checkpoint")

@@ -166,11 +166,14 @@ def download(
 def _download_first(entry: ZooEntry, sources: list[Source], folder: Path, base: str | None, progress: bool, log):
     failures = []
     for source in sources:
-        url = _mirror_url(base, entry, source) if base else source.http_url
+        url = _mirror_url(base, entry, source) if base and not source.packaged else source.http_url
         target = folder / stored_name(entry.id, source.file)
-        log(f"{entry.id}: downloading {url}")
+        log(f"{entry.id}: {'copying' if source.packaged else 'downloading'} {url}")
         try:
-            got = fetch(url, target, sha256=source.sha256, size=source.size, progress=progress)
+            if source.packaged:
+                got = copy_packaged(source, target)
+            else:
+                got = fetch(url, target, sha256=source.sha256, size=source.size, progress=progress)
         except HTMLPageError as e:
             raise ZSBenchError(f"{entry.id}: {e}; {_hint(entry)}") from None
         except FetchError as e:
@@ -191,6 +194,27 @@ def _download_first(entry: ZooEntry, sources: list[Source], folder: Path, base: 
         f"could not download {entry.id}: {'; '.join(failures)}; check the network (or --mirror / ${MIRROR_ENV}), or "
         f"{_hint(entry)}"
     )
+
+
+def copy_packaged(source: Source, target: Path):
+    """A ``package:`` source: the file shipped inside this package, copied (no network) and sha256-checked."""
+    from types import SimpleNamespace
+
+    path = source.packaged_path
+    if not path.is_file():
+        raise ZSBenchError(f"the shipped file {path} is missing; reinstall robustbench_zs")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    with writing(target, cleanup=(tmp,)):
+        shutil.copyfile(path, tmp)
+        sha = sha256_file(tmp)  # checked before it takes the target's name: a damaged copy never lands
+        if source.sha256 is not None and sha != source.sha256:
+            tmp.unlink(missing_ok=True)
+            raise ZSBenchError(
+                f"the shipped file {path} has sha256 {sha}, not {source.sha256}; reinstall robustbench_zs"
+            )
+        os.replace(tmp, target)
+    return SimpleNamespace(path=target, sha256=sha, size=target.stat().st_size, resumed_from=0)
 
 
 def _record(entry: ZooEntry, source: Source, path: Path, sha256: str, size: int, *, url: str, how: str) -> dict:

@@ -1,0 +1,86 @@
+"""``zsbench world pretrain``: rebuild the shipped world CLIP, bit for bit (its parser and handler)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from ..errors import ZSBenchError
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    """Add ``world`` to the ``zsbench`` subparsers ``sub``; its handler is set with ``set_defaults``."""
+    from .pretrain import PretrainConfig
+
+    d = PretrainConfig()
+    wp = sub.add_parser(
+        "world",
+        help="the procedural world and its tiny CLIP: pre-train the shipped model again",
+        description="The world model (--arch zsbench-world --pretrained world) ships with the package; "
+        "'zsbench world pretrain' trains it again from scratch with the same recipe and checks the result.",
+    )
+    wsub = wp.add_subparsers(dest="action", required=True, parser_class=type(wp))
+    pt = wsub.add_parser(
+        "pretrain",
+        help="contrastive pre-training from scratch on generated image-caption pairs (deterministic on one thread)",
+        description="Trains the world CLIP from scratch on freshly generated scenes and captions and writes its "
+        "weights as safetensors; with the defaults, on one thread, the file equals the shipped one bit for bit.",
+    )
+    pt.add_argument("--out", required=True, help="the safetensors file to write")
+    pt.add_argument("--steps", type=int, default=d.steps, help=f"optimizer steps (default {d.steps})")
+    pt.add_argument("--batch-size", type=int, default=d.batch_size, help=f"pairs per step (default {d.batch_size})")
+    pt.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr:g})")
+    pt.add_argument("--warmup", type=int, default=d.warmup, help=f"warm-up steps (default {d.warmup})")
+    pt.add_argument("--seed", type=int, default=d.seed, help=f"initialization and data seed (default {d.seed})")
+    pt.add_argument(
+        "--threads", type=int, default=1, help="torch threads (default 1: the shipped weights were made on one)"
+    )
+    pt.add_argument(
+        "--check",
+        action="store_true",
+        help="compare the result's sha256 with the shipped weights' and exit 1 when they differ",
+    )
+    wp.set_defaults(handler=_world)
+    return wp
+
+
+def _world(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import WORLD_WEIGHTS
+    from .pretrain import PretrainConfig, pretrain, save_weights
+
+    for flag, least in (("steps", 1), ("batch_size", 2), ("warmup", 0), ("threads", 1)):
+        if getattr(args, flag) < least:
+            raise ZSBenchError(f"--{flag.replace('_', '-')} {getattr(args, flag)} must be at least {least}")
+    if args.seed < 0:
+        raise ZSBenchError(f"--seed {args.seed} must be at least 0")
+    if args.batch_size % 2:
+        raise ZSBenchError(f"--batch-size {args.batch_size} must be even (scenes come in minimal pairs)")
+    if not args.lr > 0 or args.lr == float("inf"):
+        raise ZSBenchError(f"--lr {args.lr} must be a positive finite number")
+    out = Path(args.out)
+    if out.is_dir():
+        raise ZSBenchError(f"--out {out} is a folder; give a file name such as {out / 'zsbench-world.safetensors'}")
+    cfg = PretrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, seed=args.seed)
+    if args.check and (cfg != PretrainConfig() or args.threads != 1):
+        changed = [f"--{k.replace('_', '-')}" for k, v in cfg.to_dict().items() if v != PretrainConfig().to_dict()[k]]
+        changed += ["--threads"] if args.threads != 1 else []
+        raise ZSBenchError(
+            f"--check compares with the shipped weights, made with the defaults on one thread; drop {', '.join(changed)}"
+        )
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    model = pretrain(cfg)
+    seconds = time.perf_counter() - t0
+    sha = save_weights(model, cfg, out)
+    print(json.dumps({"out": str(out), "sha256": sha, "seconds": round(seconds, 1), "threads": args.threads,
+                      "config": cfg.to_dict()}))  # fmt: skip
+    if args.check:
+        if sha != WORLD_WEIGHTS.sha256:
+            print(f"differs from the shipped weights (sha256 {WORLD_WEIGHTS.sha256})")
+            return 1
+        print("identical to the shipped weights")
+    return 0
