@@ -696,7 +696,9 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
             warnings.showwarning = _show_warning
-            return handler(args)
+            code = handler(args)
+            sys.stdout.flush()  # a pipe buffers the output: a reader gone away shows here, not at exit
+            return code
     except ZSBenchError as e:
         print(f"zsbench: error: {one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
