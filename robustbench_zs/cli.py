@@ -13,6 +13,7 @@ from pathlib import Path
 from . import __version__
 from .attacks.base import PRECISIONS
 from .errors import ZSBenchError
+from .paths import not_utf8
 from .profiles import PROFILES, TRAIN_PROFILES
 
 EXIT_USAGE = 2
@@ -692,6 +693,10 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = args.handler
+    refused = not_utf8(vars(args))
+    if refused:
+        print(f"zsbench: error: {refused}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .atomic import replacing, write_text
 from .errors import ZSBenchError
 from .results import bootstrap_mean_ci, per_example
 
@@ -235,10 +236,10 @@ def fig4(
 
 
 def _save(fig, table: pd.DataFrame, out_dir: Path, stem: str) -> dict[str, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"png": out_dir / f"{stem}.png", "csv": out_dir / f"{stem}.csv"}
-    table.to_csv(paths["csv"], index=False)
-    fig.savefig(paths["png"])
+    write_text(paths["csv"], table.to_csv(index=False))
+    with replacing(paths["png"]) as tmp:
+        fig.savefig(tmp, format="png")
     return paths
 
 

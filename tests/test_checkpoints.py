@@ -104,6 +104,18 @@ def test_round_trip_is_exact_and_hashed(src, tmp_path):
     assert torch.equal(_outputs_after_loading(folder, src[1]), src[2])
 
 
+def test_the_same_weights_saved_twice_have_the_same_hash(tmp_path):
+    """The weights file's sha256 is the checkpoint's identity in every record: two identical trainings must give
+    the same one. safetensors writes its metadata keys in a random order, so the file holds one key. (Eight saves:
+    with two keys, all eight would agree by chance once in 128 runs.)"""
+    tensors = {"w": torch.arange(12.0).view(3, 4), "b": torch.ones(3)}
+    digests = {
+        save_checkpoint(tmp_path / str(i), tensors, {"step": 1}) and checkpoint_identity(tmp_path / str(i))
+        for i in range(8)
+    }
+    assert len(digests) == 1, digests
+
+
 def test_resave_replaces_and_shared_storage_is_saved(tmp_path):
     base = torch.arange(6.0)
     save_checkpoint(tmp_path, {"a": torch.zeros(2)}, {"step": 1})

@@ -6,7 +6,6 @@ case here (or one of the listed extras), so the table and the tests cannot drift
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import errno
 import json
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from disks import fill, temporaries, tmpfs
 
 from robustbench_zs.cli import main
 from robustbench_zs.datasets.fixtures import WRITERS
@@ -168,34 +168,6 @@ def test_bad_input_gives_one_line_and_exit_2(tmp_path, capsys, monkeypatch, name
 # --- disks that cannot take a write ----------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _tmpfs(folder: Path, *options: str):
-    """A real 64 kB file system at ``folder`` (tmpfs; needs root): full and read-only disks without any mocking."""
-    folder.mkdir(parents=True, exist_ok=True)
-    if os.name != "posix" or os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root and mount(8)")
-    opts = ",".join(("size=64k", *options))
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(folder)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
-    try:
-        yield folder
-    finally:
-        if subprocess.run(["umount", str(folder)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(folder)], capture_output=True)
-
-
-def _fill(folder: Path) -> None:
-    """Write a file until the disk is full."""
-    with open(folder / "filler", "wb", buffering=0) as f, contextlib.suppress(OSError):
-        while True:
-            f.write(b"\0" * 4096)
-
-
-def _temps(folder: Path) -> list[Path]:
-    return [p for p in folder.rglob("*") if "tmp" in p.name]
-
-
 #: (input, which folder is on the small disk, full or read-only, a fragment of the expected line)
 DISK_CASES = [
     ("full output disk", "out", "full", "no space left on device while writing"),
@@ -208,9 +180,9 @@ RUN_ON_DISK = ["run", *TINY, "--datasets", "synthetic", "--n", "32"]
 
 @pytest.mark.parametrize("name, where, how, expected", DISK_CASES, ids=[c[0] for c in DISK_CASES])
 def test_a_real_full_or_read_only_disk_is_one_line(tmp_path, capsys, monkeypatch, name, where, how, expected):
-    with _tmpfs(tmp_path / "disk", *(["ro"] if how == "ro" else [])) as disk:
+    with tmpfs(tmp_path / "disk", *(["ro"] if how == "ro" else [])) as disk:
         if how == "full":
-            _fill(disk)
+            fill(disk)
         out = disk / "results" if where == "out" else tmp_path / "results"
         if where == "cache":
             monkeypatch.setenv("ZSBENCH_CACHE", str(disk))
@@ -220,13 +192,13 @@ def test_a_real_full_or_read_only_disk_is_one_line(tmp_path, capsys, monkeypatch
         assert err.startswith("zsbench: error: ") and expected in err, err
         fix = "ZSBENCH_CACHE" if where == "cache" else "--out"
         assert fix in err, err
-        assert not _temps(disk), "a temporary file was left behind"
+        assert not temporaries(disk), "a temporary file was left behind"
 
 
 def test_a_tensor_cache_on_a_full_disk_is_one_line_not_a_crash(tmp_path):
     """The decoded-image cache fills a sparse file: written through a memory map, a full disk would kill the process
     with SIGBUS; it must end with one line instead (run in a subprocess, so a crash cannot take pytest with it)."""
-    with _tmpfs(tmp_path / "disk") as disk:  # 64 kB: the text head fits, the 32 decoded images (96 kB) do not
+    with tmpfs(tmp_path / "disk") as disk:  # 64 kB: the text head fits, the 32 decoded images (96 kB) do not
         env = {**os.environ, "ZSBENCH_CACHE": str(disk), "OMP_NUM_THREADS": "1"}
         argv = [*RUN_ON_DISK, "--attack", "none", "--out", str(tmp_path / "results")]
         done = subprocess.run(
@@ -236,7 +208,7 @@ def test_a_tensor_cache_on_a_full_disk_is_one_line_not_a_crash(tmp_path):
         assert done.returncode == 2, (done.returncode, err)
         assert "\n" not in err and "no space left on device while writing" in err and "images.u8" in err, err
         assert "--no-tensor-cache" in err
-        assert not _temps(disk)
+        assert not temporaries(disk)
 
 
 def test_a_full_disk_while_writing_a_record_is_one_line(tmp_path, capsys, monkeypatch):
@@ -252,7 +224,7 @@ def test_a_full_disk_while_writing_a_record_is_one_line(tmp_path, capsys, monkey
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("zsbench: error: no space left on device while writing") and "\n" not in err
     assert ".json; free space or choose another --out" in err
-    assert not _temps(out), "the temporary file is removed"
+    assert not temporaries(out), "the temporary file is removed"
     assert not list((out / "records").rglob("clean-*.json")), "no record was written"
 
 

@@ -427,6 +427,7 @@ def test_weights_that_become_non_finite_stop_training_and_keep_the_last_good_sta
 
 
 def test_the_docs_training_section_and_the_cases_match_both_ways() -> None:
+    import importlib
     import re
 
     from test_hostile_files import DAMAGED_META, FLAGS, WEIGHTS
@@ -434,21 +435,38 @@ def test_the_docs_training_section_and_the_cases_match_both_ways() -> None:
     section = DOC.read_text(encoding="utf-8").split("\n## Training", 1)[1]
     rows = [m.group(1) for m in re.finditer(r"^\| ([^|]+?) \|", section, flags=re.M)]
     rows = [r for r in rows if r not in ("input", "---")]
-    extras = [
-        "kill at any write of a save",
-        "weights become non-finite",
-        "--name not a plain folder",
-        "weights file outside its folder",
-        "annotation line leaving the dataset",
-        "template with another placeholder",
-        "files created with mode 0600",
-        "recipe option of run out of range",
-        "image over the decompression-bomb limit",
-        "record that is not a regular file",
-        "closed stdout",
-        "leaderboard on a full disk",
-        "leaderboard over a folder",
-    ]
+    # rows tried by one test of their own: the row and the test's name, which must exist
+    extras = {
+        "kill at any write of a save": "test_hostile_training::test_a_kill_at_any_write_of_one_save_resumes_to_the_same_weights",
+        "weights become non-finite": "test_hostile_training::test_weights_that_become_non_finite_stop_training_and_keep_the_last_good_state",
+        "--name not a plain folder": "test_hostile_files::test_a_name_that_is_not_a_plain_folder_is_refused",
+        "weights file outside its folder": "test_hostile_files::test_a_weights_file_outside_its_folder_is_refused",
+        "annotation line leaving the dataset": "test_hostile_files::test_an_annotation_line_that_leaves_the_dataset_is_refused",
+        "template with another placeholder": "test_hostile_files::test_a_template_with_another_placeholder_is_one_line",
+        "files created with mode 0600": "test_hostile_files::test_what_we_write_follows_the_umask",
+        "recipe option of run out of range": "test_hostile_training::test_a_recipe_option_of_run_is_checked_like_trains_flag",
+        "image over the decompression-bomb limit": "test_hostile_files::test_a_decompression_bomb_is_refused_before_it_is_decoded",
+        "record that is not a regular file": "test_hostile_files::test_a_record_that_is_not_a_regular_file_is_skipped_not_read",
+        "closed stdout": "test_hostile_files::test_a_closed_stdout_is_a_quiet_exit",
+        "leaderboard on a full disk": "test_hostile_disk::test_the_leaderboard_on_a_real_full_disk_keeps_the_previous_one",
+        "leaderboard over a folder": "test_hostile_files::test_the_leaderboard_on_a_full_disk_or_over_a_folder_is_one_line",
+        "training on a full disk": "test_hostile_disk::test_a_training_on_a_disk_that_fills_at_every_write_resumes_to_the_same_weights",
+        "run that trains on a full disk": "test_hostile_disk::test_a_run_that_trains_on_a_full_disk_names_models_dir",
+        "figure on a full disk": "test_hostile_disk::test_a_figure_that_cannot_be_written_is_one_line_and_keeps_the_previous_one",
+        "figure over a folder": "test_hostile_disk::test_a_figure_that_cannot_be_written_is_one_line_and_keeps_the_previous_one",
+        "record over a folder": "test_hostile_disk::test_a_folder_in_place_of_a_record_is_one_line",
+        "checkpoint weights over a folder": "test_hostile_disk::test_a_folder_in_place_of_a_checkpoint_file_is_one_line",
+        "checkpoint meta.json over a folder": "test_hostile_disk::test_a_folder_in_place_of_a_checkpoint_file_is_one_line",
+        "results folder is a file": "test_hostile_disk::test_a_file_in_place_of_the_results_folder_is_one_line",
+        "flag not UTF-8": "test_hostile_disk::test_a_flag_that_is_not_utf8_is_refused_before_anything_runs",
+        "path variable not UTF-8": "test_hostile_disk::test_a_path_variable_that_is_not_utf8_is_refused",
+        "checkpoint folder name not UTF-8": "test_hostile_disk::test_a_checkpoint_folder_whose_name_is_not_utf8_is_skipped_with_a_warning",
+        "image names not UTF-8": "test_hostile_disk::test_images_whose_names_are_not_utf8_are_trained_on",
+        "dataset text file not UTF-8": "test_hostile_disk::test_a_dataset_text_file_that_is_not_utf8_is_one_line",
+    }
+    for row, where in extras.items():
+        module, name = where.split("::")
+        assert callable(getattr(importlib.import_module(module), name, None)), f"{row}: no test {where}"
     tested = [*CHANGES, *DAMAGES, *NUMBERS, *WEIGHTS, *DAMAGED_META, *FLAGS, *extras]
     assert len(tested) == len(set(tested)) and len(rows) == len(set(rows))
     assert sorted(set(tested) - set(rows)) == [], "cases without a row in docs/bad_inputs.md"

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..atomic import write_text
 from ..attacks import ATTACKS, Threat
 from ..attacks.pgd import eval_mode_no_param_grad
 from ..datasets import DATASETS
@@ -442,8 +443,7 @@ def run_bench(cfg: BenchConfig, out: Path | None, echo: Callable[[str], None] = 
     """Run the benchmark, write the JSON to ``out`` (if given), print the table; returns the report."""
     report = Bench(cfg, echo).run()
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=1, default=str) + "\n", encoding="utf-8")
+        write_text(out, json.dumps(report, indent=1, default=str) + "\n")
     echo(table(report))
     if out is not None:
         echo(f"written: {out}")

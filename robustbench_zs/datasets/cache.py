@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data import Subset as TorchSubset
 from tqdm.auto import tqdm
 
+from ..atomic import write_text
 from ..errors import ZSBenchError, writing
 from .files import FileImageDataset
 from .preprocess import Preprocess, PreprocessedDataset
@@ -239,10 +240,7 @@ def _disabled(progress: bool | None) -> bool | None:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with writing(path, instead=CACHE_HINT, cleanup=(tmp,)):
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+    write_text(path, text, instead=CACHE_HINT)
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -87,7 +88,9 @@ class FileImageDataset(ImageDataset):
         if not hasattr(self, "_fingerprint"):
             h = hashlib.sha256()
             for path, label in self.samples:
-                h.update(f"{path.relative_to(self.root)}|{path.stat().st_size}|{label}\n".encode())
+                # the name's bytes as on disk: a name that is not UTF-8 is hashed as is (the same bytes as before
+                # for every UTF-8 name)
+                h.update(os.fsencode(path.relative_to(self.root)) + f"|{path.stat().st_size}|{label}\n".encode())
             self._fingerprint = h.hexdigest()
         return self._fingerprint
 
@@ -155,13 +158,21 @@ def require_present(spec: DatasetSpec, base: Path, samples: list[tuple[Path, int
         raise missing(spec, base, f"{listed_in} lists no images")
 
 
-def read_lines(path: Path) -> list[str]:
-    """Non-empty stripped lines of a text file; undecodable text is reported with the path."""
+def read_text(path: Path) -> str:
+    """A dataset's text file (annotations, class lists, JSON splits) as UTF-8; text in another encoding, or bytes
+    that are no text at all, are one line naming the file and the first byte that does not decode."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise ZSBenchError(f"corrupt metadata file {path}: not UTF-8 text ({e.reason}); re-download it") from None
-    return [line.strip() for line in text.splitlines() if line.strip()]
+        bad = e.object[e.start : e.start + 1].hex()
+        raise ZSBenchError(
+            f"corrupt metadata file {path}: not UTF-8 text (byte 0x{bad} at offset {e.start}); re-download it"
+        ) from None
+
+
+def read_lines(path: Path) -> list[str]:
+    """Non-empty stripped lines of a text file (see :func:`read_text`)."""
+    return [line.strip() for line in read_text(path).splitlines() if line.strip()]
 
 
 def load_mat(path: Path) -> dict:

@@ -11,7 +11,15 @@ import json
 from pathlib import Path
 
 from ..errors import ZSBenchError
-from .files import FileImageDataset, check_class_count, no_split, require_files, require_present, torchvision_download
+from .files import (
+    FileImageDataset,
+    check_class_count,
+    no_split,
+    read_text,
+    require_files,
+    require_present,
+    torchvision_download,
+)
 from .spec import DATASETS, DatasetSpec, ImageDataset
 
 FOLDER = "food-101"
@@ -21,9 +29,7 @@ NUM_CLASSES = 101
 def read_split_json(path: Path) -> dict[str, list[str]]:
     """``meta/<split>.json`` as {class: ["<class>/<id>", ...]} in file order; a malformed file is one line."""
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise ZSBenchError(f"corrupt metadata file {path}: not UTF-8 text ({e.reason}); re-download it") from None
+        meta = json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise ZSBenchError(
             f"corrupt metadata file {path}: line {e.lineno} column {e.colno}: {e.msg}; re-download it"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..errors import ZSBenchError
 from ..paths import contained
-from .files import IMAGE_SUFFIXES, FileImageDataset, missing, no_split, require_present
+from .files import IMAGE_SUFFIXES, FileImageDataset, missing, no_split, read_text, require_present
 from .spec import DATASETS, GENERIC_TEMPLATE, DatasetSpec, load_metadata
 
 FOLDER = "tiny-imagenet-200"
@@ -28,7 +28,7 @@ def load_tinyimagenet(data_root: Path, split: str) -> FileImageDataset:
     wnids_file = base / "wnids.txt"
     if not wnids_file.is_file():
         raise missing(spec, base, "no wnids.txt")
-    wnids = sorted({w.strip() for w in wnids_file.read_text().split() if w.strip()})
+    wnids = sorted({w.strip() for w in read_text(wnids_file).split() if w.strip()})
     if len(wnids) != NUM_CLASSES:
         raise missing(spec, base, f"wnids.txt lists {len(wnids)} classes, expected {NUM_CLASSES}")
     table = load_metadata("imagenet_wnid_to_name")["names"]
@@ -42,7 +42,7 @@ def load_tinyimagenet(data_root: Path, split: str) -> FileImageDataset:
         img_dir = base / "val" / "images"
         if not ann.is_file() or not img_dir.is_dir():
             raise missing(spec, base, "no val/images or val/val_annotations.txt")
-        for lineno, line in enumerate(ann.read_text().splitlines(), 1):
+        for lineno, line in enumerate(read_text(ann).splitlines(), 1):
             if not line.strip():
                 continue
             parts = line.split("\t")

@@ -26,7 +26,7 @@ from ..models import NORMALIZATIONS, HeadKnobs, LoadedModel, ModelSpec, ZeroShot
 from ..models.loader import RANDOM, model_preprocess_cfg, packaged_weights, resolve_spec
 from ..models.text_head import text_weights_sha256
 from ..profiles import TRAIN_PROFILES, TrainProfile
-from ..provenance import device_description, sha256_file, software
+from ..provenance import default_cache_dir, device_description, sha256_file, software
 from ..results import SCHEMA_VERSION, RecordStore, ensure_writable, per_example, record_key, result_block
 from ..results.stats import pack_bools
 from ..results.store import record_lock
@@ -184,6 +184,7 @@ def _trainer(cfg: RunConfig, echo: Callable[[str], None]):
                 cache_dir=cfg.cache_dir,
                 tensor_cache=cfg.tensor_cache,
                 progress=cfg.progress,
+                out_flag="--models-dir",
             ),
             echo=echo,
         )
@@ -212,7 +213,7 @@ def eval_dataset(cfg: RunConfig, spec: DatasetSpec, data: ImageDataset, pre: Pre
     Returns (dataset, loader workers to use, cache info or None).
     """
     if cfg.tensor_cache and worth_caching(data, pre) and pre.output_size(spec) is not None:
-        cache = TensorCache(Path(cfg.cache_dir or ".") / "tensors")
+        cache = TensorCache(Path(cfg.cache_dir or default_cache_dir()) / "tensors")  # never the working folder
         cached, info = cache.prepare(spec, spec.eval_split, data, pre, indices, workers=workers, progress=cfg.progress)
         return cached, 0, info  # rows come straight from the memory map; worker processes would only add overhead
     return PreprocessedDataset(data, pre), workers, None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from ..errors import ZSBenchError
 from ..methods import METHODS, Method, Recipe
 from ..methods.base import recipe_value
 from ..models import LoadedModel, ModelSpec, load_model
+from ..paths import utf8
 from ..profiles import TrainProfile, training_knobs
 from ..tensors import check_state_tensors
 
@@ -108,6 +110,13 @@ def find_checkpoints(
     """
     found = []
     for meta_path in sorted(Path(models_dir).glob("*/meta.json")):
+        if not utf8(str(meta_path.parent)):
+            warnings.warn(
+                f"skipping {os.fsencode(meta_path.parent)!r}: its name is not valid UTF-8, which records cannot "
+                "name; rename the folder",
+                stacklevel=2,
+            )
+            continue
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
             if not isinstance(meta, dict):

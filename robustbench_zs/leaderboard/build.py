@@ -9,14 +9,13 @@ other knobs than the table evaluates with (say CLIP normalization, evaluated wit
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from ..errors import temp_file, writing
+from ..atomic import write_text
 from ..profiles import train_eval_differences
 from ..results import RecordStore
 
@@ -459,20 +458,6 @@ def wide_frame(tables: list[dict]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Write atomically (temporary file, fsync, rename): the previous file stays whole until the new one is; on any
-    error the temporary file is removed, and a full, read-only or forbidden disk (or a folder in the file's place)
-    is one line naming the file."""
-    with writing(path):
-        fd, tmp = temp_file(path.parent, prefix=f".{path.name}.")
-        with writing(path, cleanup=(tmp,)):
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-
-
 def write_leaderboard(out_dir: Path, mix_profiles: bool = False) -> dict[str, Path]:
     """Write ``leaderboard.md``, ``leaderboard.csv`` (the wide tables) and ``records.csv`` (one row per record).
 
@@ -488,7 +473,7 @@ def write_leaderboard(out_dir: Path, mix_profiles: bool = False) -> dict[str, Pa
         "records_csv": out_dir / "records.csv",
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_text(paths["markdown"], render_markdown(tables))
-    _write_text(paths["csv"], wide_frame(tables).to_csv(index=False))
-    _write_text(paths["records_csv"], df.to_csv(index=False))
+    write_text(paths["markdown"], render_markdown(tables))
+    write_text(paths["csv"], wide_frame(tables).to_csv(index=False))
+    write_text(paths["records_csv"], df.to_csv(index=False))
     return paths

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..atomic import write_text
 from ..errors import ZSBenchError
 from ..profiles import Profile
 from .match import match, missing_cells
@@ -188,7 +189,7 @@ def reproduce(
     extra = [*(f"Skipped: {s}." for s in skipped), *unused, *figure]
     text = render(target, found, prof, arch=arch, pretrained=pretrained, models_dir=models_dir, extra=extra)
     path = folder / f"{stem}.md"
-    path.write_text(text, encoding="utf-8")
+    write_text(path, text)
     return ReproduceResult(path, text, written, skipped, figure)
 
 

@@ -147,8 +147,16 @@ class RecordStore:
         return self.root / method / dataset / f"{slug}-{key[:12]}.json"
 
     def exists(self, path: Path, key: str) -> bool:
-        """True if ``path`` holds a valid record with exactly this key (else it is recomputed and overwritten)."""
+        """True if ``path`` holds a valid record with exactly this key (else it is recomputed and overwritten).
+
+        Something that is no file where the record goes (a folder, a FIFO) is refused before anything is computed.
+        """
         if not path.is_file():
+            if os.path.lexists(path):
+                raise ZSBenchError(
+                    f"cannot write {path}: a folder or other non-file is in its place; move it away or choose "
+                    "another --out"
+                )
             return False
         try:
             return self.read_path(path)["record_key"] == key

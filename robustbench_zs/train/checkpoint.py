@@ -39,7 +39,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import ZSBenchError, follow_umask, writing
+from ..atomic import write_text
+from ..errors import OUT_HINT, ZSBenchError, follow_umask, writing
 from ..paths import contained
 from ..provenance import sha256_file
 from ..tensors import check_state_tensors
@@ -99,16 +100,6 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with writing(path, cleanup=(tmp,)):
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-
-
 def _cpu_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Detached, contiguous CPU tensors; any that share storage with an earlier one are copied (safetensors needs it)."""
     out: dict[str, torch.Tensor] = {}
@@ -129,7 +120,9 @@ def _cpu_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return out
 
 
-def save_checkpoint(folder: str | os.PathLike, tensors: Mapping[str, torch.Tensor], meta: dict) -> Path:
+def save_checkpoint(
+    folder: str | os.PathLike, tensors: Mapping[str, torch.Tensor], meta: dict, *, instead: str = OUT_HINT
+) -> Path:
     """Write ``folder/weights.safetensors`` and ``folder/meta.json`` atomically; returns ``folder``.
 
     ``meta`` must be JSON-serializable; the written meta.json adds ``format``, ``weights_file``, ``weights_bytes`` and
@@ -141,10 +134,12 @@ def save_checkpoint(folder: str | os.PathLike, tensors: Mapping[str, torch.Tenso
     json.dumps(meta)  # fail before writing anything if meta cannot be stored
     cpu = _cpu_tensors(tensors)
     tmp = folder / f".{WEIGHTS_FILE}.{os.getpid()}.tmp"
-    with writing(folder / WEIGHTS_FILE, cleanup=(tmp,)):
+    with writing(folder / WEIGHTS_FILE, instead=instead, cleanup=(tmp,)):
         folder.mkdir(parents=True, exist_ok=True)
         try:
-            save_file(cpu, str(tmp), metadata={"format": "pt", "robustbench_zs": FORMAT})
+            # one metadata key: safetensors writes several in a random order, and the file's sha256 (the
+            # checkpoint's identity in every record) would differ between two identical trainings
+            save_file(cpu, str(tmp), metadata={"robustbench_zs": FORMAT})
         except Exception as e:  # safetensors reports a failed write as SafetensorError("... (os error 28)")
             code = re.search(r"\(os error (\d+)\)", str(e))
             if isinstance(e, OSError) or code is None:
@@ -155,7 +150,7 @@ def save_checkpoint(folder: str | os.PathLike, tensors: Mapping[str, torch.Tenso
         os.replace(tmp, folder / WEIGHTS_FILE)
     out = {k: v for k, v in meta.items() if k not in _RESERVED}
     out.update(format=FORMAT, weights_file=WEIGHTS_FILE, weights_bytes=size, weights_sha256=sha)
-    _write_text_atomic(folder / META_FILE, json.dumps(out, indent=2) + "\n")
+    write_text(folder / META_FILE, json.dumps(out, indent=2) + "\n", instead=instead)
     _fsync_dir(folder)
     return folder
 

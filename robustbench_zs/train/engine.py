@@ -62,7 +62,7 @@ from ..models.loader import model_preprocess_cfg
 from ..models.text_head import text_weights_sha256
 from ..paths import folder_name
 from ..profiles import TRAIN_PROFILES, TrainProfile
-from ..provenance import software
+from ..provenance import default_cache_dir, software
 from . import distributed as dist_utils
 from .checkpoint import _read_meta, save_checkpoint
 from .state import has_state, identity_differences, load_state, save_state
@@ -102,6 +102,7 @@ class TrainConfig:
     compile: bool = False
     prefetch: bool | None = None  # read the next batch during the step (None: on a GPU only; see BatchLoader)
     fresh: bool = False  # start over: ignore (and replace) a resume state or checkpoint already in the folder
+    out_flag: str = "--out"  # the flag that chose out_dir, named when a write fails (``zsbench run``: --models-dir)
 
 
 def resolve_recipe(method: type[Method], overrides: dict) -> Recipe:
@@ -504,7 +505,7 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
     images = PreprocessedDataset(data, pre)
     workers = cfg.workers if cfg.workers is not None else (0 if device.type == "cpu" else min(8, os.cpu_count() or 1))
     if cfg.tensor_cache and worth_caching(data, pre) and pre.output_size(spec) is not None:
-        cache = TensorCache(Path(cfg.cache_dir or ".") / "tensors")
+        cache = TensorCache(Path(cfg.cache_dir or default_cache_dir()) / "tensors")  # never the working folder
         images, _ = cache.prepare(spec, "train", data, pre, np.arange(n), workers=workers, progress=cfg.progress)
 
     losses: list[float] = []
@@ -561,10 +562,10 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
             bar.set_postfix({k: f"{float(v):.3f}" for k, v in {"loss": global_loss, **terms}.items()})
             bar.update(1)
             if env.is_main and ((cfg.save_every and step % cfg.save_every == 0) or step % per_epoch == 0):
-                _save_resume(folder / "resume", method, encoder, opt, scaler, step, identity)
+                _save_resume(folder / "resume", method, encoder, opt, scaler, step, identity, cfg.out_flag)
     except BaseException:
         if env.is_main and step > start:
-            _save_resume(folder / "resume", method, encoder, opt, scaler, step, identity)
+            _save_resume(folder / "resume", method, encoder, opt, scaler, step, identity, cfg.out_flag)
         raise
     finally:
         bar.close()
@@ -595,9 +596,10 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
             "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "software": software(),
         }
-        save_checkpoint(folder, _finite(method.trained_state(encoder), step, folder / "resume"), meta)
+        weights = _finite(method.trained_state(encoder), step, folder / "resume")
+        save_checkpoint(folder, weights, meta, instead=f"choose another {cfg.out_flag}")
         if step < total_steps:
-            _save_resume(folder / "resume", method, encoder, opt, scaler, step, identity)
+            _save_resume(folder / "resume", method, encoder, opt, scaler, step, identity, cfg.out_flag)
         else:
             shutil.rmtree(folder / "resume", ignore_errors=True)
         echo(
@@ -657,12 +659,12 @@ class BatchLoader:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _save_resume(folder: Path, method, encoder, opt, scaler, step: int, identity: dict) -> None:
+def _save_resume(folder: Path, method, encoder, opt, scaler, step: int, identity: dict, out_flag: str) -> None:
     """The resume state after ``step`` as one unit (:mod:`.state`); never a state with non-finite weights."""
     weights = _finite(method.trained_state(encoder), step, folder)
     tensors, rest = optimizer_tensors(opt)
     extra = {"optimizer": rest, "scaler": scaler.state_dict() if scaler else None}
-    save_state(folder, step, weights, tensors, extra, identity)
+    save_state(folder, step, weights, tensors, extra, identity, instead=f"choose another {out_flag}")
 
 
 def _finite(weights: dict[str, torch.Tensor], step: int, resume: Path) -> dict[str, torch.Tensor]:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ZSBenchError, follow_umask, writing
+from ..errors import OUT_HINT, ZSBenchError, follow_umask, writing
 from .checkpoint import _cpu_tensors, _fsync_dir, _hash_and_sync
 
 FORMAT = "robustbench_zs-train-state-2"
@@ -56,7 +56,9 @@ def _write_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> tuple[st
     return _hash_and_sync(path)
 
 
-def save_state(root: Path, step: int, weights: dict, optimizer: dict, rest: dict, identity: dict) -> Path:
+def save_state(
+    root: Path, step: int, weights: dict, optimizer: dict, rest: dict, identity: dict, *, instead: str = OUT_HINT
+) -> Path:
     """Write a new complete state under ``root`` and make it the current one; returns its folder.
 
     Args:
@@ -67,16 +69,21 @@ def save_state(root: Path, step: int, weights: dict, optimizer: dict, rest: dict
     name = f"step-{step:08d}-{os.urandom(4).hex()}"
     tmp = root / f".{name}.tmp"
     try:
-        _write(root, tmp, name, step, weights, optimizer, rest, identity)
+        _write(root, tmp, name, step, weights, optimizer, rest, identity, instead)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # a kill leaves it instead: the next save prunes it
+        # a kill leaves them instead: the next save prunes them
+        shutil.rmtree(tmp, ignore_errors=True)
+        if _current(root) != name:  # renamed but never made current: not a state any resume will read
+            shutil.rmtree(root / name, ignore_errors=True)
         raise
     _prune(root, keep=name)
     return root / name
 
 
-def _write(root: Path, tmp: Path, name: str, step: int, weights, optimizer, rest: dict, identity: dict) -> None:
-    with writing(root / POINTER, cleanup=(root / f".{POINTER}.tmp",)):
+def _write(
+    root: Path, tmp: Path, name: str, step: int, weights, optimizer, rest: dict, identity: dict, instead: str
+) -> None:
+    with writing(root, instead=instead, cleanup=(root / f".{POINTER}.tmp",)):
         root.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()
         files = {}
@@ -98,6 +105,14 @@ def _write(root: Path, tmp: Path, name: str, step: int, weights, optimizer, rest
             os.fsync(f.fileno())
         os.replace(ptr, root / POINTER)
         _fsync_dir(root)
+
+
+def _current(root: Path) -> str | None:
+    """The name the pointer holds, or None where there is none that can be read."""
+    try:
+        return (root / POINTER).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def _prune(root: Path, keep: str) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import write_text
 from ..errors import ZSBenchError
 from .tasks import TASKS
 
@@ -160,7 +161,7 @@ def write_comparison(out_dir: Path, profile: str, a: str = "pmg_aft", b: str = "
     text = render(compare(records_frame(out_dir), a, b))
     path = Path(out_dir) / f"compare-{a}-{b}-{profile}.md"
     header = f"# `zsbench compare {a} {b}` on the world ({profile} profile)\n\n```\n"
-    path.write_text(header + text.rstrip("\n") + "\n```\n", encoding="utf-8")
+    write_text(path, header + text.rstrip("\n") + "\n```\n")
     return path
 
 
@@ -265,9 +266,9 @@ def write_summary(out_dir: Path, profile: str, timings: dict | None = None) -> d
         lines += ["", "Wall time (s) per row, training included: " + json.dumps(timings) + "."]
     folder = Path(out_dir)
     md = folder / f"world-{profile}.md"
-    md.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_text(md, "\n".join(lines) + "\n")
     csv = folder / f"world-{profile}.csv"
-    per_task.to_csv(csv, index=False)
+    write_text(csv, per_task.to_csv(index=False))
     out = {"markdown": md, "csv": csv}
     pgd = df[df["attack"].isin(["pgd", "clean"])]  # the figures draw PGD against eps (AutoAttack is one eps only)
     robust = pgd[pgd["attack"] == "pgd"]

@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import __version__
+from ..atomic import write_text
 from ..errors import ZSBenchError, writing
 from ..provenance import default_models_dir, sha256_file
 from . import registry
@@ -54,10 +55,7 @@ def _now() -> str:
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with writing(path, instead=MODELS_HINT, cleanup=(tmp,)):
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+    write_text(path, json.dumps(data, indent=2) + "\n", instead=MODELS_HINT)
 
 
 def read_record(folder: Path) -> dict | None:
