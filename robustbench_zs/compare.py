@@ -10,7 +10,6 @@ says nothing about this pair.
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -347,39 +346,3 @@ def comparison_frame(comp: Comparison) -> pd.DataFrame:
     cols += ["record_a", "record_b"]
     frames = [f.reindex(columns=cols) for f in (pairs, lonely) if len(f)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
-
-
-def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Declare ``zsbench compare`` on the CLI's subparsers."""
-    cp = sub.add_parser(
-        "compare",
-        help="McNemar-test two methods record by record on the same images (Holm-corrected)",
-        description="Pair every record of A with the record of B on the same images, threat and protocol, and test "
-        "the difference with McNemar's test; significance is Holm-Bonferroni corrected over all pairs.",
-    )
-    cp.add_argument("a", metavar="A", help="method label, method id, or 'label · model' as on the leaderboard")
-    cp.add_argument("b", metavar="B", help="the other method, named the same way")
-    cp.add_argument("--out", help="results folder (default $ZSBENCH_RESULTS or ./results)")
-    cp.add_argument("--alpha", type=float, default=0.05, help="family-wise significance level (default 0.05)")
-    cp.add_argument("--csv", help="also write the pairs and the unpaired records to this CSV file")
-    cp.set_defaults(handler=_main)
-    return cp
-
-
-def _main(args: argparse.Namespace) -> int:
-    from .leaderboard.build import records_frame
-    from .provenance import default_results_dir
-
-    out = Path(args.out) if args.out else default_results_dir()
-    if not (out / "records").is_dir():
-        raise ZSBenchError(f"no records under {out / 'records'}; run `zsbench run --out {out}` first")
-    comp = compare(records_frame(out), args.a, args.b, alpha=args.alpha)
-    print(render(comp))
-    if args.csv:
-        path = Path(args.csv)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        comparison_frame(comp).to_csv(path, index=False)
-        print(f"\ncsv: {path}")
-    if comp.pairs.empty:
-        raise ZSBenchError(f"nothing compared: {args.a!r} and {args.b!r} share no images, threat and protocol")
-    return 0

@@ -10,15 +10,16 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from dataset_fixtures import WRITERS
 from quick_attacks import QUICK
 from test_autoattack import InputBlind
 
 from robustbench_zs.attacks import ATTACKS, Threat
 from robustbench_zs.attacks.autoattack import STANDARD
 from robustbench_zs.attacks.sanity import record_checks
-from robustbench_zs.cli import build_threats, main
+from robustbench_zs.cli import main
+from robustbench_zs.cli.run import build_threats
 from robustbench_zs.datasets import DATASETS, select_subset
-from robustbench_zs.datasets.fixtures import WRITERS
 from robustbench_zs.datasets.subset import paper_subsample
 from robustbench_zs.engine import runner
 from robustbench_zs.engine.evaluator import evaluate

@@ -4,7 +4,7 @@
   paper cells that look wrong;
 - :mod:`.plan`: the cells a target needs and the runs behind them; :mod:`.match`: the record of each cell;
 - :mod:`.render`: the Markdown table; :mod:`.estimate`: ``--dry-run`` with measured costs;
-- :mod:`.reproduce`: running what is missing; :mod:`.cli`: the ``zsbench reproduce`` subcommand.
+- :mod:`.reproduce`: running what is missing; the ``zsbench reproduce`` subcommand is :mod:`robustbench_zs.cli.reproduce`.
 """
 
 from .estimate import dry_run_report

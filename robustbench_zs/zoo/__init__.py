@@ -4,7 +4,7 @@
 - :mod:`.fetch`: resumable, checked HTTP(S) downloads with the standard library;
 - :mod:`.store`: the files under ``<models>/zoo/<id>/`` with their ``source.json``, :func:`verify` (sha256 and a
   safe load) and :func:`resolve_zoo_checkpoint`, which turns ``zoo:ID`` into the stored file;
-- :mod:`.cli`: the ``zsbench models`` command.
+- the ``zsbench models`` command is :mod:`robustbench_zs.cli.models`.
 """
 
 from __future__ import annotations

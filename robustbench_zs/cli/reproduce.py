@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
+from tabulate import tabulate
+
 from ..errors import ZSBenchError
+from ..paper.estimate import dry_run_plan, dry_run_report
+from ..paper.reproduce import reproduce
+from ..paper.targets import get_target, targets
+from ..profiles import PROFILES, get_profile
+from ..provenance import default_cache_dir, default_data_root, default_models_dir, default_results_dir
+from ..world.reproduce import reproduce_world
+from .args import positive_int
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
     """Add ``reproduce`` to the ``zsbench`` subparsers ``sub``; its handler is set with ``set_defaults``."""
-    from ..profiles import PROFILES
 
     rp = sub.add_parser(
         "reproduce",
@@ -67,10 +76,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def _reproduce_world(args: argparse.Namespace) -> int:
-    from ..cli import _positive_int
-    from ..profiles import get_profile
-    from ..provenance import default_cache_dir
-    from ..world.reproduce import reproduce_world
 
     profile = args.profile or "standard"
     get_profile(profile)
@@ -85,9 +90,9 @@ def _reproduce_world(args: argparse.Namespace) -> int:
         out,
         profile=profile,
         device="cpu" if args.device == "auto" else args.device,
-        batch_size=_positive_int("batch-size", args.batch_size) or 256,
-        aa_n=16 if args.aa_n is None else _positive_int("aa-n", args.aa_n, minimum=0),
-        n=_positive_int("n", args.n) or 256,
+        batch_size=positive_int("batch-size", args.batch_size) or 256,
+        aa_n=16 if args.aa_n is None else positive_int("aa-n", args.aa_n, minimum=0),
+        n=positive_int("n", args.n) or 256,
         models_dir=Path(args.models_dir) if args.models_dir else None,
         cache_dir=default_cache_dir(),
         progress=args.progress,
@@ -99,9 +104,6 @@ def _reproduce_world(args: argparse.Namespace) -> int:
 
 
 def _list_targets() -> int:
-    from tabulate import tabulate
-
-    from .targets import targets
 
     rows = [[t.id, t.kind, t.caption] for t in targets().values()]
     print(tabulate(rows, headers=["target", "kind", "caption"], tablefmt="simple"))
@@ -109,12 +111,6 @@ def _list_targets() -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from ..cli import _positive_int
-    from ..profiles import get_profile
-    from ..provenance import default_cache_dir, default_data_root, default_models_dir, default_results_dir
-    from .estimate import dry_run_plan, dry_run_report
-    from .reproduce import reproduce
-    from .targets import get_target
 
     if args.target == "list":
         return _list_targets()
@@ -123,10 +119,10 @@ def _reproduce(args: argparse.Namespace) -> int:
     args.profile = args.profile or "paper"
     get_target(args.target)  # unknown targets and profiles fail first, in one line
     get_profile(args.profile)
-    n = _positive_int("n", args.n)
+    n = positive_int("n", args.n)
     if args.paper_subsample and n is not None:
         raise ZSBenchError("--paper-subsample and --n both choose the images; drop one of them")
-    batch_size = _positive_int("batch-size", args.batch_size) or 256
+    batch_size = positive_int("batch-size", args.batch_size) or 256
     if args.json and not args.dry_run:
         raise ZSBenchError("--json prints the plan of a dry run; add --dry-run")
     out = Path(args.out) if args.out else default_results_dir()
@@ -134,8 +130,6 @@ def _reproduce(args: argparse.Namespace) -> int:
     common = dict(arch=args.arch, pretrained=args.pretrained, n=n, paper_subsample=args.paper_subsample)
     if args.dry_run:
         if args.json:
-            import json
-
             doc = dry_run_plan(args.target, out, args.profile, models_dir=models_dir, batch_size=batch_size, **common)
             print(json.dumps(doc, indent=1, ensure_ascii=False))
             return 0

@@ -7,12 +7,15 @@ import json
 import time
 from pathlib import Path
 
+import torch
+
 from ..errors import ZSBenchError
+from ..world import WORLD_WEIGHTS
+from ..world.pretrain import PretrainConfig, pretrain, save_weights
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
     """Add ``world`` to the ``zsbench`` subparsers ``sub``; its handler is set with ``set_defaults``."""
-    from .pretrain import PretrainConfig
 
     d = PretrainConfig()
     wp = sub.add_parser(
@@ -47,10 +50,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def _world(args: argparse.Namespace) -> int:
-    import torch
-
-    from . import WORLD_WEIGHTS
-    from .pretrain import PretrainConfig, pretrain, save_weights
 
     for flag, least in (("steps", 1), ("batch_size", 2), ("warmup", 0), ("threads", 1)):
         if getattr(args, flag) < least:

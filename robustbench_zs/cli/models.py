@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from tabulate import tabulate
+
 from ..errors import ZSBenchError
-from . import registry, store
+from ..zoo import registry, store
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -71,7 +73,6 @@ def _local(entry: registry.ZooEntry, state: store.LocalState) -> str:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from tabulate import tabulate
 
     rows = []
     for e in registry.entries():

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..bench.runner import BenchConfig, resolve_device, run_bench
+from .args import positive_int
+
 #: The options of ``zsbench bench`` in the order the recorded command line lists them.
 _OPTIONS = (
     "method", "arch", "pretrained", "batch_size", "eval_batch_size", "device", "steps", "warmup", "naive_steps",
@@ -60,27 +63,25 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from ..cli import _positive_int
-    from .runner import BenchConfig, resolve_device, run_bench
 
-    batch = _positive_int("batch-size", args.batch_size)
+    batch = positive_int("batch-size", args.batch_size)
     cfg = BenchConfig(
         method=args.method,
         arch=args.arch,
         pretrained=args.pretrained,
         batch_size=batch,
-        eval_batch_size=_positive_int("eval-batch-size", args.eval_batch_size),
+        eval_batch_size=positive_int("eval-batch-size", args.eval_batch_size),
         device=args.device,
-        steps=_positive_int("steps", args.steps),
-        warmup=_positive_int("warmup", args.warmup, minimum=0),
+        steps=positive_int("steps", args.steps),
+        warmup=positive_int("warmup", args.warmup, minimum=0),
         naive=not args.no_naive,
-        naive_steps=_positive_int("naive-steps", args.naive_steps),
+        naive_steps=positive_int("naive-steps", args.naive_steps),
         precision=args.precision,
         compile=args.compile,
-        threads=_positive_int("threads", args.threads),
+        threads=positive_int("threads", args.threads),
         joint_forward=args.joint_forward,
-        seed=_positive_int("seed", args.seed, minimum=0, maximum=2**31 - 1),
-        peak_size=_positive_int("peak-size", args.peak_size, minimum=256),
+        seed=positive_int("seed", args.seed, minimum=0, maximum=2**31 - 1),
+        peak_size=positive_int("peak-size", args.peak_size, minimum=256),
         argv=_command_line(args),
     )
     out = Path(args.out) if args.out else Path(f"bench-{cfg.arch}-{resolve_device(cfg.device).type}-b{batch}.json")

@@ -1,0 +1,33 @@
+"""``zsbench leaderboard``: rebuild leaderboard.md and leaderboard.csv from the records."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import ZSBenchError
+from ..leaderboard import write_leaderboard
+from ..provenance import default_results_dir
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    lb = sub.add_parser("leaderboard", help="rebuild leaderboard.md and leaderboard.csv from the records")
+    lb.add_argument("--out", help="results folder (default $ZSBENCH_RESULTS or ./results)")
+    lb.add_argument(
+        "--mix-profiles",
+        action="store_true",
+        help="rank rows measured under different profile knobs in one table (each row names its profile)",
+    )
+    lb.set_defaults(handler=handle)
+    return lb
+
+
+def handle(args: argparse.Namespace) -> int:
+
+    out = Path(args.out) if args.out else default_results_dir()
+    if not (out / "records").is_dir():
+        raise ZSBenchError(f"no records under {out / 'records'}; run `zsbench run --out {out}` first")
+    paths = write_leaderboard(out, mix_profiles=args.mix_profiles)
+    print(paths["markdown"].read_text(encoding="utf-8"))
+    print(f"leaderboard: {paths['markdown']} and {paths['csv']}")
+    return 0
