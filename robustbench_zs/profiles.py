@@ -29,6 +29,44 @@ from dataclasses import asdict, dataclass, replace
 
 from .errors import ZSBenchError
 
+#: Normalization constants, by name (protocol.md section 4: PMG-AFT's code uses ImageNet's, the others CLIP's).
+NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+#: Logit-scale choices: a fixed value, or the model's learned temperature.
+LOGIT_SCALES = ("100", "1", "learned")
+
+
+@dataclass(frozen=True)
+class HeadKnobs:
+    """The knobs of the zero-shot head that change the numbers; stored in every record."""
+
+    normalization: str = "clip"
+    logit_scale: str = "100"
+    resize: str = "bicubic"
+
+    def __post_init__(self) -> None:
+        if self.normalization not in NORMALIZATIONS:
+            raise ZSBenchError(
+                f"unknown normalization {self.normalization!r}; choose one of {', '.join(NORMALIZATIONS)}"
+            )
+        if self.logit_scale not in LOGIT_SCALES:
+            raise ZSBenchError(f"unknown logit scale {self.logit_scale!r}; choose one of {', '.join(LOGIT_SCALES)}")
+
+    def resolve_logit_scale(self, model) -> float:
+        if self.logit_scale == "learned":
+            scale = getattr(model, "logit_scale", None)
+            if scale is None:
+                raise ZSBenchError("--logit-scale learned: this model has no learned logit scale; use 100 or 1")
+            return float(scale.detach().exp().item())
+        return float(self.logit_scale)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 PAPER_SUBSAMPLE_EVERY = 20
 PAPER_SUBSAMPLE_BATCH = 256
 
@@ -173,8 +211,6 @@ class TrainProfile:
             value = getattr(self, knob)
             if value not in allowed:
                 raise ZSBenchError(f"unknown training {knob} {value!r}; choose one of {', '.join(allowed)}")
-        from .models import HeadKnobs
-
         HeadKnobs(normalization=self.normalization, logit_scale=self.logit_scale)  # validates both
 
     def knobs(self) -> dict:
@@ -199,8 +235,6 @@ class TrainProfile:
 
     def head_knobs(self):
         """The zero-shot head knobs (normalization, logit scale) of the classifier being trained."""
-        from .models import HeadKnobs
-
         return HeadKnobs(normalization=self.normalization, logit_scale=self.logit_scale)
 
 
@@ -301,8 +335,6 @@ def train_eval_differences(train: dict | None, profile: dict, unused: Iterable[s
 
 def run_config_fields(profile: Profile) -> dict:
     """The ``engine.runner.RunConfig`` fields a profile sets (the attack precision goes into each ``Threat``)."""
-    from .models import HeadKnobs
-
     return {
         "knobs": HeadKnobs(normalization=profile.normalization, logit_scale=profile.logit_scale),
         "prompts": profile.prompts,

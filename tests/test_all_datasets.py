@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from dataset_fixtures import WRITERS
 
 from robustbench_zs.cli import main
 from robustbench_zs.datasets import DATASETS
-from robustbench_zs.datasets.fixtures import WRITERS
 from robustbench_zs.datasets.preprocess import PreprocessedDataset, resolve_preprocess
 from robustbench_zs.datasets.prompts import prompt_set
 from robustbench_zs.models import ModelSpec

@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from robustbench_zs.attacks import ATTACKS, NORMS, Threat, pgd_single
-from robustbench_zs.attacks.pgd import unit_noise
+from robustbench_zs.attacks import ATTACKS, Threat, pgd_single
+from robustbench_zs.attacks.core import unit_noise
 
 DEVICE = torch.device(os.environ.get("ZSBENCH_TEST_DEVICE", "cpu"))
 EPS = {"linf": 2 / 255, "l2": 0.25}
@@ -82,14 +82,13 @@ def test_robust_implies_clean_correct_for_every_attack(name, synthetic_test, cen
     with torch.no_grad():
         clean = centroid_classifier(x).argmax(1) == y
     assert not clean[0]
-    for norm in NORMS:
+    for norm in entry.norms:
         t = _threat(name, norm)
         robust = entry.run(centroid_classifier, x, y, [t], torch.arange(12))[t]
         assert not torch.any(robust & ~clean), (name, norm)
 
 
-@pytest.mark.parametrize("norm", NORMS)
-@pytest.mark.parametrize("name", ATTACKS.names())
+@pytest.mark.parametrize("name,norm", [(n, norm) for n, e in ATTACKS.items() for norm in e.norms])
 def test_perturb_returns_the_images_behind_the_verdict(name, norm, synthetic_test, centroid_classifier, quick_standard):
     entry = ATTACKS.get(name)
     model = centroid_classifier

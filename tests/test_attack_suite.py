@@ -67,7 +67,7 @@ def test_each_attack_gets_its_own_default_steps_and_label():
         (["--attack", "autoattack", "--step-size", "1"], "--step-size has no effect"),
         (["--attack", "autoattack", "--attack-precision", "bf16"], "not bf16"),
         (["--attack", "pgd,none"], "cannot be combined"),
-        (["--attack", "fgsm"], "unknown attack"),
+        (["--attack", "nonesuch"], "unknown attack"),
         (["--n", "8", "--paper-subsample"], "drop one of them"),
     ],
 )

@@ -23,7 +23,8 @@ from robustbench_zs.attacks.apgd import (
 )
 from robustbench_zs.attacks.autoattack import COMPONENTS, OFFICIAL, STANDARD, run_autoattack
 from robustbench_zs.attacks.base import ATTACKS, PRECISIONS, Threat
-from robustbench_zs.attacks.pgd import pgd_single, run_pgd, unit_noise
+from robustbench_zs.attacks.core import unit_noise
+from robustbench_zs.attacks.pgd import pgd_single, run_pgd
 from robustbench_zs.cli import main
 from robustbench_zs.datasets import DATASETS
 from robustbench_zs.engine import runner
@@ -606,3 +607,17 @@ def test_registered_settings_name_the_components_implementation():
             torch.zeros(1),
             settings={"square": {"queries": 1}},
         )
+
+
+def test_importing_autoattack_detects_nothing():
+    """The implementation is detected at first use, not at import; torchattacks is imported only when it runs."""
+    code = (
+        "import sys; from robustbench_zs.attacks import ATTACKS, autoattack as aa; "
+        "assert aa.registered_settings.cache_info().currsize == 0; "
+        "assert 'torchattacks' not in sys.modules and 'autoattack' not in sys.modules; "
+        "assert ATTACKS.get('autoattack').fixed_settings['implementation'] in aa.IMPLEMENTATIONS; "
+        "assert aa.registered_settings.cache_info().currsize == 1"
+    )
+    import subprocess
+
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -19,7 +19,7 @@ from torch import nn
 from robustbench_zs.attacks import ATTACKS, Threat
 from robustbench_zs.attacks import autoattack as aa_mod
 from robustbench_zs.attacks.autoattack import COMPONENTS, OFFICIAL, AutocastForward, run_autoattack
-from robustbench_zs.attacks.precision import attack_autocast
+from robustbench_zs.attacks.core import attack_autocast
 from robustbench_zs.errors import ZSBenchError
 
 DEVICE = torch.device(os.environ.get("ZSBENCH_TEST_DEVICE", "cpu"))

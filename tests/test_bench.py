@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from robustbench_zs.attacks import ATTACKS, Threat
-from robustbench_zs.attacks.pgd import eval_mode_no_param_grad
+from robustbench_zs.attacks.core import eval_mode_no_param_grad
 from robustbench_zs.bench import measure
 from robustbench_zs.bench.naive import FIXES, NaivePGD, NaiveTraining
 from robustbench_zs.bench.runner import class_prompts, random_batch

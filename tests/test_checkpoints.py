@@ -15,7 +15,7 @@ from robustbench_zs.errors import ZSBenchError
 from robustbench_zs.methods.base import METHODS
 from robustbench_zs.methods.interpolation import InterpolationConfig, interpolate_state
 from robustbench_zs.models import ModelSpec, load_model
-from robustbench_zs.train.checkpoint import (
+from robustbench_zs.weights import (
     FORMAT,
     CorruptCheckpointError,
     apply_visual_state,

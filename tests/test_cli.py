@@ -11,9 +11,9 @@ from importlib.metadata import entry_points
 import pandas as pd
 import pytest
 import torch
+from dataset_fixtures import write_cifar10, write_cifar100, write_tinyimagenet
 
 from robustbench_zs.cli import main
-from robustbench_zs.datasets.fixtures import write_cifar10, write_cifar100, write_tinyimagenet
 
 TINY_ARGS = ["--arch", "zsbench-tiny", "--pretrained", "random", "--device", "cpu", "--no-progress"]
 

@@ -11,10 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-import robustbench_zs.datasets  # noqa: F401  (registers the datasets)
-from robustbench_zs.datasets import DATASETS, GENERIC_TEMPLATE, select_subset
-from robustbench_zs.datasets.fixtures import (
+from dataset_fixtures import (
     cifar_arrays,
     default_tinyimagenet_wnids,
     dump_py2_pickle,
@@ -23,6 +20,9 @@ from robustbench_zs.datasets.fixtures import (
     write_cifar100,
     write_tinyimagenet,
 )
+
+import robustbench_zs.datasets  # noqa: F401  (registers the datasets)
+from robustbench_zs.datasets import DATASETS, GENERIC_TEMPLATE, select_subset
 from robustbench_zs.datasets.spec import load_metadata
 from robustbench_zs.datasets.subset import indices_sha256
 from robustbench_zs.errors import DatasetNotFoundError, ZSBenchError

@@ -10,16 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from dataset_fixtures import WRITERS
+from dataset_fixtures.common import varied_sizes
+from dataset_fixtures.dtd import DTD_CLASSES, dtd_lines, dtd_numbers, write_dtd
+from dataset_fixtures.eurosat import EUROSAT_CLASSES, eurosat_files, write_eurosat
+from dataset_fixtures.food101 import CLASSLIST, food101_classes, food101_split, write_food101
+from dataset_fixtures.pcam import pcam_arrays, pcam_paths, write_pcam
+from dataset_fixtures.stl10 import STL10_CLASSES, stl10_arrays, write_stl10
 
 import robustbench_zs.datasets  # noqa: F401  (registers the datasets)
 from robustbench_zs.datasets import DATASETS
-from robustbench_zs.datasets.fixtures import WRITERS
-from robustbench_zs.datasets.fixtures.common import varied_sizes
-from robustbench_zs.datasets.fixtures.dtd import DTD_CLASSES, dtd_lines, dtd_numbers, write_dtd
-from robustbench_zs.datasets.fixtures.eurosat import EUROSAT_CLASSES, eurosat_files, write_eurosat
-from robustbench_zs.datasets.fixtures.food101 import CLASSLIST, food101_classes, food101_split, write_food101
-from robustbench_zs.datasets.fixtures.pcam import pcam_arrays, pcam_paths, write_pcam
-from robustbench_zs.datasets.fixtures.stl10 import STL10_CLASSES, stl10_arrays, write_stl10
 from robustbench_zs.datasets.prompts import prompt_set
 from robustbench_zs.errors import DatasetNotFoundError, ZSBenchError
 
@@ -473,8 +473,7 @@ def test_writers_are_registered_and_deterministic(tmp_path: Path) -> None:
 def test_same_images_and_labels_as_torchvision(tmp_path, monkeypatch, ds_id, make) -> None:
     """torchvision's own dataset classes (integrity checks off: fixtures have other md5s) read the same data."""
     import torchvision.datasets as tvd
-
-    from robustbench_zs.datasets.fixtures import WRITERS
+    from dataset_fixtures import WRITERS
 
     for cls in (tvd.STL10, tvd.PCAM, tvd.EuroSAT, tvd.DTD, tvd.Food101):
         for attr in ("_check_integrity", "_check_exists"):

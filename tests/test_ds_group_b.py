@@ -11,16 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from dataset_fixtures import WRITERS
+from dataset_fixtures.cars import cars_annotations, cars_classnames
+from dataset_fixtures.fgvc import fgvc_rows, fgvc_variants
+from dataset_fixtures.flowers102 import flowers_plan
+from dataset_fixtures.pets import PETS_BREEDS, pets_rows
+from dataset_fixtures.sun397 import sun397_files, sun397_lines
 
 import robustbench_zs.datasets  # noqa: F401  (registers the datasets)
 from robustbench_zs.datasets import DATASETS
 from robustbench_zs.datasets.files import decode_image
-from robustbench_zs.datasets.fixtures import WRITERS
-from robustbench_zs.datasets.fixtures.cars import cars_annotations, cars_classnames
-from robustbench_zs.datasets.fixtures.fgvc import fgvc_rows, fgvc_variants
-from robustbench_zs.datasets.fixtures.flowers102 import flowers_plan
-from robustbench_zs.datasets.fixtures.pets import PETS_BREEDS, pets_rows
-from robustbench_zs.datasets.fixtures.sun397 import sun397_files, sun397_lines
 from robustbench_zs.datasets.prompts import prompt_set
 from robustbench_zs.datasets.spec import load_metadata
 from robustbench_zs.errors import DatasetNotFoundError, ZSBenchError
@@ -425,9 +425,8 @@ def test_cars_unlabelled_test_annotations(copy) -> None:
 
 
 def test_cars_class_out_of_range(copy) -> None:
+    from dataset_fixtures.cars import ANNOTATION_FIELDS, _struct_array
     from scipy.io import savemat
-
-    from robustbench_zs.datasets.fixtures.cars import ANNOTATION_FIELDS, _struct_array
 
     data_root, base = copy("stanfordcars")
     entries = cars_annotations("test", SEED)

@@ -11,18 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from scipy.io import savemat
-
-import robustbench_zs.datasets  # noqa: F401  (registers the datasets)
-from robustbench_zs.datasets import DATASETS
-from robustbench_zs.datasets.fixtures import WRITERS
-from robustbench_zs.datasets.fixtures.caltech import write_caltech101, write_caltech256
-from robustbench_zs.datasets.fixtures.imagenet import (
+from dataset_fixtures import WRITERS
+from dataset_fixtures.caltech import write_caltech101, write_caltech256
+from dataset_fixtures.imagenet import (
     imagenet_ilsvrc_ids,
     imagenet_val_wnids,
     imagenet_wnids,
     write_imagenet,
 )
+from scipy.io import savemat
+
+import robustbench_zs.datasets  # noqa: F401  (registers the datasets)
+from robustbench_zs.datasets import DATASETS
 from robustbench_zs.datasets.spec import load_metadata
 from robustbench_zs.errors import DatasetNotFoundError, ZSBenchError
 
@@ -427,8 +427,7 @@ def test_caltech_same_as_torchvision(tmp_path, monkeypatch, ds_id: str) -> None:
     """torchvision's Caltech readers (integrity check off) give the same images and labels on the fixture."""
     import numpy as np
     import torchvision.datasets as tvd
-
-    from robustbench_zs.datasets.fixtures import WRITERS
+    from dataset_fixtures import WRITERS
 
     cls = tvd.Caltech101 if ds_id == "caltech101" else tvd.Caltech256
     monkeypatch.setattr(cls, "_check_integrity", lambda self: True)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
+from dataset_fixtures import write_cifar10
 
 from robustbench_zs.attacks import Threat
-from robustbench_zs.datasets.fixtures import write_cifar10
 from robustbench_zs.engine.runner import RunConfig, run
 from robustbench_zs.errors import ZSBenchError
 from robustbench_zs.figures import _fig4_figure, _fig5_figure, _new_figure, _place_labels, fig4, fig5

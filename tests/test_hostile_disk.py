@@ -17,11 +17,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from dataset_fixtures import WRITERS, write_tinyimagenet
 from disks import fill, temporaries, tmpfs
 
 from robustbench_zs.cli import main
 from robustbench_zs.datasets import synthetic
-from robustbench_zs.datasets.fixtures import WRITERS, write_tinyimagenet
 from robustbench_zs.errors import ZSBenchError
 from robustbench_zs.figures import fig4
 from robustbench_zs.leaderboard.build import records_frame

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from dataset_fixtures import write_tinyimagenet
 
 from robustbench_zs.cli import main
 from robustbench_zs.datasets import synthetic
-from robustbench_zs.datasets.fixtures import write_tinyimagenet
-from robustbench_zs.train.checkpoint import load_checkpoint, save_checkpoint
+from robustbench_zs.weights import load_checkpoint, save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from dataset_fixtures import WRITERS
 from disks import fill, temporaries, tmpfs
 
 from robustbench_zs.cli import main
-from robustbench_zs.datasets.fixtures import WRITERS
 from robustbench_zs.models import ModelSpec, load_model
 from robustbench_zs.results import RecordStore, validate
 
@@ -111,7 +111,7 @@ def _out_is_a_file(tmp: Path) -> list[str]:
 CASES = [
     ("unknown method", lambda t: [*SMOKE, "--methods", "nope"], "unknown method 'nope'; known methods: clip"),
     ("unknown dataset", lambda t: [*SMOKE, "--datasets", "nope"], "unknown dataset 'nope'; known datasets:"),
-    ("unknown attack", lambda t: [*SMOKE, "--attack", "fgsm"], "unknown attack 'fgsm'; known attacks: pgd"),
+    ("unknown attack", lambda t: [*SMOKE, "--attack", "nonesuch"], "unknown attack 'nonesuch'; known attacks: pgd"),
     ("unknown profile", lambda t: [*SMOKE, "--profile", "fast"], "invalid choice: 'fast'"),
     ("unknown method option", lambda t: [*SMOKE, "--set", "clip.alpha=1"], "clip has no option 'alpha'"),
     ("eps not a number", lambda t: [*SMOKE, "--eps", "one"], "--eps 'one' is not a number"),

@@ -23,8 +23,8 @@ from robustbench_zs.datasets import synthetic
 from robustbench_zs.errors import ZSBenchError
 from robustbench_zs.models import ModelSpec
 from robustbench_zs.train import TrainConfig, train
-from robustbench_zs.train.checkpoint import load_checkpoint
 from robustbench_zs.train.state import POINTER, load_state
+from robustbench_zs.weights import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

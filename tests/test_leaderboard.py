@@ -71,7 +71,7 @@ def test_tables_split_by_threat_and_protocol(board):
 
 
 def test_average_only_for_complete_rows(tmp_path):
-    from robustbench_zs.datasets.fixtures import write_cifar10
+    from dataset_fixtures import write_cifar10
 
     write_cifar10(tmp_path / "data", n_test=30)
     _run(tmp_path, ModelSpec("zsbench-tiny", "random"), datasets=("synthetic", "cifar10"))

@@ -23,12 +23,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from dataset_fixtures import default_tinyimagenet_wnids
 from PIL import Image
 from torch import nn
 
 from robustbench_zs.cli import main
 from robustbench_zs.datasets import DATASETS, synthetic
-from robustbench_zs.datasets.fixtures import default_tinyimagenet_wnids
 from robustbench_zs.datasets.preprocess import resolve_preprocess
 from robustbench_zs.datasets.subset import paper_subsample, paper_subsample_of
 from robustbench_zs.methods import METHODS
@@ -297,7 +297,7 @@ def test_mean_attack_loss_underflows_in_fp16_as_the_official_attack() -> None:
 def test_fare_training_attack_is_robustvlms_momentum_pgd() -> None:
     """RobustVLM's train/pgd_train.py, written out independently: the first forward sees the unclipped uniform
     start; then v = sign(0.9 v + sign(g)), delta = clip(delta + step * v, -eps, eps), clipped to the image."""
-    from robustbench_zs.attacks.pgd import unit_noise
+    from robustbench_zs.attacks.core import unit_noise
 
     torch.manual_seed(1)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 6))

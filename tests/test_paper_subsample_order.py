@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 import torch
 import torchvision.datasets as tvd
+from dataset_fixtures import WRITERS, default_tinyimagenet_wnids
+from dataset_fixtures.imagenet import imagenet_val_wnids
 from PIL import Image
 from torch.utils.data import DataLoader
 
 from robustbench_zs.datasets import DATASETS
-from robustbench_zs.datasets.fixtures import WRITERS, default_tinyimagenet_wnids
-from robustbench_zs.datasets.fixtures.imagenet import imagenet_val_wnids
 from robustbench_zs.datasets.subset import (
     IMAGEFOLDER_ORDER,
     LOADER_ORDER,

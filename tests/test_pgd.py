@@ -44,7 +44,7 @@ def test_perturbation_stays_in_the_ball_and_the_box(centroid_classifier, synthet
     x = synthetic_test.images[:64].float() / 255
     y = synthetic_test.labels[:64]
     t = Threat("pgd", norm, eps, 5, step)
-    from robustbench_zs.attacks.pgd import unit_noise
+    from robustbench_zs.attacks.core import unit_noise
 
     x_adv, robust = pgd_single(
         centroid_classifier, x, y, t, unit_noise(tuple(x.shape[1:]), torch.arange(64), x.device, norm)
@@ -88,3 +88,31 @@ def test_threat_labels_and_settings():
     assert s["eps"] == pytest.approx(1 / 255) and s["eps_255"] == 1.0 and s["step_size_255"] == 1.0
     assert s["loss_reduction"] == "sum" and s["precision"] == "fp32" and s["random_start"] is True
     assert Threat().settings() == {"name": "clean"}
+
+
+def test_training_and_evaluation_attacks_are_one_pgd(centroid_classifier, synthetic_test):
+    """``make_attack`` (the recipe's training PGD) and ``pgd_single`` run the same loop, ``pgd_ascent``: on the same
+    loss, seeds and budget they end at the same images, bit for bit."""
+    import torch.nn.functional as F
+
+    from robustbench_zs.attacks.core import unit_noise
+    from robustbench_zs.methods import Recipe
+    from robustbench_zs.train.engine import make_attack
+
+    model = centroid_classifier.eval()
+    x, y, seeds = synthetic_test.images[:16].float() / 255, synthetic_test.labels[:16], torch.arange(16) + 9
+    ce = lambda logits, labels: F.cross_entropy(logits, labels, reduction="none")  # noqa: E731
+    recipe = Recipe(train_eps_255=4, train_steps=3, train_step_size_255=1.0, train_attack="pgd")
+    trained = make_attack(model, x, seeds, recipe, "fp32")(lambda xa: ce(model(xa), y))
+    noise = unit_noise(tuple(x.shape[1:]), seeds, x.device, "linf")
+    evaluated, _ = pgd_single(model, x, y, _linf(4, steps=3), noise, loss_fn=ce)
+    assert torch.equal(trained, evaluated) and not torch.equal(trained, x)
+
+
+def test_every_registered_attack_is_an_attack_class():
+    from robustbench_zs.attacks import ATTACKS, Attack
+
+    for name in ATTACKS.names():
+        assert issubclass(ATTACKS.get(name).attack, Attack), name
+    with pytest.raises(TypeError):
+        Attack(_linf(1))  # abstract: perturb is the one method every attack implements

@@ -10,13 +10,13 @@ import open_clip
 import pytest
 import torch
 import torchvision.transforms as T
+from dataset_fixtures import write_tinyimagenet
 from PIL import Image
 
 from robustbench_zs.cli import main
 from robustbench_zs.datasets import DATASETS, select_subset
 from robustbench_zs.datasets import files as files_mod
 from robustbench_zs.datasets.cache import TensorCache
-from robustbench_zs.datasets.fixtures import write_tinyimagenet
 from robustbench_zs.datasets.preprocess import Preprocess, PreprocessedDataset, resolve_preprocess
 from robustbench_zs.errors import ZSBenchError
 from robustbench_zs.models import ModelSpec

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from dataset_fixtures import write_cifar10, write_cifar100, write_tinyimagenet
 
 from robustbench_zs.cli import main
 from robustbench_zs.datasets import DATASETS
-from robustbench_zs.datasets.fixtures import write_cifar10, write_cifar100, write_tinyimagenet
 from robustbench_zs.datasets.prompts import load_overrides, prompt_set
 from robustbench_zs.errors import ZSBenchError
 

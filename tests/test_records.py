@@ -138,7 +138,7 @@ def test_n_at_or_above_the_split_size_is_the_full_split(tmp_path):
 
 
 def test_changed_dataset_content_is_recomputed(tmp_path):
-    from robustbench_zs.datasets.fixtures import write_cifar10
+    from dataset_fixtures import write_cifar10
 
     write_cifar10(tmp_path / "data", n_test=16, seed=0)
     cfg = _cfg(tmp_path, datasets=("cifar10",), n=None, threats=())

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from dataset_fixtures import write_cifar10
+from dataset_fixtures.pcam import write_pcam
+from dataset_fixtures.stl10 import write_stl10
 
 from robustbench_zs.cli import main
-from robustbench_zs.datasets.fixtures import write_cifar10
-from robustbench_zs.datasets.fixtures.pcam import write_pcam
-from robustbench_zs.datasets.fixtures.stl10 import write_stl10
 from robustbench_zs.engine.runner import RunConfig, run
 from robustbench_zs.methods.pmg_aft import PMGAFTConfig
 from robustbench_zs.models import ModelSpec

@@ -14,7 +14,7 @@ from torch import nn
 
 from robustbench_zs.attacks import Threat, pgd_single, run_pgd
 from robustbench_zs.attacks.base import PRECISIONS
-from robustbench_zs.attacks.precision import AUTOCAST_DTYPES, attack_autocast
+from robustbench_zs.attacks.core import AUTOCAST_DTYPES, attack_autocast
 from robustbench_zs.attacks.sanity import (
     SQUARE_ALPHA,
     autoattack_above_pgd,

@@ -21,9 +21,9 @@ from robustbench_zs.methods import METHODS
 from robustbench_zs.models import ModelSpec
 from robustbench_zs.profiles import TRAIN_PROFILES
 from robustbench_zs.train import TrainConfig, train
-from robustbench_zs.train.checkpoint import load_checkpoint
 from robustbench_zs.train.engine import lr_at
 from robustbench_zs.train.state import load_state
+from robustbench_zs.weights import load_checkpoint
 
 TINY = ModelSpec("zsbench-tiny", "random", init_seed=0)
 TINY_RN = ModelSpec("zsbench-tiny-rn", "random", init_seed=0)
@@ -39,7 +39,10 @@ SETTINGS = {
     "vp_pmg_aft": (TINY, {"lr": 1.0}, {"n_tokens": "4"}),
     "twins": (TINY_RN, {"lr": 1e-2}, {}),
 }
+#: every trainable method the registry knows, a plugin's included: the loss test below runs each; a method without
+#: an entry in SETTINGS runs at DEFAULT (the tiny ViT, SGD at lr 1e-2, its own options)
 TRAINABLE = [k for k, cls in METHODS.items() if cls.trains != "nothing"]
+DEFAULT = (TINY, {"lr": 1e-2}, {})
 
 
 @pytest.fixture
@@ -63,13 +66,13 @@ def _cfg(tmp_path: Path, method: str, model: ModelSpec = TINY, **kw) -> TrainCon
     )
 
 
-def test_every_trainable_method_has_test_settings() -> None:
-    assert sorted(TRAINABLE) == sorted(SETTINGS)
+def test_the_test_settings_name_registered_trainable_methods() -> None:
+    assert set(SETTINGS) <= set(TRAINABLE)
 
 
-@pytest.mark.parametrize("method", sorted(SETTINGS))
+@pytest.mark.parametrize("method", TRAINABLE)
 def test_a_few_steps_lower_the_loss(tmp_path, small_train, method: str) -> None:
-    model, recipe, options = SETTINGS[method]
+    model, recipe, options = SETTINGS.get(method, DEFAULT)
     # one batch = the whole (64-image) split, so every step sees the same images
     res = train(_cfg(tmp_path, method, model, recipe={**recipe, "epochs": 8}, options=options), echo=lambda s: None)
     assert res.steps == 8 and len(res.losses) == 8 and all(np.isfinite(res.losses))

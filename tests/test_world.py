@@ -9,8 +9,8 @@ import torch
 
 from robustbench_zs.datasets import DATASETS
 from robustbench_zs.datasets.prompts import prompt_set
+from robustbench_zs.train.world_pretrain import PretrainConfig, batch, pretrain, save_weights
 from robustbench_zs.world import scenes as W
-from robustbench_zs.world.pretrain import PretrainConfig, batch, pretrain, save_weights
 from robustbench_zs.world.tasks import ENSEMBLE_TEMPLATES, PAPER_TEMPLATE, TASKS, TRAIN_COLOURS, generate
 from robustbench_zs.world.tokenizer import END, UNKNOWN, VOCAB_SIZE, WorldTokenizer
 
@@ -162,9 +162,9 @@ def test_world_summary_and_figures_from_records(tmp_path) -> None:
     from robustbench_zs.attacks import Threat
     from robustbench_zs.engine.runner import RunConfig, run
     from robustbench_zs.models import ModelSpec
+    from robustbench_zs.paper.world import DATASETS as COLUMNS
+    from robustbench_zs.paper.world import write_summary
     from robustbench_zs.profiles import get_profile, run_config_fields
-    from robustbench_zs.world.reproduce import DATASETS as COLUMNS
-    from robustbench_zs.world.reproduce import write_summary
 
     threats = tuple(Threat("pgd", "linf", e / 255, 2, 1 / 255) for e in (1, 4))
     cfg = RunConfig(methods=("clip",), datasets=COLUMNS, model=ModelSpec("zsbench-world", "world"), threats=threats,
@@ -209,7 +209,7 @@ def test_reproduce_world_end_to_end_on_a_short_schedule(tmp_path, one_thread) ->
     """``zsbench reproduce world``'s whole plan (every trained row, the interpolation, AutoAttack on the Table 3 rows,
     summary, leaderboard, figures, comparison) on one epoch and a few images per task."""
     from robustbench_zs.leaderboard.build import records_frame
-    from robustbench_zs.world.reproduce import AA_METHODS, DATASETS, PLAN, reproduce_world
+    from robustbench_zs.paper.world import AA_METHODS, DATASETS, PLAN, reproduce_world
 
     out = reproduce_world(tmp_path / "out", n=8, aa_n=2, epochs=1, cache_dir=tmp_path / "cache", progress=False,
                           echo=lambda s: None)  # fmt: skip

@@ -548,3 +548,153 @@ def test_docs_list_every_entry_and_published_hash():
         for s in e.sources:
             if s.sha256:
                 assert s.sha256 in text, (e.id, s.file)
+
+
+# --- the table as data (zoo/data/zoo.json, read through robustbench_zs.resources) ---------------------------------
+
+#: The table as it was when it moved from Python literals to zoo.json: (id, method, arch, eps, number of sources).
+ZOO_BEFORE_JSON = [
+    ("tecoa-official-vit-b-32", "tecoa", "ViT-B-32", 1, 1),
+    ("robustvlm-tecoa2-vit-l-14", "tecoa", "ViT-L-14", 2, 2),
+    ("robustvlm-tecoa4-vit-l-14", "tecoa", "ViT-L-14", 4, 2),
+    ("robustvlm-fare2-vit-l-14", "fare", "ViT-L-14", 2, 2),
+    ("robustvlm-fare4-vit-l-14", "fare", "ViT-L-14", 4, 2),
+    ("robustvlm-tecoa1-vit-b-32-openai", "tecoa", "ViT-B-32", 1, 1),
+    ("robustvlm-fare1-vit-b-32-openai", "fare", "ViT-B-32", 1, 1),
+    ("robustvlm-tecoa4-vit-b-32-openai", "tecoa", "ViT-B-32", 4, 1),
+    ("robustvlm-fare4-vit-b-32-openai", "fare", "ViT-B-32", 4, 1),
+    ("robustvlm-tecoa4-vit-b-32-laion2b", "tecoa", "ViT-B-32", 4, 2),
+    ("robustvlm-fare4-vit-b-32-laion2b", "fare", "ViT-B-32", 4, 2),
+    ("robustvlm-tecoa4-vit-b-16-laion2b", "tecoa", "ViT-B-16", 4, 2),
+    ("robustvlm-fare4-vit-b-16-laion2b", "fare", "ViT-B-16", 4, 2),
+    ("tga-zsr-vit-b-32", "tga_zsr", "ViT-B-32", 1, 1),
+    ("zsbench-world", "clip", "zsbench-world", 0, 1),
+]
+
+
+def test_zoo_json_entries_parse_into_the_registry():
+    from robustbench_zs.resources import read_json
+
+    raw = read_json(*registry.ZOO_DATA)["entries"]
+    parsed = [registry.entry_from_dict(d) for d in raw]
+    assert all(isinstance(e, ZooEntry) and all(isinstance(s, Source) for s in e.sources) for e in parsed)
+    assert all(isinstance(e.sources, tuple) for e in parsed)
+    assert parsed == registry.load_entries()
+    # the registry is the file's entries in file order, then the world CLIP built in code
+    assert registry.entries()[:-1] == parsed and registry.entries()[-1].id == "zsbench-world"
+
+
+def test_zoo_json_keeps_the_table_it_replaced():
+    got = [(e.id, e.method, e.arch, e.eps, len(e.sources)) for e in registry.entries()]
+    assert got == ZOO_BEFORE_JSON
+    assert all(type(e.eps) is int for e in registry.entries())  # printed as 4/255, not 4.0/255
+    published = {(e.id, s.file): s.sha256 for e in registry.entries() for s in e.sources if s.sha256 and not s.packaged}
+    assert published == {
+        ("robustvlm-tecoa2-vit-l-14", "open_clip_pytorch_model.bin"): (
+            "c10d93237ca654e85b9977b6bb9195ea017e0e87ab15145e67dcf92245bd4af4"
+        ),
+        ("robustvlm-tecoa4-vit-l-14", "open_clip_pytorch_model.bin"): (
+            "7d85c081ffe48ee9a31fa4a025384212bc0d1f27ca6378cc44297cc4f6dfad37"
+        ),
+        ("robustvlm-fare2-vit-l-14", "open_clip_pytorch_model.bin"): (
+            "9fb1f8759c89905809da8ce761a4b90e1c22beaaea7c68f3917647eeb0a230a7"
+        ),
+        ("robustvlm-fare4-vit-b-16-laion2b", "open_clip_pytorch_model.bin"): (
+            "0d432910d3e70ea6fe043662a9fa99472ae87dffef8b1ddd6f5383f96d6dff27"
+        ),
+    }
+    tecoa2 = registry.get_entry("robustvlm-tecoa2-vit-l-14")
+    assert [(s.url, s.file, s.format, s.size) for s in tecoa2.sources] == [
+        ("hf-hub:chs20/tecoa2-clip", "open_clip_pytorch_model.bin", "open_clip", 1710635909),
+        (
+            "https://nc.mlcloud.uni-tuebingen.de/index.php/s/5SQzfAbp8JHS3o7/download/tecoa_eps_2.pt",
+            "tecoa_eps_2.pt",
+            "visual",
+            None,
+        ),
+    ]
+    assert tecoa2.license == "MIT" and tecoa2.paper.startswith("Schlarmann, Singh, Croce, Hein: Robust CLIP")
+    assert tecoa2.paper.endswith(
+        "; method of Mao, Geng, Yang, Wang, Vondrick: Understanding Zero-Shot Adversarial "
+        "Robustness for Large-Scale Models, ICLR 2023 (arXiv:2212.07016)"
+    )
+    laion = registry.get_entry("robustvlm-tecoa4-vit-b-32-laion2b")
+    assert [s.file for s in laion.sources] == ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    assert laion.pretrained == "laion2b_s34b_b79k" and laion.sources[0].note == laion.sources[1].note
+    (drive,) = registry.get_entry("tga-zsr-vit-b-32").sources
+    assert drive.manual and drive.file is None and drive.format == "tecoa_official"
+    assert registry.get_entry("tga-zsr-vit-b-32").manual and registry.get_entry("tga-zsr-vit-b-32").license is None
+    official = registry.get_entry("tecoa-official-vit-b-32").sources[0]
+    assert official.url == "https://cv.cs.columbia.edu/mcz/TeCoA/TeCoAmodel_best.pth.tar"
+    assert official.format == "tecoa_official" and official.sha256 is None and not official.manual
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"sources": []}, "non-empty list of sources"),
+        ({"colour": "red"}, "unknown field"),
+        ({"sources": [{"url": "https://x/y", "file": "y", "format": "open_clip", "md5": "0"}]}, "unknown field"),
+        ({"sources": [{"url": "https://x/y", "file": "y", "format": "pickle"}]}, "unknown zoo file format"),
+        ({"sources": [{"url": "https://x/y", "file": "y", "format": "visual", "sha256": "ABC"}]}, "64 lower-case hex"),
+        ({"sources": [{"url": "https://x/y", "file": None, "format": "visual"}]}, "needs a file name"),
+    ],
+)
+def test_zoo_json_malformed_entry_is_one_line(monkeypatch, entry, message):
+    good = _entry_json("robustvlm-fare2-vit-l-14")
+    monkeypatch.setattr(registry, "read_json", lambda *a: {"entries": [good, {**good, **entry}]})
+    with pytest.raises(ZSBenchError, match=message) as info:
+        registry.load_entries()
+    assert "zoo/data/zoo.json, entry robustvlm-fare2-vit-l-14:" in str(info.value) and "\n" not in str(info.value)
+
+
+def _entry_json(zoo_id: str) -> dict:
+    """An entry in its zoo.json form (every field written out)."""
+    d = dict(registry.get_entry(zoo_id).__dict__)
+    return {**d, "sources": [dict(s.__dict__) for s in d["sources"]]}
+
+
+def test_zoo_json_missing_field_or_entries_is_one_line(monkeypatch):
+    good = _entry_json("robustvlm-fare2-vit-l-14")
+    assert registry.entry_from_dict(good) == registry.get_entry("robustvlm-fare2-vit-l-14")
+    no_arch = {k: v for k, v in good.items() if k != "arch"}
+    monkeypatch.setattr(registry, "read_json", lambda *a: {"entries": [no_arch]})
+    with pytest.raises(ZSBenchError, match=r"entry robustvlm-fare2-vit-l-14: .*'arch'"):
+        registry.load_entries()
+    monkeypatch.setattr(registry, "read_json", lambda *a: {"entries": ["robustvlm-fare2-vit-l-14"]})
+    with pytest.raises(ZSBenchError, match="entry #0: a zoo entry must be a JSON object"):
+        registry.load_entries()
+    monkeypatch.setattr(registry, "read_json", lambda *a: [good])
+    with pytest.raises(ZSBenchError, match="no list of 'entries'"):
+        registry.load_entries()
+
+
+def test_package_data_errors_are_one_line(tmp_path, monkeypatch):
+    from robustbench_zs import resources
+
+    pkg = tmp_path / "zsb_resources_probe"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "good.json").write_text('{"a": [1, 2]}', encoding="utf-8")
+    (pkg / "bad.json").write_text('{"a": [1, 2}', encoding="utf-8")
+    (pkg / "latin1.json").write_bytes(b'{"a": "\xe9"}')
+    (pkg / "good.csv").write_text("x,y\n1,2\n3,\n", encoding="utf-8")
+    (pkg / "ragged.csv").write_text("x,y\n1,2,3\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    name = "zsb_resources_probe"
+    assert resources.read_json(name, "sub/good.json") == {"a": [1, 2]}
+    assert resources.read_json(name, "sub/good.json") is resources.read_json(name, "sub/good.json")  # cached
+    assert resources.read_csv(name, "good.csv") == ({"x": "1", "y": "2"}, {"x": "3", "y": ""})
+    cases = [
+        (resources.read_json, "missing.json", r"zsb_resources_probe/missing\.json is missing"),
+        (resources.read_json, "bad.json", r"bad\.json is not valid JSON: .* at line 1 column"),
+        (resources.read_json, "latin1.json", r"latin1\.json is not UTF-8"),
+        (resources.read_csv, "ragged.csv", r"ragged\.csv is not valid CSV"),
+        (resources.read_json, "sub", r"sub is missing or unreadable"),
+    ]
+    for read, file, message in cases:
+        with pytest.raises(ZSBenchError, match=message) as info:
+            read(name, file)
+        assert "\n" not in str(info.value) and str(info.value).endswith("reinstall robustbench_zs"), file
+    with pytest.raises(ZSBenchError, match="cannot read package data file"):
+        resources.read_json("zsb_no_such_package_here", "x.json")

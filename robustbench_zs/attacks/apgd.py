@@ -18,8 +18,8 @@ one global generator. Gradients are taken in fp32 with autocast off, on the per-
 ``Threat.precision == "bf16"`` (APGD-CE only, as ``pgd``): the forwards run under bfloat16 autocast, the loss is
 computed in fp32 from the logits and summed, and the verdict is taken by fp32 forwards of the last iterate and of the
 point (start or iterate) of lowest bf16 margin, not by the bf16 predictions. APGD-T stays fp32 (``PRECISIONS_T``).
-The ``perturb_*`` functions return, per image, the first point the model misclassifies (the clean image where it
-is misclassified already), else the last iterate.
+``APGDCE.perturb`` and ``APGDT.perturb`` return, per image, the first point the model misclassifies (the clean image
+where it is misclassified already), else the last iterate.
 """
 
 from __future__ import annotations
@@ -29,9 +29,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ZSBenchError
-from .base import ATTACKS, AttackEntry, Threat, require_precision
-from .pgd import _margin, check_iterate, eval_mode_no_param_grad, unit_noise
-from .precision import attack_autocast
+from .base import ATTACKS, Attack, AttackEntry, Threat, require_precision
+from .core import (
+    LowestMargin,
+    attack_autocast,
+    check_iterate,
+    clean_logits,
+    eval_mode_no_param_grad,
+    unit_noise,
+    verdict_precision,
+)
 
 DEFAULT_ITERATIONS = 100
 RHO = 0.75
@@ -67,7 +74,8 @@ def _normalize(v: torch.Tensor, norm: str) -> torch.Tensor:
 
 
 def _project(z: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
-    """Into the eps-ball around x, then into the [0, 1] box (the official order)."""
+    """The point ``z`` into the eps-ball around x, then into the [0, 1] box, with the official code's arithmetic (not
+    ``core.project``: its rounding differs, and APGD keeps the official one)."""
     if norm == "linf":
         return torch.min(torch.max(z, x - eps), x + eps).clamp(0.0, 1.0)
     d = z - x
@@ -144,19 +152,13 @@ def apgd_single(
         return logits.detach(), loss.detach(), grad
 
     robust = torch.ones(n, dtype=torch.bool, device=x.device)
-    candidate = best_margin = None  # bf16: per image, the point of lowest bf16 margin so far
+    lowest = LowestMargin() if bf16 else None  # per image, the point of lowest bf16 margin so far
 
     def check(logits: torch.Tensor, z: torch.Tensor) -> None:
-        nonlocal candidate, best_margin
-        if not bf16:
+        if lowest is None:
             check_iterate(robust, logits.argmax(1) == y, adv, z)
-        elif candidate is None:
-            candidate, best_margin = z.clone(), _margin(logits, y)
         else:
-            margin = _margin(logits, y)
-            lower = margin < best_margin
-            best_margin = torch.where(lower, margin, best_margin)
-            candidate[lower] = z[lower]
+            lowest.update(logits, y, z)
 
     x_adv = (x + eps * _normalize(start, norm)).clamp(0.0, 1.0)
     logits, loss_cur, grad = loss_and_grad(x_adv)
@@ -208,9 +210,9 @@ def apgd_single(
                     grad[reduce] = grad_best[reduce]
                 since_check = 0
                 k = max(k - size_decr, n_iter_min)
-    if bf16:
-        with torch.no_grad(), attack_autocast(x.device, "fp32"):
-            check_iterate(robust, model(candidate).argmax(1) == y, adv, candidate)
+    if lowest is not None:
+        with torch.no_grad(), attack_autocast(x.device, verdict_precision(precision)):
+            check_iterate(robust, model(lowest.point).argmax(1) == y, adv, lowest.point)
             check_iterate(robust, model(last).argmax(1) == y, adv, last)
     if adv is not None:
         adv[robust] = last[robust]
@@ -224,11 +226,6 @@ def require_targeted_classes(n_classes: int) -> None:
             f"APGD-T needs at least {MIN_CLASSES_TARGETED_DLR} classes (its targeted DLR loss uses the 4th-largest "
             f"logit); this classifier has {n_classes}: use apgd-ce, or autoattack, which skips APGD-T and records it"
         )
-
-
-def _clean_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad(), attack_autocast(x.device, "fp32"):
-        return model(x).float()
 
 
 def _check_loss(loss: str, expected: str, component: str) -> None:
@@ -292,7 +289,7 @@ def apgd_ce(
         adv: a tensor like ``x`` (a copy of it): the adversarial image of every attacked point is written into it.
     """
     _check_loss(loss, "ce", "APGD-CE")
-    robust = (_clean_logits(model, x).argmax(1) == y) if robust is None else robust.clone()
+    robust = (clean_logits(model, x).argmax(1) == y) if robust is None else robust.clone()
     settings = {"norm": norm, "eps": eps, "n_iter": n_iter, "rho": rho, "eot_iter": eot_iter, "precision": precision}
     for r in range(n_restarts):
         if not _run_on_robust(model, x, y, seeds, robust, adv, _STREAM_APGD_CE * 1000 + r, **settings):
@@ -324,7 +321,7 @@ def apgd_targeted(
     arguments are those of ``apgd_ce`` (``loss``: ``dlr-targeted`` only).
     """
     _check_loss(loss, "dlr-targeted", "APGD-T")
-    logits = _clean_logits(model, x)
+    logits = clean_logits(model, x)
     n_classes = logits.shape[1]
     require_targeted_classes(n_classes)
     robust = (logits.argmax(1) == y) if robust is None else robust.clone()
@@ -357,7 +354,7 @@ def _attack(
     seeds = torch.as_tensor(seeds).cpu()
     with eval_mode_no_param_grad(model), attack_autocast(x.device, "fp32"):
         x = x.float()
-        logits = _clean_logits(model, x)
+        logits = clean_logits(model, x)
         if targeted:
             require_targeted_classes(logits.shape[1])
         clean = logits.argmax(1) == y
@@ -389,19 +386,21 @@ def run_apgd_t(
     return {t: robust for t, (robust, _) in _attack(model, x, y, threats, seeds, targeted=True).items()}
 
 
-def perturb_apgd_ce(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat, seeds: torch.Tensor
-) -> torch.Tensor:
-    """APGD-CE's adversarial images: per image the first point it misclassifies (the clean image where it is
-    misclassified already), else the last iterate of the last restart."""
-    return _attack(model, x, y, [threat], seeds, targeted=False, track=True)[threat][1]
+class APGDCE(Attack):
+    """APGD-CE at one threat."""
+
+    targeted = False
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+        """Per image the first point the attack misclassifies (the clean image where it is misclassified already),
+        else the last iterate of the last restart (APGD-T: of the last target)."""
+        return _attack(model, x, y, [self.threat], seeds, targeted=self.targeted, track=True)[self.threat][1]
 
 
-def perturb_apgd_t(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat, seeds: torch.Tensor
-) -> torch.Tensor:
-    """APGD-T's adversarial images (as ``perturb_apgd_ce``; the last iterate of the last target for robust points)."""
-    return _attack(model, x, y, [threat], seeds, targeted=True, track=True)[threat][1]
+class APGDT(APGDCE):
+    """APGD-T (targeted DLR) at one threat; ``perturb`` as APGD-CE's."""
+
+    targeted = True
 
 
 _COMMON = {
@@ -433,7 +432,7 @@ ATTACKS.add(
         description="Auto-PGD on the cross-entropy (Croce & Hein 2020), L-inf or L2 (fp32; bf16); steps 0 = 100 "
         "iterations",
         run=run_apgd_ce,
-        perturb=perturb_apgd_ce,
+        attack=APGDCE,
         fixed_settings=APGD_CE_SETTINGS,
         display="APGD-CE",
         default_steps=DEFAULT_ITERATIONS,
@@ -447,7 +446,7 @@ ATTACKS.add(
         name="apgd-t",
         description="targeted Auto-PGD on the DLR loss, 9 target classes (needs >= 4 classes; fp32); steps 0 = 100",
         run=run_apgd_t,
-        perturb=perturb_apgd_t,
+        attack=APGDT,
         fixed_settings=APGD_T_SETTINGS,
         display="APGD-T",
         default_steps=DEFAULT_ITERATIONS,

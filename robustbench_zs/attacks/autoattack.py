@@ -1,7 +1,7 @@
 """Standard AutoAttack (Croce & Hein, ICML 2020), L-inf and L2: APGD-CE, APGD-T, FAB-T, Square.
 
-Two implementations, chosen once when this module is imported (``refresh_implementation`` re-checks), so that the
-settings in the records always name the one that ran:
+Two implementations, chosen once, at first use (``registered_settings``; ``refresh_implementation`` re-checks), so
+that the settings in the records always name the one that ran; importing this module does no such work:
 
 - ``fra31/auto-attack`` when the official package is importable (it is installed from git, not PyPI; its version is
   always 0.1, so the records carry its git commit): ``AutoAttack(model, norm, eps, version='standard')`` and
@@ -27,7 +27,7 @@ with 2 or more classes (its targets are the 2nd, 3rd, ... most likely classes: o
 eps = 0 nothing runs and robust = clean. A point is robust only if it is classified correctly on its clean image and
 survives every component that ran. Pass ``report={}`` to ``run_autoattack`` (or read ``run_autoattack.last_report``)
 to see, per threat, which components ran, which were skipped and why, and how many points each left robust.
-``perturb_autoattack`` (the registry's ``perturb``) returns the adversarial images of the same cascade. Every
+``AutoAttack.perturb`` (the registry's ``perturb``) returns the adversarial images of the same cascade. Every
 component setting in ``STANDARD`` (or an override) is passed to the code that runs it, so a report never names a
 setting that did not run; the official package's results depend on the batch, so its settings say
 ``depends_on_batch_size`` and ``zsbench run`` keys its records on the attack batch size.
@@ -46,12 +46,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import importlib
 import importlib.metadata
 import importlib.util
 import json
 import re
 import sys
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -60,9 +62,8 @@ from torch import nn
 
 from ..errors import ZSBenchError
 from .apgd import MIN_CLASSES_TARGETED_DLR, apgd_ce, apgd_targeted, stream_seeds
-from .base import ATTACKS, AttackEntry, Threat, require_precision
-from .pgd import eval_mode_no_param_grad
-from .precision import attack_autocast
+from .base import ATTACKS, Attack, AttackEntry, Threat, require_precision
+from .core import attack_autocast, eval_mode_no_param_grad
 from .square import square_linf
 
 OFFICIAL = "fra31/auto-attack"
@@ -72,28 +73,36 @@ IMPLEMENTATIONS = (OFFICIAL, COMPONENTS)
 ORDER = ("apgd-ce", "apgd-t", "fab-t", "square")
 N_TARGET_CLASSES = 9
 
-STANDARD: dict[str, dict] = {
-    "apgd-ce": {"n_iter": 100, "n_restarts": 1, "loss": "ce", "rho": 0.75, "eot_iter": 1},
-    "apgd-t": {
-        "n_iter": 100,
-        "n_restarts": 1,
-        "loss": "dlr-targeted",
-        "n_target_classes": N_TARGET_CLASSES,
-        "rho": 0.75,
-        "eot_iter": 1,
-    },
-    "fab-t": {
-        "n_iter": 100,
-        "n_restarts": 1,
-        "n_target_classes": N_TARGET_CLASSES,
-        "alpha_max": 0.1,
-        "eta": 1.05,
-        "beta": 0.9,
-    },
-    "square": {"n_queries": 5000, "n_restarts": 1, "p_init": 0.8, "loss": "margin", "resc_schedule": False},
-}
+
+def _official_standard() -> dict[str, dict]:
+    """A fresh copy of the official ``version='standard'`` settings: what the records state (``describe``), whatever
+    a test has set in ``STANDARD``."""
+    return {
+        "apgd-ce": {"n_iter": 100, "n_restarts": 1, "loss": "ce", "rho": 0.75, "eot_iter": 1},
+        "apgd-t": {
+            "n_iter": 100,
+            "n_restarts": 1,
+            "loss": "dlr-targeted",
+            "n_target_classes": N_TARGET_CLASSES,
+            "rho": 0.75,
+            "eot_iter": 1,
+        },
+        "fab-t": {
+            "n_iter": 100,
+            "n_restarts": 1,
+            "n_target_classes": N_TARGET_CLASSES,
+            "alpha_max": 0.1,
+            "eta": 1.05,
+            "beta": 0.9,
+        },
+        "square": {"n_queries": 5000, "n_restarts": 1, "p_init": 0.8, "loss": "margin", "resc_schedule": False},
+    }
+
+
+STANDARD: dict[str, dict] = _official_standard()
 """The official ``version='standard'`` settings (fra31/auto-attack ``autoattack.py``: the constructors plus
-``set_version('standard')``) for L-inf and L2. ``n_target_classes`` is capped at n_classes - 1 when run."""
+``set_version('standard')``) for L-inf and L2, which the components run with. ``n_target_classes`` is capped at
+n_classes - 1 when run."""
 
 MIN_CLASSES = {"apgd-ce": 2, "apgd-t": MIN_CLASSES_TARGETED_DLR, "fab-t": 2, "square": 2}
 _WHY = {
@@ -225,7 +234,7 @@ def describe(implementation: str) -> dict:
         "version": "standard",
         "implementation": implementation,
         "components": list(ORDER),
-        "settings": copy.deepcopy(STANDARD),
+        "settings": _official_standard(),
         "n_target_classes": "min(9, n_classes - 1)",
         "fewer_than_4_classes": "APGD-T skipped (targeted DLR undefined); FAB-T and Square run with >= 2 classes",
         "cascade": "each component attacks only the points still robust after the previous ones",
@@ -262,15 +271,35 @@ def describe(implementation: str) -> dict:
     )
 
 
-AUTOATTACK_SETTINGS: dict = {}
+@functools.cache
+def registered_settings() -> dict:
+    """The settings of the implementation that runs (official package importable or not), detected at first use."""
+    return describe(OFFICIAL if official_available() else COMPONENTS)
 
 
 def refresh_implementation() -> str:
     """Detect the implementation again (official package importable or not) and update the registered settings."""
-    impl = OFFICIAL if official_available() else COMPONENTS
-    AUTOATTACK_SETTINGS.clear()
-    AUTOATTACK_SETTINGS.update(describe(impl))
-    return impl
+    registered_settings.cache_clear()
+    return registered_settings()["implementation"]
+
+
+class _RegisteredSettings(Mapping):
+    """A read-only view of ``registered_settings()``: the registry's ``fixed_settings``, detected when first read."""
+
+    def __getitem__(self, key: str):
+        return registered_settings()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(registered_settings())
+
+    def __len__(self) -> int:
+        return len(registered_settings())
+
+    def __repr__(self) -> str:
+        return repr(registered_settings())
+
+
+AUTOATTACK_SETTINGS: Mapping = _RegisteredSettings()
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
@@ -323,7 +352,7 @@ def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _make_fab(model: nn.Module, norm: str, eps: float, n_classes: int, s: dict):
-    import torchattacks
+    import torchattacks  # torchattacks: importing it takes seconds, so only when FAB-T runs
 
     fab = torchattacks.FAB(
         model,
@@ -344,7 +373,7 @@ def _make_fab(model: nn.Module, norm: str, eps: float, n_classes: int, s: dict):
 
 
 def _make_square(model: nn.Module, norm: str, eps: float, s: dict):
-    import torchattacks
+    import torchattacks  # torchattacks: importing it takes seconds, so only when the L2 Square runs
 
     return torchattacks.Square(
         model,
@@ -437,7 +466,7 @@ def _run_official(
     adv: torch.Tensor | None = None,
 ) -> torch.Tensor:
     try:
-        module = importlib.import_module("autoattack")
+        module = importlib.import_module("autoattack")  # fra31/auto-attack: optional, installed from git
         cls = module.AutoAttack
     except Exception as exc:  # noqa: BLE001  (any failure of a third-party import becomes one line)
         raise ZSBenchError(
@@ -502,7 +531,7 @@ def _autoattack(
     track: bool,
 ) -> tuple[dict[Threat, torch.Tensor], dict[Threat, torch.Tensor]]:
     """``run_autoattack``; with ``track`` also the adversarial images per threat."""
-    impl = implementation or AUTOATTACK_SETTINGS.get("implementation") or refresh_implementation()
+    impl = implementation or registered_settings()["implementation"]
     if impl not in IMPLEMENTATIONS:
         describe(impl)  # raises the one-line error
     if impl == OFFICIAL and settings:
@@ -516,7 +545,7 @@ def _autoattack(
     if len(x) == 0:
         empty = torch.zeros(0, dtype=torch.bool, device=x.device)
         return {t: empty.clone() for t in threats}, {t: x.float().clone() for t in threats}
-    with eval_mode_no_param_grad(model), torch.autocast(device_type=x.device.type, enabled=False):
+    with eval_mode_no_param_grad(model), attack_autocast(x.device, "fp32"):
         x = x.float()
         forwards: dict[str, nn.Module] = {}
         cleans: dict[str, torch.Tensor] = {}
@@ -604,18 +633,32 @@ def perturb_autoattack(
     implementation: str | None = None,
     settings: dict | None = None,
 ) -> torch.Tensor:
-    """AutoAttack's adversarial images for one threat (the same cascade and seeds as ``run_autoattack``).
+    """``AutoAttack(threat, implementation=..., settings=...).perturb(model, x, y, seeds)``."""
+    return AutoAttack(threat, implementation=implementation, settings=settings).perturb(model, x, y, seeds)
 
-    Per image: the image of the component that broke it; the clean image where it is misclassified already; for the
-    points left robust, APGD-T's (else APGD-CE's) last iterate, or the clean image when no APGD ran on it (the
-    official package: its returned image where that lies in the ball).
+
+class AutoAttack(Attack):
+    """Standard AutoAttack at one threat.
+
+    Args:
+        implementation, settings: as in ``run_autoattack``.
     """
-    return _autoattack(model, x, y, [threat], seeds, None, implementation, settings, track=True)[1][threat]
+
+    def __init__(self, threat: Threat, *, implementation: str | None = None, settings: dict | None = None) -> None:
+        super().__init__(threat)
+        self.implementation = implementation
+        self.settings = settings
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+        """The same cascade and seeds as ``run_autoattack``. Per image: the image of the component that broke it; the
+        clean image where it is misclassified already; for the points left robust, APGD-T's (else APGD-CE's) last
+        iterate, or the clean image when no APGD ran on it (the official package: its returned image where that lies
+        in the ball)."""
+        t = self.threat
+        return _autoattack(model, x, y, [t], seeds, None, self.implementation, self.settings, track=True)[1][t]
 
 
 run_autoattack.last_report = {}
-
-refresh_implementation()
 
 ATTACKS.add(
     "autoattack",
@@ -625,7 +668,7 @@ ATTACKS.add(
         "else torchattacks components at the official settings); steps and step size are not used (fp32; fp16 as "
         "the official PMG-AFT code)",
         run=run_autoattack,
-        perturb=perturb_autoattack,
+        attack=AutoAttack,
         fixed_settings=AUTOATTACK_SETTINGS,
         display="AutoAttack",
         default_steps=None,

@@ -1,12 +1,18 @@
-"""Threat models and the attack registry. Images are in [0, 1]; eps is in [0, 1] pixel units (1/255 = one level)."""
+"""Threat models, the ``Attack`` interface and the attack registry. Images are in [0, 1]; eps is in [0, 1] pixel units
+(1/255 = one level)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 
+import torch
+from torch import nn
+
 from ..errors import ZSBenchError
-from ..registry import Registry
+from ..registry import PluginError, Registry
+from .core import clean_correct, clean_logits, eval_mode_no_param_grad
 
 NORMS = ("linf", "l2")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -38,7 +44,7 @@ class Threat:
         random_start: start from a uniform random point of the eps-ball.
         precision: ``fp32`` (default; autocast off), ``bf16`` (the model's forward under bfloat16 autocast, the loss
             still computed in fp32 from the logits) or ``fp16`` (the official code's float16 autocast with a
-            batch-mean loss; the ``paper`` profile); see ``attacks.precision`` and ``PRECISION_NOTES``. Non-default
+            batch-mean loss; the ``paper`` profile); see ``attacks.core`` and ``PRECISION_NOTES``. Non-default
             precisions are part of the label and slug.
     """
 
@@ -104,6 +110,26 @@ class Threat:
         return d
 
 
+class Attack(ABC):
+    """One attack at one threat: ``perturb`` maps images to adversarial images.
+
+    Every attack (the registered ones and AutoAttack's Square component) is a subclass; the registry's
+    ``AttackEntry.attack`` is the class, and ``AttackEntry.perturb`` makes one per threat.
+
+    Args:
+        threat: the attack setting (norm, eps, steps, step size, random start, precision).
+    """
+
+    def __init__(self, threat: Threat) -> None:
+        self.threat = threat
+
+    @abstractmethod
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+        """Adversarial images of ``x`` (B, C, H, W) in [0, 1] with labels ``y`` (B,): in the threat's eps-ball around
+        ``x`` and in [0, 1], float32; ``seeds`` (one int per image) drive the random numbers. The model's train/eval
+        mode and ``requires_grad`` flags are left as found."""
+
+
 @dataclass(frozen=True)
 class AttackEntry:
     """A registered attack: ``run(model, x, y, threats, seeds) -> {threat: robust mask}`` plus its fixed settings.
@@ -121,10 +147,11 @@ class AttackEntry:
         precisions: the ``Threat.precision`` values it supports.
         reports: ``run`` accepts ``report=dict`` and fills it per threat slug with what ran and the per-component
             robust masks (``masks``: component -> bool tensor), which the evaluator stores in the record.
-        perturb: ``perturb(model, x, y, threat, seeds) -> x_adv`` for one threat: images in [0, 1] inside the threat's
-            eps-ball around ``x``, with the same seeds (hence the same verdicts) as ``run``: the model misclassifies
-            ``x_adv[i]`` exactly where ``run`` calls point i not robust (the clean image where it is misclassified
-            already), and classifies it correctly where ``run`` calls it robust.
+        attack: the :class:`Attack` subclass; ``perturb(model, x, y, threat, seeds)`` runs
+            ``attack(threat).perturb(model, x, y, seeds)``: images in [0, 1] inside the threat's eps-ball around
+            ``x``, with the same seeds (hence the same verdicts) as ``run``: the model misclassifies ``x_adv[i]``
+            exactly where ``run`` calls point i not robust (the clean image where it is misclassified already), and
+            classifies it correctly where ``run`` calls it robust.
         min_classes: the fewest classes the attack is defined for; ``undefined_why`` says why (APGD-T: 4).
         takes_clean: ``run`` accepts ``clean=`` (the per-image clean correctness, as a bool tensor on the images'
             device) and then skips its own clean forward; the evaluator, which has that mask already, passes it.
@@ -137,24 +164,38 @@ class AttackEntry:
     name: str
     description: str
     run: Callable
-    fixed_settings: dict
+    fixed_settings: Mapping
+    attack: type[Attack]
     display: str = ""
     default_steps: int | None = 10
     uses_step_size: bool = True
     precisions: tuple[str, ...] = ("fp32",)
     reports: bool = False
-    perturb: Callable | None = None
     min_classes: int = 1
     undefined_why: str = ""
     takes_clean: bool = False
     precision_notes: dict = field(default_factory=dict)
     precision_settings: dict = field(default_factory=dict)
+    norms: tuple[str, ...] = NORMS
+
+    def perturb(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat, seeds: torch.Tensor
+    ) -> torch.Tensor:
+        """The attack's adversarial images for one threat (see ``Attack.perturb``)."""
+        return self.attack(threat).perturb(model, x, y, seeds)
 
     def check_precision(self, precision: str) -> None:
         if precision not in self.precisions:
             raise ZSBenchError(
                 f"attack {self.name!r} runs in {', '.join(self.precisions)} only, not {precision}; "
                 f"use --attack-precision {self.precisions[0]} or the pgd attack"
+            )
+
+    def check_norm(self, norm: str) -> None:
+        if norm not in self.norms:
+            raise ZSBenchError(
+                f"attack {self.name!r} is defined for {', '.join(self.norms)} only, not {norm}; use --norm "
+                f"{self.norms[0]}"
             )
 
     def undefined_for(self, n_classes: int) -> str | None:
@@ -175,4 +216,83 @@ def require_precision(threats: list[Threat], allowed: tuple[str, ...]) -> None:
             )
 
 
-ATTACKS: Registry[AttackEntry] = Registry("attack")
+def _checked(attack: type[Attack], name: str) -> type[Attack]:
+    """A plugin's attack class whose ``perturb`` keeps our contract whatever the plugin does: its images are checked
+    to lie in the threat's eps-ball and the [0, 1] box (so no attack reports more robustness than its threat allows,
+    nor less by stepping outside it), and a clean mistake is returned as the clean image."""
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+        t = self.threat
+        x = x.float()
+        x_adv = attack.perturb(self, model, x, y, seeds)
+        if not isinstance(x_adv, torch.Tensor) or x_adv.shape != x.shape or not bool(torch.isfinite(x_adv).all()):
+            raise ZSBenchError(f"attack {name!r} returned no finite images of the input's shape {tuple(x.shape)}")
+        x_adv = x_adv.float()
+        delta = (x_adv - x).flatten(1)
+        size = delta.abs().amax(1) if t.norm == "linf" else delta.norm(dim=1)
+        if bool((size > t.eps * (1 + 1e-5) + 1e-6).any()) or x_adv.min() < 0 or x_adv.max() > 1:
+            raise ZSBenchError(
+                f"attack {name!r} returned images outside the {t.norm} ball of radius {t.eps:.6g} or the [0, 1] box: "
+                "its perturb must project them"
+            )
+        with eval_mode_no_param_grad(model):
+            clean = clean_correct(model, x, y)
+        return torch.where(clean.view(-1, *([1] * (x.dim() - 1))), x_adv, x)
+
+    return type(attack.__name__, (attack,), {"perturb": perturb, "__module__": attack.__module__})
+
+
+def _run_perturb(attack: type[Attack]) -> Callable:
+    """``AttackEntry.run`` of an attack known only by its ``perturb``: a point is robust where the model classifies
+    the clean image and the attack's image correctly (fp32 forwards)."""
+
+    def run(model, x, y, threats, seeds, *, clean=None):
+        out = {}
+        with eval_mode_no_param_grad(model):
+            x = x.float()
+            clean = clean_correct(model, x, y) if clean is None else clean.to(x.device, torch.bool)
+            for t in threats:
+                x_adv = attack(t).perturb(model, x, y, seeds)
+                out[t] = clean & (clean_logits(model, x_adv).argmax(dim=1) == y)
+        return out
+
+    return run
+
+
+def adopt_attack(name: str, obj: object) -> AttackEntry:
+    """A plugin's :class:`Attack` subclass as a registry entry under the entry point's ``name``.
+
+    The class says how it runs through class attributes: ``description`` (required), ``display``, ``default_steps``
+    (None: it fixes its own iterations), ``uses_step_size``, ``precisions``, ``norms``, ``min_classes``,
+    ``undefined_why`` and ``fixed_settings`` (what the record states besides the threat). See
+    docs/adding_an_attack.md.
+    """
+    if not (isinstance(obj, type) and issubclass(obj, Attack)):
+        raise PluginError(f"it names a {type(obj).__name__}, not a subclass of robustbench_zs.attacks.Attack")
+    description = getattr(obj, "description", "")
+    if not isinstance(description, str) or not description:
+        raise PluginError(f"{obj.__name__} has no description (a class attribute: one line for zsbench list)")
+    norms = tuple(getattr(obj, "norms", NORMS))
+    precisions = tuple(getattr(obj, "precisions", ("fp32",)))
+    if not norms or set(norms) - set(NORMS) or not precisions or set(precisions) - set(PRECISIONS):
+        raise PluginError(f"{obj.__name__}: norms must be among {NORMS} and precisions among {PRECISIONS}")
+    checked = _checked(obj, name)
+    return AttackEntry(
+        name=name,
+        description=description,
+        run=_run_perturb(checked),
+        fixed_settings=dict(getattr(obj, "fixed_settings", {})),
+        attack=checked,
+        display=getattr(obj, "display", "") or obj.__name__,
+        default_steps=getattr(obj, "default_steps", 10),
+        uses_step_size=bool(getattr(obj, "uses_step_size", True)),
+        precisions=precisions,
+        min_classes=int(getattr(obj, "min_classes", 1)),
+        undefined_why=getattr(obj, "undefined_why", ""),
+        takes_clean=True,
+        norms=norms,
+    )
+
+
+#: every attack: ours, then other packages' (entry points in the group ``robustbench_zs.attacks``)
+ATTACKS: Registry[AttackEntry] = Registry("attack", group="robustbench_zs.attacks", adopt=adopt_attack)

@@ -7,10 +7,10 @@ at -kappa with kappa = 50 logits, summed over the batch; L-inf steps are ``step_
 from the threat. With PMG-AFT's logits at tau = 1 (cosines in [-1, 1]) the clip never binds, so the loss is the plain
 margin; with tau = 100 it stops pushing an image once it is misclassified by 50 logits.
 
-It runs on ``attacks.pgd.pgd_single`` with this loss, so like ``pgd`` (and unlike the official code): fp32 with
-autocast off (bf16 is refused, see ``PRECISIONS``); the random start of each image from its own generator
-(uniform in the L-inf ball, or uniform in the L2 ball, where the official code scales a Gaussian direction by
-U(0, 1) * eps); and a point counts as robust only if it is classified correctly on its clean image and at
+It runs on ``attacks.pgd.pgd_single`` (hence ``pgd_ascent``) with this loss, so like ``pgd`` (and unlike the
+official code): fp32 with autocast off (bf16 is refused, see ``PRECISIONS``); the random start of each image from its
+own generator (uniform in the L-inf ball, or uniform in the L2 ball, where the official code scales a Gaussian
+direction by U(0, 1) * eps); and a point counts as robust only if it is classified correctly on its clean image and at
 every iterate.
 """
 
@@ -19,7 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import ATTACKS, AttackEntry, Threat, require_precision
+from .base import ATTACKS, Attack, AttackEntry, Threat, require_precision
+from .core import margin
 from .pgd import iterative_attack, pgd_single
 
 KAPPA = 50.0
@@ -30,11 +31,8 @@ than fp32 on the tiny test classifier even with an fp32 check of every iterate (
 
 
 def cw_margin_loss(logits: torch.Tensor, y: torch.Tensor, kappa: float = KAPPA) -> torch.Tensor:
-    """Per-image loss to ascend: -relu(z_y - max_{j != y} z_j + kappa)."""
-    onehot = torch.nn.functional.one_hot(y, logits.shape[1]).bool()
-    correct = logits.gather(1, y[:, None]).squeeze(1)
-    wrong = logits.masked_fill(onehot, float("-inf")).amax(1)
-    return -torch.relu(correct - wrong + kappa)
+    """Per-image loss to ascend: -relu(z_y - max_{j != y} z_j + kappa), from the fp32 logits."""
+    return -torch.relu(margin(logits, y) + kappa)
 
 
 def cw_single(
@@ -60,10 +58,14 @@ def run_cw(
     return {t: robust for t, (_, robust) in attacked.items()}
 
 
-def perturb_cw(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat, seeds: torch.Tensor) -> torch.Tensor:
-    """CW's adversarial images for one threat: the first misclassified iterate, else the last (as ``perturb_pgd``)."""
-    require_precision([threat], PRECISIONS)
-    return iterative_attack(model, x, y, [threat], seeds, loss_fn=cw_margin_loss, first_broken=True)[threat][0]
+class CW(Attack):
+    """PGD on the CW margin loss at one threat."""
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+        """The first misclassified iterate, else the last (as ``PGD.perturb``)."""
+        t = self.threat
+        require_precision([t], PRECISIONS)
+        return iterative_attack(model, x, y, [t], seeds, loss_fn=cw_margin_loss, first_broken=True)[t][0]
 
 
 ATTACKS.add(
@@ -72,7 +74,7 @@ ATTACKS.add(
         name="cw",
         description="PGD on the CW margin loss with kappa = 50 (the TeCoA/PMG-AFT test attack), L-inf or L2 (fp32)",
         run=run_cw,
-        perturb=perturb_cw,
+        attack=CW,
         takes_clean=True,
         display="CW",
         default_steps=10,

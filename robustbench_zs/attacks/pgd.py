@@ -1,11 +1,16 @@
 """Projected gradient descent (Madry et al., ICLR 2018), L-inf and L2, several eps in one call.
 
-Differences from the official PMG-AFT/TeCoA test attack, by design (protocol.md section 4):
+``pgd_ascent`` is the one PGD loop of the package: random start, sign (L-inf) or normalized (L2) steps, projection
+onto the eps-ball and the [0, 1] box, optional sign momentum; it ascends whatever loss it is given. The evaluation
+attack (``pgd_single``, and ``cw`` with its margin loss) and the training attack (``train.engine.make_attack``) both
+run on it.
+
+Differences of the evaluation attack from the official PMG-AFT/TeCoA test attack, by design (protocol.md section 4):
 gradients are taken on the per-sample *summed* cross-entropy, so no sample's gradient is scaled by 1/batch, in fp32
 (autocast off) by default, so nothing underflows; the random start of each image comes from a generator seeded by
 (seed, image index), so results do not depend on the batch size or order; and a point counts as robust only if the
 model classifies it correctly on its clean image (an fp32 forward) and at every PGD iterate (the worst iterate is
-kept, as APGD does); ``perturb_pgd`` returns the first misclassified iterate (the adversarial image behind that
+kept, as APGD does); ``PGD.perturb`` returns the first misclassified iterate (the adversarial image behind that
 verdict).
 With eps = 0 the iterates equal the clean image, so robust accuracy equals clean accuracy exactly.
 
@@ -13,100 +18,80 @@ With eps = 0 the iterates equal the clean image, so robust accuracy equals clean
 computed in fp32 from ``logits.float()``; bf16 keeps fp32's exponent range, so the input gradient does not underflow.
 A bf16 forward alone flips small-margin predictions, though, so the verdict is taken by fp32 forwards of the last
 iterate and of the iterate with the lowest bf16 margin, not by the bf16 logits of every iterate (see ``pgd_single``;
-tests/test_sanity.py bounds the disagreement with fp32).
+tests/test_sanity.py bounds the disagreement with fp32). The precision policy itself is in ``attacks.core``.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .base import ATTACKS, AttackEntry, Threat
-from .precision import attack_autocast
+from .base import ATTACKS, Attack, AttackEntry, Threat
+from .core import (
+    LowestMargin,
+    ascent_loss,
+    ascent_step,
+    attack_autocast,
+    check_iterate,
+    clean_correct,
+    eval_mode_no_param_grad,
+    project,
+    unit_noise,
+    verdict_precision,
+)
 
 
-@contextlib.contextmanager
-def eval_mode_no_param_grad(model: nn.Module):
-    """Put ``model`` in eval mode with frozen parameters; restore both on exit."""
-    was_training = model.training
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    model.eval()
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield model
-    finally:
-        for p, f in flags:
-            p.requires_grad_(f)
-        model.train(was_training)
-
-
-def unit_noise(shape: tuple[int, ...], seeds: torch.Tensor, device: torch.device, norm: str) -> torch.Tensor:
-    """One noise sample per image, each from its own generator: uniform in [-1, 1]^d (linf) or in the unit L2 ball."""
-    out = torch.empty((len(seeds), *shape), device=device)
-    gen = torch.Generator(device=device)
-    d = int(torch.tensor(shape).prod())
-    for i, s in enumerate(seeds.tolist()):
-        gen.manual_seed(int(s))
-        if norm == "linf":
-            out[i].uniform_(-1.0, 1.0, generator=gen)
-        else:
-            v = torch.randn(shape, device=device, generator=gen)
-            r = torch.rand((), device=device, generator=gen) ** (1.0 / d)
-            out[i] = v / v.norm().clamp_min(1e-12) * r
-    return out
-
-
-def _project(delta: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
-    if norm == "linf":
-        delta = delta.clamp(-eps, eps)
-    else:
-        n = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (delta.dim() - 1)))
-        delta = delta * torch.clamp(eps / n, max=1.0)
-    return (x + delta).clamp(0.0, 1.0) - x
-
-
-def ascent_step(
-    delta: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, step_size: float, eps: float, norm: str
+def pgd_ascent(
+    objective: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    *,
+    eps: float,
+    step_size: float,
+    steps: int,
+    norm: str = "linf",
+    start: torch.Tensor | None = None,
+    project_start: bool = True,
+    momentum: float | None = None,
 ) -> torch.Tensor:
-    """One steepest-ascent step on the perturbation (sign of the gradient for L-inf, its direction for L2),
-    projected back into the eps-ball and the [0, 1] box."""
-    grad = grad.float()
-    if norm == "linf":
-        step = step_size * grad.sign()
-    else:
-        g = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
-        step = step_size * grad / g
-    return _project(delta.detach() + step, x, eps, norm)
+    """PGD ascent of ``objective`` around ``x``; returns the perturbation after the last step.
 
+    Each step differentiates ``objective(x + delta)`` (a scalar) with respect to ``delta`` only (an objective that
+    does not depend on the images gives a zero gradient), then takes ``ascent_step``. The caller brings the autocast
+    region and the model's mode.
 
-def _margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Logit of the true class minus the largest other logit (negative: misclassified), in fp32."""
-    z = logits.float()
-    true = z.gather(1, y[:, None]).squeeze(1)
-    return true - z.scatter(1, y[:, None], float("-inf")).amax(dim=1)
-
-
-def clean_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Whether the model classifies each clean image correctly: an fp32 forward (autocast off), no gradients."""
-    with torch.no_grad(), attack_autocast(x.device, "fp32"):
-        return model(x).argmax(dim=1) == y
-
-
-def check_iterate(robust: torch.Tensor, ok: torch.Tensor, found: torch.Tensor | None, image: torch.Tensor) -> None:
-    """``robust &= ok`` in place; with ``found``, first keep ``image`` for the points this check breaks.
-
-    ``found`` thus holds, per point, the first checked image the model misclassifies (the adversarial image that
-    ``perturb`` returns); the attacks call it on the images their verdict is taken on, in the order they check them.
+    Args:
+        objective: images -> the scalar to ascend (it may record what it sees of each iterate).
+        x: the clean images, in [0, 1].
+        eps, step_size: in [0, 1] pixel units (L-inf: per coordinate; L2: Euclidean length).
+        steps: gradient steps.
+        norm: ``linf`` or ``l2``.
+        start: per-image noise in the unit ball (``unit_noise``): the first iterate is ``x + start * eps``; None: the
+            clean images.
+        project_start: project that start into the eps-ball and the box (TeCoA/PMG-AFT, and the evaluation attack);
+            RobustVLM's training attack takes its first gradient at the unprojected start.
+        momentum: RobustVLM's sign momentum (L-inf): ``v = sign(momentum * v + sign(grad))`` and the step follows
+            ``v``; None: plain steepest ascent.
     """
-    if found is not None:
-        newly = robust & ~ok
-        found[newly] = image.detach()[newly]
-    robust &= ok
+    delta = torch.zeros_like(x)
+    if start is not None:
+        delta = start * eps
+        if project_start:
+            delta = project(delta, x, eps, norm)
+    velocity = None if momentum is None else torch.zeros_like(x)
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        loss = objective(x + delta)
+        (grad,) = torch.autograd.grad(loss, delta, allow_unused=True)
+        if grad is None:  # an objective that does not depend on the input
+            grad = torch.zeros_like(delta)
+        with torch.no_grad():
+            if velocity is not None:
+                velocity = (momentum * velocity + grad.sign()).sign()
+                grad = velocity
+            delta = ascent_step(delta, grad, x, step_size, eps, norm)
+    return delta
 
 
 def pgd_single(
@@ -139,42 +124,28 @@ def pgd_single(
     eps, norm, precision = threat.eps, threat.norm, threat.precision
     if precision == "fp16" and loss_fn is not None:
         raise ValueError("fp16 reproduces the official PGD and ascends its batch-mean cross-entropy only")
-    delta = torch.zeros_like(x)
-    if threat.random_start and noise is not None and eps > 0:
-        delta = _project(noise * eps, x, eps, norm)
     robust = torch.ones(len(x), dtype=torch.bool, device=x.device) if clean is None else clean.clone()
     found = x.clone() if first_broken else None
-    candidate = x.clone() if precision == "bf16" else x  # bf16: per image, the iterate of lowest bf16 margin so far
-    best = torch.full((len(x),), float("inf"), device=x.device)
-    with attack_autocast(x.device, precision):
-        for _ in range(threat.steps):
-            delta.requires_grad_(True)
-            x_it = x + delta
-            logits = model(x_it)
-            if precision == "fp32":
-                check_iterate(robust, logits.argmax(dim=1) == y, found, x_it)
-            elif precision == "bf16":
-                with torch.no_grad():
-                    margin = _margin(logits, y)
-                    lower = margin < best
-                    best = torch.where(lower, margin, best)
-                    candidate[lower] = x_it.detach()[lower]
-            if precision == "fp16":
-                loss = F.cross_entropy(logits, y)  # as the official code: batch mean, autocast's own dtype rules
-            elif loss_fn is None:
-                loss = F.cross_entropy(logits.float(), y, reduction="sum")
-            else:
-                loss = loss_fn(logits.float(), y).sum()
-            (grad,) = torch.autograd.grad(loss, delta, allow_unused=True)
-            if grad is None:  # logits that do not depend on the input
-                grad = torch.zeros_like(delta)
+    lowest = LowestMargin(x) if precision == "bf16" else None
+
+    def objective(x_it: torch.Tensor) -> torch.Tensor:
+        logits = model(x_it)
+        if precision == "fp32":
+            check_iterate(robust, logits.argmax(dim=1) == y, found, x_it)
+        elif lowest is not None:
             with torch.no_grad():
-                delta = ascent_step(delta, grad, x, threat.step_size, eps, norm)
-    verdict = "fp16" if precision == "fp16" else "fp32"
-    with torch.no_grad(), attack_autocast(x.device, verdict):
+                lowest.update(logits, y, x_it)
+        return ascent_loss(logits, y, precision, loss_fn)
+
+    start = noise if threat.random_start and noise is not None and eps > 0 else None
+    with attack_autocast(x.device, precision):
+        delta = pgd_ascent(
+            objective, x, eps=eps, step_size=threat.step_size, steps=threat.steps, norm=norm, start=start
+        )
+    with torch.no_grad(), attack_autocast(x.device, verdict_precision(precision)):
         x_adv = x + delta
-        if precision == "bf16" and threat.steps > 0:
-            check_iterate(robust, model(candidate).argmax(dim=1) == y, found, candidate)
+        if lowest is not None and threat.steps > 0:
+            check_iterate(robust, model(lowest.point).argmax(dim=1) == y, found, lowest.point)
         check_iterate(robust, model(x_adv).argmax(dim=1) == y, found, x_adv)
     if found is not None:
         found[robust] = x_adv[robust]
@@ -224,12 +195,13 @@ def run_pgd(
     return {t: robust for t, (_, robust) in iterative_attack(model, x, y, threats, seeds, clean=clean).items()}
 
 
-def perturb_pgd(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat, seeds: torch.Tensor
-) -> torch.Tensor:
-    """PGD's adversarial images for one threat: per image the first iterate the model misclassifies (the clean image
-    where it is misclassified already; in bf16 the fp32-checked iterate), else the last iterate."""
-    return iterative_attack(model, x, y, [threat], seeds, first_broken=True)[threat][0]
+class PGD(Attack):
+    """PGD on the cross-entropy at one threat."""
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+        """Per image the first iterate the model misclassifies (the clean image where it is misclassified already; in
+        bf16 the fp32-checked iterate), else the last iterate."""
+        return iterative_attack(model, x, y, [self.threat], seeds, first_broken=True)[self.threat][0]
 
 
 ATTACKS.add(
@@ -239,7 +211,7 @@ ATTACKS.add(
         description="projected gradient descent, CE loss, uniform random start, L-inf or L2 (fp32; bf16; fp16 as "
         "the official code)",
         run=run_pgd,
-        perturb=perturb_pgd,
+        attack=PGD,
         takes_clean=True,
         display="PGD",
         default_steps=10,

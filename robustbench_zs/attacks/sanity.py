@@ -36,8 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Threat, fmt255
-from .pgd import eval_mode_no_param_grad
-from .precision import attack_autocast
+from .core import attack_autocast, eval_mode_no_param_grad
 
 __all__ = [
     "autoattack_above_pgd",

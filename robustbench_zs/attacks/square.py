@@ -22,6 +22,8 @@ is lower or it is misclassified, margin <= 0), the early stop, the restarts on t
 return convention of ``perturb``: the image of the last restart's best point where the model's argmax is then wrong,
 and the clean image everywhere else (points it could not fool, and points misclassified from the start, which draw
 no random numbers at all). The random numbers are drawn on the CPU, as torchattacks does, whatever the device.
+``SquareLinf`` is the same attack behind the ``Attack`` interface (it is not registered on its own: AutoAttack runs it
+as a component).
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .base import Attack, Threat
+from .core import margin
 
 LOSSES = ("margin", "ce")
 
@@ -54,14 +59,10 @@ def square_side(p: float, c: int, h: int, w: int) -> int:
 def _margin_and_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str):
     """Margin (true logit minus the best other one) and the loss to minimise (the margin, or minus the CE)."""
     logits = model(x)
-    rows = torch.arange(len(x), device=logits.device)
-    true = logits[rows, y]
-    others = logits.clone()
-    others[rows, y] = -float("inf")
-    margin = true - others.amax(dim=-1)
+    m = margin(logits, y)
     if loss == "margin":
-        return margin, margin
-    return margin, -F.cross_entropy(logits, y, reduction="none")
+        return m, m
+    return m, -F.cross_entropy(logits, y, reduction="none")
 
 
 def _signs(u: torch.Tensor) -> torch.Tensor:
@@ -183,3 +184,22 @@ def square_linf(
             acc[idx[fooled]] = False
             adv[idx[fooled]] = best[fooled]
     return adv
+
+
+class SquareLinf(Attack):
+    """The L-inf Square Attack (``square_linf``) at one L-inf threat; ``Threat.steps`` and ``step_size`` are not used.
+
+    Args:
+        threat: its eps (L-inf only).
+        settings: the keyword arguments of ``square_linf`` (``n_queries`` and ``p_init`` are required).
+    """
+
+    def __init__(self, threat: Threat, **settings) -> None:
+        if threat.norm != "linf":
+            raise ValueError(f"SquareLinf attacks in L-inf only, not {threat.norm}")
+        super().__init__(threat)
+        self.settings = settings
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+        """``square_linf``: the adversarial image where a restart fooled the model, else the clean image."""
+        return square_linf(model, x, y, self.threat.eps, seeds, **self.settings)

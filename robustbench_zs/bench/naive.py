@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attacks.pgd import unit_noise
+from ..attacks.core import unit_noise
 from ..errors import ZSBenchError
 from ..methods import Method, Recipe
 from ..models import NORMALIZATIONS, HeadKnobs

@@ -35,7 +35,7 @@ from torch import nn
 
 from ..atomic import write_text
 from ..attacks import ATTACKS, Threat
-from ..attacks.pgd import eval_mode_no_param_grad
+from ..attacks.core import eval_mode_no_param_grad
 from ..datasets import DATASETS
 from ..datasets.spec import load_metadata
 from ..engine.runner import resolve_device

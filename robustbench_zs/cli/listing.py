@@ -21,15 +21,16 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def handle(args: argparse.Namespace) -> int:
 
     if args.what == "methods":
-        rows = [[k, m.summary] for k, m in METHODS.items()]
+        rows = [[k, m.summary, METHODS.origin(k)] for k, m in METHODS.items()]
     elif args.what == "datasets":
-        rows = [[k, s.name, s.num_classes, s.eval_split, s.layout] for k, s in DATASETS.items()]
+        rows = [[k, s.name, s.num_classes, s.eval_split, s.layout, DATASETS.origin(k)] for k, s in DATASETS.items()]
     else:
-        rows = [["none", "no attack: clean accuracy only"], *[[k, a.description] for k, a in ATTACKS.items()]]
+        rows = [["none", "no attack: clean accuracy only", "robustbench_zs"]]
+        rows += [[k, a.description, ATTACKS.origin(k)] for k, a in ATTACKS.items()]
     headers = {
-        "methods": ["method", "summary"],
-        "datasets": ["dataset", "name", "classes", "split", "layout under the data root"],
-        "attacks": ["attack", "description"],
+        "methods": ["method", "summary", "package"],
+        "datasets": ["dataset", "name", "classes", "split", "layout under the data root", "package"],
+        "attacks": ["attack", "description", "package"],
     }[args.what]
     print(tabulate(rows, headers=headers, tablefmt="simple"))
     return 0

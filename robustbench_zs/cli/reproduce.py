@@ -12,9 +12,9 @@ from ..errors import ZSBenchError
 from ..paper.estimate import dry_run_plan, dry_run_report
 from ..paper.reproduce import reproduce
 from ..paper.targets import get_target, targets
+from ..paper.world import reproduce_world
 from ..profiles import PROFILES, get_profile
 from ..provenance import default_cache_dir, default_data_root, default_models_dir, default_results_dir
-from ..world.reproduce import reproduce_world
 from .args import positive_int
 
 

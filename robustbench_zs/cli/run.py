@@ -207,6 +207,7 @@ def build_threats(
     entries = [ATTACKS.get(name) for name in names]
     for e in entries:
         e.check_precision(precision)
+        e.check_norm(norm)
     if steps is not None and all(e.default_steps is None for e in entries):
         raise ZSBenchError(f"--steps has no effect with --attack {attacks}: it fixes its own iterations; drop it")
     if step_size is not None and not any(e.uses_step_size for e in entries):

@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 
 from ..errors import ZSBenchError
+from ..train.world_pretrain import PretrainConfig, pretrain, save_weights
 from ..world import WORLD_WEIGHTS
-from ..world.pretrain import PretrainConfig, pretrain, save_weights
 
 
 def add_parser(sub) -> argparse.ArgumentParser:

@@ -2,29 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..registry import Registry
+from ..registry import PluginError, Registry
+from ..resources import read_json
 
+#: The folder of the dataset metadata files in a source checkout (read them with :func:`load_metadata`).
 METADATA = Path(__file__).resolve().parent / "metadata"
 
 #: The generic prompt of the official PMG-AFT code (protocol.md section 5).
 GENERIC_TEMPLATE = "This is a photo of a {}"
 
 
-@cache
 def load_metadata(name: str) -> dict:
-    with open(METADATA / f"{name}.json", encoding="utf-8") as f:
-        return json.load(f)
+    """The package data file ``metadata/<name>.json`` (parsed once and shared: do not modify it)."""
+    return read_json(__package__, f"metadata/{name}.json")
 
 
 def clean_classname(name: str) -> str:
@@ -155,9 +155,28 @@ class DatasetSpec:
             raise ValueError(f"{self.id}: native paper preprocessing needs a fixed native_size")
         if self.needs_root and self.download is None and not self.manual_steps:
             raise ValueError(f"{self.id}: give a download function or manual_steps")
+        if self.eval_split not in self.splits:
+            raise ValueError(f"{self.id}: eval_split {self.eval_split!r} is not among splits {self.splits}")
+        if self.num_classes < 2:
+            raise ValueError(f"{self.id}: num_classes must be at least 2")
+        if not self.templates or not all("{}" in t for t in self.templates):
+            raise ValueError(f"{self.id}: templates must be a non-empty tuple of strings with a {{}} placeholder")
+        if not callable(self.loader):
+            raise ValueError(f"{self.id}: loader must be callable as loader(data_root, split)")
 
     def prompt_classnames(self, raw: list[str]) -> list[str]:
         return self.paper_names(list(raw))
 
 
-DATASETS: Registry[DatasetSpec] = Registry("dataset")
+def adopt_dataset(name: str, obj: object) -> DatasetSpec:
+    """A plugin's :class:`DatasetSpec` under the entry point's ``name`` (its own ``id`` is replaced)."""
+    if not isinstance(obj, DatasetSpec):
+        raise PluginError(f"it names a {type(obj).__name__}, not a robustbench_zs.datasets.DatasetSpec")
+    try:
+        return dataclasses.replace(obj, id=name)
+    except ValueError as e:
+        raise PluginError(str(e)) from None
+
+
+#: every dataset: ours, then other packages' (entry points in the group ``robustbench_zs.datasets``)
+DATASETS: Registry[DatasetSpec] = Registry("dataset", group="robustbench_zs.datasets", adopt=adopt_dataset)

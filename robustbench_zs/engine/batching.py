@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..attacks.pgd import eval_mode_no_param_grad
+from ..attacks.core import eval_mode_no_param_grad
 
 #: ``auto`` on the CPU.
 CPU_BATCH = 128

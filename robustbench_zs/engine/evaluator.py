@@ -16,7 +16,7 @@ from torch.utils.data import Subset as TorchSubset
 from tqdm.auto import tqdm
 
 from ..attacks import ATTACKS, Threat
-from ..attacks.pgd import eval_mode_no_param_grad
+from ..attacks.core import eval_mode_no_param_grad
 from ..attacks.sanity import zero_gradient_mask
 from ..datasets.spec import ImageDataset
 from ..datasets.subset import Subset, select_subset

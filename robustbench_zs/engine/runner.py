@@ -23,10 +23,10 @@ from ..datasets.subset import paper_subsample_of
 from ..errors import ZSBenchError
 from ..methods import METHODS
 from ..models import NORMALIZATIONS, HeadKnobs, LoadedModel, ModelSpec, ZeroShotClassifier, build_text_head
-from ..models.loader import RANDOM, model_preprocess_cfg, packaged_weights, resolve_spec
+from ..models.loader import model_identity, model_preprocess_cfg
 from ..models.text_head import text_weights_sha256
 from ..profiles import TRAIN_PROFILES, TrainProfile
-from ..provenance import default_cache_dir, device_description, sha256_file, software
+from ..provenance import default_cache_dir, device_description, software
 from ..results import SCHEMA_VERSION, RecordStore, ensure_writable, per_example, record_key, result_block
 from ..results.stats import pack_bools
 from ..results.store import record_lock
@@ -93,18 +93,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cpu":
         return torch.device("cpu")
     raise ZSBenchError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto")
-
-
-def model_identity(spec: ModelSpec) -> dict:
-    """What identifies the weights, computable without building the model."""
-    kind, _ = resolve_spec(spec)
-    if kind == "random":
-        return {"arch": spec.arch, "weights": f"{RANDOM}(seed={spec.init_seed})"}
-    if kind == "tag":
-        return {"arch": spec.arch, "weights": f"open_clip:{spec.pretrained}"}
-    if kind == "package":  # the shipped file's sha256 (checked against the package's own on load)
-        return {"arch": spec.arch, "weights": f"sha256:{packaged_weights(spec).sha256}"}
-    return {"arch": spec.arch, "weights": f"sha256:{sha256_file(spec.pretrained)}"}
 
 
 def _profile(knobs: HeadKnobs, preprocess: dict, prompts: str, classnames: list[str], templates: list[str]) -> dict:

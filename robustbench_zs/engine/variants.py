@@ -29,6 +29,8 @@ from ..models import LoadedModel, ModelSpec, load_model
 from ..paths import utf8
 from ..profiles import TrainProfile, training_knobs
 from ..tensors import check_state_tensors
+from ..train.engine import effective_profile, method_options
+from ..weights import CheckpointRef, apply_visual_state, load_checkpoint, load_visual_state
 
 RECIPE_FIELDS = {f.name for f in dataclasses.fields(Recipe)}
 
@@ -161,43 +163,30 @@ def wanted_training(method_cls: type[Method], profile: TrainProfile | None, opti
     this method (``train.engine.effective_profile``); ``(options, None)`` without a profile."""
     if profile is None:
         return options, None
-    from ..train.engine import effective_profile, method_options
-
     prof = effective_profile(method_cls, profile)
     return method_options(method_cls, options, prof), prof.knobs()
 
 
-def _checkpoint_loader(model: ModelSpec, method: Method, path: Path):
-    from ..train.checkpoint import apply_visual_state, load_checkpoint, load_visual_state
-
+def _checkpoint_loader(model: ModelSpec, method: Method, ref: CheckpointRef):
     def load(device: torch.device) -> tuple[LoadedModel, nn.Module]:
         loaded = load_model(model, device)
         method.check_model(loaded.model, model.arch)
-        if (path / "meta.json").is_file() if path.is_dir() else False:
-            tensors, _ = load_checkpoint(path)
+        if ref.ours:
+            tensors, _ = load_checkpoint(ref.path)
             encoder = method.build_encoder(loaded.model)
-            check_state_tensors(tensors, method.trained_state(encoder), str(path))
+            check_state_tensors(tensors, method.trained_state(encoder), str(ref.path))
             method.load_trained_state(encoder, {k: v.to(device) for k, v in tensors.items()})
             return loaded, encoder
         if method.trains != "image_encoder":
             raise ZSBenchError(
-                f"{path} is not a robustbench_zs checkpoint folder; foreign files hold a whole image encoder, "
+                f"{ref.path} is not a robustbench_zs checkpoint folder; foreign files hold a whole image encoder, "
                 f"which {method.id} ({method.trains}) cannot use"
             )
-        state, _ = load_visual_state(path, model.arch)
+        state, _ = load_visual_state(ref.path, model.arch)
         apply_visual_state(loaded.model, state, model.arch)
         return loaded, method.build_encoder(loaded.model)
 
     return load
-
-
-def _checkpoint_identity(path: Path) -> dict:
-    from ..train.checkpoint import checkpoint_identity, load_checkpoint
-
-    if path.is_dir():
-        _, meta = load_checkpoint(path)
-        return {"checkpoint": f"sha256:{meta['weights_sha256']}", "checkpoint_name": path.name}
-    return {"checkpoint": checkpoint_identity(path), "checkpoint_name": path.name}
 
 
 def _wanted(train_dataset: str | None, config: dict, recipe: dict, profile: TrainProfile | None = None) -> str:
@@ -280,10 +269,11 @@ def resolve_variants(
         path = Path(path)
         if not path.exists():
             raise ZSBenchError(f"--checkpoint {mid}={path}: no such file or folder")
+        ref = CheckpointRef.of(path)
         config = config_opts
         training = None
-        if path.is_dir() and (path / "meta.json").is_file():
-            meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+        if ref.ours:
+            meta = ref.meta
             if meta.get("method") not in (None, mid):
                 raise ZSBenchError(f"--checkpoint {mid}={path} holds a {meta['method']} checkpoint")
             if meta.get("arch") not in (None, model.arch):
@@ -293,6 +283,6 @@ def resolve_variants(
             config = {k: str(v) for k, v in meta.get("config", {}).items()}
             training = training_summary(meta)
         method = cls(cls.Config.from_overrides(config))
-        ident = {**_checkpoint_identity(path), "method_config": method.config.to_dict()}
-        out.append(MethodVariant(method, mid, ident, _checkpoint_loader(model, method, path), path.name, training))
+        ident = {**ref.identity(), "method_config": method.config.to_dict()}
+        out.append(MethodVariant(method, mid, ident, _checkpoint_loader(model, method, ref), ref.name, training))
     return out

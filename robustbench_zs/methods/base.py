@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from ..errors import ZSBenchError
-from ..registry import Registry
+from ..registry import PluginError, Registry
 
 #: What a method trains.
 TRAINS = ("nothing", "image_encoder", "prompts")
@@ -286,11 +286,10 @@ class Method:
         raise NotImplementedError(f"{self.id} does not train")
 
 
-METHODS: Registry[type[Method]] = Registry("method")
-
-
-def register_method(cls: type[Method]) -> type[Method]:
-    """Class decorator: add ``cls`` to :data:`METHODS` under ``cls.id`` (a duplicate id is an error)."""
+def check_method(cls: type[Method]) -> None:
+    """Raise ValueError unless ``cls`` is a complete method class (ours or a plugin's)."""
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise ValueError(f"{cls!r} is not a subclass of robustbench_zs.methods.Method")
     if not cls.id or not cls.summary:
         raise ValueError(f"{cls.__name__}: a registered method needs an id and a summary")
     if cls.trains not in TRAINS:
@@ -302,5 +301,30 @@ def register_method(cls: type[Method]) -> type[Method]:
     unknown = set(cls.official_options) - {f.name for f in dataclasses.fields(cls.Config)}
     if unknown:
         raise ValueError(f"{cls.__name__}.official_options: {', '.join(sorted(unknown))} are not options of its Config")
+
+
+def adopt_method(name: str, obj: object) -> type[Method]:
+    """A plugin's method class under the entry point's ``name``: a subclass whose ``id`` is ``name`` where the
+    class calls itself otherwise (records, checkpoints and the leaderboard know it by the name users type)."""
+    if not (isinstance(obj, type) and issubclass(obj, Method)):
+        raise PluginError(f"it names a {type(obj).__name__}, not a subclass of robustbench_zs.methods.Method")
+    cls = obj
+    if cls.id != name:
+        cls = type(cls.__name__, (cls,), {"id": name, "__module__": cls.__module__, "__qualname__": cls.__qualname__})
+    try:
+        check_method(cls)
+    except ValueError as e:
+        raise PluginError(str(e)) from None
+    return cls
+
+
+#: every method: ours (registered with :func:`register_method`) and other packages' (entry points in the group
+#: ``robustbench_zs.methods``, see docs/adding_a_method.md)
+METHODS: Registry[type[Method]] = Registry("method", group="robustbench_zs.methods", adopt=adopt_method)
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: add ``cls`` to :data:`METHODS` under ``cls.id`` (a duplicate id is an error)."""
+    check_method(cls)
     METHODS.add(cls.id, cls)
     return cls

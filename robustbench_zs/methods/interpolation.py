@@ -1,7 +1,7 @@
 """``interpolation``: weight-space ensembles of two image encoders (WiSE-FT), the PMG-AFT paper's Fig. 5 trade-off.
 
 The image encoder is ``(1 - alpha) * theta0 + alpha * theta1``, key by key, with ``theta0`` / ``theta1`` the
-backbone's own weights (``pretrained``) or any checkpoint :func:`~robustbench_zs.train.checkpoint.load_visual_state`
+backbone's own weights (``pretrained``) or any checkpoint :func:`~robustbench_zs.weights.load_visual_state`
 reads (ours, the official PMG-AFT / TeCoA files, RobustVLM's). Nothing is trained; sweep alpha with
 ``--set interpolation.alpha=0,0.25,0.5,0.75,1``.
 """
@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import ZSBenchError
+from ..weights import apply_visual_state, checkpoint_identity, load_visual_state
 from .base import Method, MethodConfig, register_method
 
 PRETRAINED = "pretrained"
@@ -113,7 +114,6 @@ class Interpolation(Method):
         if spec == PRETRAINED:
             self.sources[which] = {"source": PRETRAINED}
             return pretrained
-        from ..train.checkpoint import load_visual_state
 
         state, info = load_visual_state(spec, self._arch)
         self.sources[which] = {"source": spec, **{k: info[k] for k in ("format", "checkpoint") if k in info}}
@@ -124,7 +124,6 @@ class Interpolation(Method):
 
         ``pretrained`` is ``model.visual``'s state when this is called, so call it once, on a freshly loaded backbone.
         """
-        from ..train.checkpoint import apply_visual_state
 
         visual = model.visual
         if getattr(visual, "_zsbench_interpolated", False):
@@ -139,7 +138,6 @@ class Interpolation(Method):
 
     def weights_identity(self) -> dict:
         """The endpoints' identities, known before any weights are loaded (for record keys)."""
-        from ..train.checkpoint import checkpoint_identity
 
         cfg = self.config
         return {

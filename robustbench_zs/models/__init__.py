@@ -1,6 +1,7 @@
 """CLIP backbones, the zero-shot classifier and cached text heads."""
 
-from .classifier import LOGIT_SCALES, NORMALIZATIONS, HeadKnobs, ZeroShotClassifier
+from ..profiles import LOGIT_SCALES, NORMALIZATIONS, HeadKnobs
+from .classifier import ZeroShotClassifier
 from .loader import RANDOM, TINY_ARCHS, LoadedModel, ModelSpec, load_model
 from .text_head import build_text_head, encode_head, text_weights_sha256
 

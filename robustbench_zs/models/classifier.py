@@ -2,50 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ZSBenchError
-
-#: Normalization constants, by name (protocol.md section 4: PMG-AFT's code uses ImageNet's, the others CLIP's).
-NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
-    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-}
-
-#: Logit-scale choices: a fixed value, or the model's learned temperature.
-LOGIT_SCALES = ("100", "1", "learned")
-
-
-@dataclass(frozen=True)
-class HeadKnobs:
-    """The knobs of the zero-shot head that change the numbers; stored in every record."""
-
-    normalization: str = "clip"
-    logit_scale: str = "100"
-    resize: str = "bicubic"
-
-    def __post_init__(self) -> None:
-        if self.normalization not in NORMALIZATIONS:
-            raise ZSBenchError(
-                f"unknown normalization {self.normalization!r}; choose one of {', '.join(NORMALIZATIONS)}"
-            )
-        if self.logit_scale not in LOGIT_SCALES:
-            raise ZSBenchError(f"unknown logit scale {self.logit_scale!r}; choose one of {', '.join(LOGIT_SCALES)}")
-
-    def resolve_logit_scale(self, model: nn.Module) -> float:
-        if self.logit_scale == "learned":
-            scale = getattr(model, "logit_scale", None)
-            if scale is None:
-                raise ZSBenchError("--logit-scale learned: this model has no learned logit scale; use 100 or 1")
-            return float(scale.detach().exp().item())
-        return float(self.logit_scale)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from ..profiles import NORMALIZATIONS, HeadKnobs
 
 
 class ZeroShotClassifier(nn.Module):

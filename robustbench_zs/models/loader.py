@@ -17,6 +17,7 @@ from torch import nn
 
 from ..errors import ZSBenchError
 from ..provenance import sha256_file, sha256_tensors
+from ..weights import CheckpointFormatError, PackagedWeights, load_state_file
 from .patch_embed import use_matmul_patch_embedding
 
 _CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
@@ -26,27 +27,6 @@ open_clip.add_model_config(_CONFIG_DIR)
 TINY_ARCHS = tuple(sorted(p.stem for p in _CONFIG_DIR.glob("*.json")))
 
 RANDOM = "random"
-
-
-@dataclass(frozen=True)
-class PackagedWeights:
-    """Weights shipped inside this package under a pretrained tag of their own (no download).
-
-    Attributes:
-        file: the safetensors file, relative to the package folder.
-        sha256: its sha256, checked each time it is loaded.
-        tokenizer: ``module:callable`` of the tokenizer the text tower was trained with (None: open_clip's).
-        command: the command that made the file, bit for bit.
-    """
-
-    file: str
-    sha256: str
-    tokenizer: str | None = None
-    command: str = ""
-
-    @property
-    def path(self) -> Path:
-        return Path(__file__).resolve().parent.parent / self.file
 
 
 def _packaged() -> dict[tuple[str, str], PackagedWeights]:
@@ -264,13 +244,12 @@ def _not_loadable(spec: ModelSpec, e: BaseException) -> ZSBenchError:
 def load_weights_file(model: nn.Module, path: str | os.PathLike, arch: str) -> None:
     """Load a local checkpoint file into an open_clip ``model``, never unpickling anything but tensors.
 
-    The file is read by :func:`robustbench_zs.train.checkpoint.load_state_file` (safetensors, else
+    The file is read by :func:`robustbench_zs.weights.load_state_file` (safetensors, else
     ``torch.load(weights_only=True)``; a pickle that needs code is refused in one line before anything runs), on
     every open_clip and torch version: open_clip's own loader is not used, since open_clip before 3 and torch before
     2.6 unpickle arbitrary objects by default. The state dict then gets open_clip's own layout fixes (old text-tower
     key names, positional embeddings of another length, scalar logit scale) and is loaded strictly.
     """
-    from ..train.checkpoint import CheckpointFormatError, load_state_file
 
     p = Path(path)
     if p.suffix in (".npz", ".npy"):  # big_vision (SigLIP) weights: numpy arrays, read without pickle
@@ -321,3 +300,15 @@ def _open_clip_layout(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[
         if resize is not None:
             resize(state, model)
     return state
+
+
+def model_identity(spec: ModelSpec) -> dict:
+    """What identifies the weights, computable without building the model."""
+    kind, _ = resolve_spec(spec)
+    if kind == "random":
+        return {"arch": spec.arch, "weights": f"{RANDOM}(seed={spec.init_seed})"}
+    if kind == "tag":
+        return {"arch": spec.arch, "weights": f"open_clip:{spec.pretrained}"}
+    if kind == "package":  # the shipped file's sha256 (checked against the package's own on load)
+        return {"arch": spec.arch, "weights": f"sha256:{packaged_weights(spec).sha256}"}
+    return {"arch": spec.arch, "weights": f"sha256:{sha256_file(spec.pretrained)}"}

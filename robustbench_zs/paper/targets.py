@@ -1,7 +1,7 @@
 """The PMG-AFT paper's tables and figures as data: what each target is, the paper's numbers, and the paper cells
 that look wrong.
 
-Everything comes from package data, so no number is retyped in code:
+Everything comes from package data (read through :mod:`robustbench_zs.resources`), so no number is retyped in code:
 
 - ``data/paper_tables.csv``: every number of the paper's tables 1-13 (a copy of the spec's file: numbers are facts);
 - ``data/tables.json``: each target's caption and source, attack, training set, columns and rows; a row names our
@@ -22,17 +22,13 @@ This module needs neither torch nor the engine.
 
 from __future__ import annotations
 
-import csv
-import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import cache
 from itertools import pairwise
-from pathlib import Path
 
 from ..errors import ZSBenchError
-
-DATA = Path(__file__).resolve().parent / "data"
+from ..resources import read_csv, read_json
 
 #: Column dataset of a row's mean over the 16 datasets.
 AVERAGE = "average"
@@ -172,10 +168,8 @@ class Target:
         return tuple(dict.fromkeys(c.metric for c in self.columns))
 
 
-@cache
 def _document() -> dict:
-    with open(DATA / "tables.json", encoding="utf-8") as f:
-        return json.load(f)
+    return read_json(__package__, "data/tables.json")
 
 
 @cache
@@ -262,10 +256,8 @@ def get_target(name: str) -> Target:
         raise ZSBenchError(f"unknown target {name!r}; choose one of {', '.join(targets())}") from None
 
 
-@cache
 def _csv_rows() -> tuple[dict, ...]:
-    with open(DATA / "paper_tables.csv", encoding="utf-8", newline="") as f:
-        return tuple(csv.DictReader(f))
+    return read_csv(__package__, "data/paper_tables.csv")
 
 
 @cache

@@ -49,7 +49,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..attacks.pgd import unit_noise
+from ..attacks.core import attack_autocast, unit_noise
+from ..attacks.pgd import pgd_ascent
 from ..datasets import DATASETS
 from ..datasets.cache import TensorCache, worth_caching
 from ..datasets.preprocess import PreprocessedDataset, resolve_preprocess
@@ -58,13 +59,13 @@ from ..errors import ZSBenchError
 from ..methods import METHODS, Method, Recipe, Step
 from ..methods.base import TRAIN_ATTACKS, recipe_value
 from ..models import HeadKnobs, LoadedModel, ModelSpec, ZeroShotClassifier, build_text_head, load_model
-from ..models.loader import model_preprocess_cfg
+from ..models.loader import model_identity, model_preprocess_cfg
 from ..models.text_head import text_weights_sha256
 from ..paths import folder_name
 from ..profiles import TRAIN_PROFILES, TrainProfile
 from ..provenance import default_cache_dir, software
+from ..weights import read_meta, save_checkpoint
 from . import distributed as dist_utils
-from .checkpoint import _read_meta, save_checkpoint
 from .state import has_state, identity_differences, load_state, save_state
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -176,8 +177,6 @@ def run_identity(
         profile: the effective training profile (:func:`effective_profile`); default ``cfg.profile``.
         pipeline: the training images' preprocessing (``Preprocess.describe``).
     """
-    from ..engine.runner import model_identity
-
     prof = profile or cfg.profile
     return {
         "method": cfg.method,
@@ -218,7 +217,8 @@ def make_attack(
     reduction: str = "sum",
     mode: str = "eval",
 ) -> Callable[[Callable[[torch.Tensor], torch.Tensor]], torch.Tensor]:
-    """The recipe's training PGD from ``x``, as :attr:`Step.attack` documents.
+    """The recipe's training PGD from ``x``, as :attr:`Step.attack` documents: ``attacks.pgd.pgd_ascent`` (the
+    evaluation PGD's loop) on the method's loss, L-inf, from the per-image uniform start of ``seeds``.
 
     Args:
         precision: autocast of the attack's forwards (the training precision, as the official code's attack ran
@@ -235,27 +235,29 @@ def make_attack(
     def attack(loss_fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         if eps == 0 or steps == 0:
             return x.detach()
+
+        def objective(x_adv: torch.Tensor) -> torch.Tensor:
+            with attack_autocast(x.device, precision):
+                per_image = loss_fn(x_adv).float()
+            return per_image.sum() if reduction == "sum" else per_image.mean()
+
         was_training = model.training
         if mode == "eval":
             model.eval()
         try:
-            delta = unit_noise(tuple(x.shape[1:]), seeds, x.device, "linf") * eps
-            if rule == "pgd":  # TeCoA/PMG-AFT: the random start is clipped to the image before the first forward
-                delta = (x + delta).clamp(0, 1) - x
-            velocity = torch.zeros_like(x)
-            for _ in range(steps):
-                delta.requires_grad_(True)
-                with _autocast(x.device, precision):
-                    per_image = loss_fn(x + delta).float()
-                loss = per_image.sum() if reduction == "sum" else per_image.mean()
-                (grad,) = torch.autograd.grad(loss, delta)
-                with torch.no_grad():
-                    direction = grad.sign()
-                    if rule == "pgd_momentum":  # RobustVLM: momentum on the signs, renormalized to a sign
-                        velocity = (PGD_MOMENTUM * velocity + direction).sign()
-                        direction = velocity
-                    delta = (delta + step_size * direction).clamp(-eps, eps)
-                    delta = (x + delta).clamp(0, 1) - x
+            delta = pgd_ascent(
+                objective,
+                x,
+                eps=eps,
+                step_size=step_size,
+                steps=steps,
+                norm="linf",
+                start=unit_noise(tuple(x.shape[1:]), seeds, x.device, "linf"),
+                # TeCoA/PMG-AFT clip the random start to the image before the first forward; RobustVLM does not
+                project_start=rule == "pgd",
+                # RobustVLM: momentum on the signs, renormalized to a sign
+                momentum=PGD_MOMENTUM if rule == "pgd_momentum" else None,
+            )
         finally:
             model.train(was_training)
         return (x + delta).detach()
@@ -464,7 +466,7 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
     folder = Path(cfg.out_dir) / (cfg.name or default_name(cfg, identity))
     if not cfg.fresh and (folder / "meta.json").exists():
         try:
-            meta = _read_meta(folder / "meta.json")
+            meta = read_meta(folder / "meta.json")
         except ZSBenchError as e:
             raise ZSBenchError(f"{e}; or rerun with --fresh to train it again") from None
         diff = identity_differences({k: meta.get(k) for k in identity}, identity)

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from ..errors import OUT_HINT, ZSBenchError, follow_umask, writing
-from .checkpoint import _cpu_tensors, _fsync_dir, _hash_and_sync
+from ..weights.base import cpu_tensors, fsync_dir, hash_and_sync
 
 FORMAT = "robustbench_zs-train-state-2"
 POINTER = "CURRENT"
@@ -46,14 +46,14 @@ def _write_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> tuple[st
     from safetensors.torch import save_file
 
     try:
-        save_file(_cpu_tensors(tensors), str(path))
+        save_file(cpu_tensors(tensors), str(path))
     except Exception as e:  # safetensors reports a failed write as SafetensorError("... (os error 28)")
         code = re.search(r"\(os error (\d+)\)", str(e))
         if isinstance(e, OSError) or code is None:
             raise
         raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
     follow_umask(path)
-    return _hash_and_sync(path)
+    return hash_and_sync(path)
 
 
 def save_state(
@@ -95,16 +95,16 @@ def _write(
             f.write(json.dumps(state, default=float, indent=1) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         os.rename(tmp, root / name)
-        _fsync_dir(root)
+        fsync_dir(root)
         ptr = root / f".{POINTER}.tmp"
         with open(ptr, "w", encoding="utf-8") as f:
             f.write(name + "\n")
             f.flush()
             os.fsync(f.fileno())
         os.replace(ptr, root / POINTER)
-        _fsync_dir(root)
+        fsync_dir(root)
 
 
 def _current(root: Path) -> str | None:
@@ -172,7 +172,7 @@ def load_state(root: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Ten
         path, want = folder / fname, files[fname]
         if path.is_symlink() or not path.is_file():
             raise ResumeStateError(f"{path}: missing from the resume state; {fresh}")
-        sha, size = _hash_and_sync(path)
+        sha, size = hash_and_sync(path)
         if not isinstance(want, dict) or (sha, size) != (want.get("sha256"), want.get("bytes")):
             raise ResumeStateError(
                 f"{path}: its size or sha256 differs from {STATE_JSON}, the file is damaged; {fresh}"

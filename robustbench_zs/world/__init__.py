@@ -3,12 +3,13 @@
 - :mod:`.scenes`: the scene generator and the caption grammar;
 - :mod:`.tokenizer`: the word-level tokenizer of the world's words;
 - :mod:`.tasks`: the downstream tasks (registered as the ``world-*`` datasets) and the training set;
-- :mod:`.pretrain`: ``zsbench world pretrain``, which made the shipped weights (:data:`WORLD_WEIGHTS`).
+- :data:`WORLD_WEIGHTS`: the shipped weights, made by ``zsbench world pretrain``
+  (:mod:`robustbench_zs.train.world_pretrain`); ``zsbench reproduce world`` is :mod:`robustbench_zs.paper.world`.
 """
 
 from __future__ import annotations
 
-from ..models.loader import PackagedWeights
+from ..weights import PackagedWeights
 
 #: The exact command that made the shipped weights (on one thread, as ``zsbench world pretrain`` runs by default).
 PRETRAIN_COMMAND = "zsbench world pretrain --out robustbench_zs/world/zsbench-world.safetensors"

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import ZSBenchError, writing
-from ..train.checkpoint import _looks_like_html, html_head
+from ..weights import CorruptCheckpointError, check_complete, html_head, looks_like_html
 
 CHUNK = 1 << 20
 TIMEOUT_S = 60
@@ -58,12 +58,6 @@ class Fetched:
     sha256: str
     size: int
     resumed_from: int  # bytes already on disk when this call started (0: a fresh download)
-
-
-def looks_like_html(head: bytes) -> bool:
-    """Whether the first bytes of a response are an HTML (or XML) page rather than a weights file: the same test as
-    :func:`robustbench_zs.train.checkpoint.html_head`, which the checkpoint readers use."""
-    return html_head(head)
 
 
 def _sha256(path: Path) -> str:
@@ -195,7 +189,7 @@ def fetch(
             bar.close()
     if total is not None and got < total:
         raise FetchError(f"{url}: the download stopped at {got} of {total} bytes; run the same command again to resume")
-    if _looks_like_html(part):  # the whole file's first bytes, also when this call only fetched its rest
+    if looks_like_html(part):  # the whole file's first bytes, also when this call only fetched its rest
         _discard(part, sidecar)
         raise _html_error(url, "its first bytes are HTML")
     if size is not None and got != size:
@@ -234,7 +228,7 @@ def _stream(resp, part: Path, offset: int, url: str, sidecar: Path, bar) -> int:
                 ) from None
             if not block:
                 break
-            if first and looks_like_html(block[:512]):
+            if first and html_head(block[:512]):
                 f.close()
                 _discard(part, sidecar)
                 raise _html_error(url, "its first bytes are HTML" if not offset else "the resumed part is HTML")
@@ -248,7 +242,6 @@ def _stream(resp, part: Path, offset: int, url: str, sidecar: Path, bar) -> int:
 
 def _check_whole(part: Path, url: str, got: int) -> None:
     """With no published sha256 (and maybe no Content-Length), the file's own structure must say it is complete."""
-    from ..train.checkpoint import CorruptCheckpointError, check_complete
 
     try:
         check_complete(part)

@@ -5,7 +5,7 @@ whether that sha256 was checked against a value the host publishes (``verified_a
 published value is known, the recorded sha256 is what later ``verify`` calls compare against.
 
 Nothing here unpickles a file by itself: :func:`verify` reads the weights with
-:func:`robustbench_zs.train.checkpoint.load_visual_state` (safetensors, or ``torch.load(weights_only=True)``), which
+:func:`robustbench_zs.weights.load_visual_state` (safetensors, or ``torch.load(weights_only=True)``), which
 refuses a file that needs arbitrary unpickling before any of its code can run.
 """
 
@@ -25,6 +25,7 @@ from .. import __version__
 from ..atomic import write_text
 from ..errors import ZSBenchError, writing
 from ..provenance import default_models_dir, sha256_file
+from ..weights import apply_visual_state, load_visual_state
 from . import registry
 from .fetch import MODELS_HINT, FetchError, HTMLPageError, fetch
 from .registry import Source, ZooEntry
@@ -274,7 +275,6 @@ def check_arch(state: dict, arch: str) -> None:
     import torch
 
     from ..models import loader  # noqa: F401  (registers the tiny test architectures with open_clip)
-    from ..train.checkpoint import apply_visual_state
 
     root = logging.getLogger()
     level = root.level
@@ -301,7 +301,7 @@ def verify(
     """Check the stored file of ``zoo_id`` (or ``file``): sha256, a safe load, and the architecture's keys.
 
     The sha256 is compared with the published one, else with the one recorded at download. The weights are read with
-    :func:`~robustbench_zs.train.checkpoint.load_visual_state`, which never runs code from the file (a pickle that
+    :func:`~robustbench_zs.weights.load_visual_state`, which never runs code from the file (a pickle that
     needs more than tensors is refused). With ``arch_check``, every key and shape of the entry's image tower must be
     there. A ``file`` that passes is stored as the entry's copy (hard link, else copy) unless ``install`` is False.
 
@@ -309,7 +309,6 @@ def verify(
         a report: id, path, size, sha256, verification, verified_against_published, format, declared_format,
         reader, num_tensors, ignored_keys, arch, arch_checked, installed (the stored path, when ``file`` was stored).
     """
-    from ..train.checkpoint import load_visual_state
 
     entry = registry.get_entry(zoo_id)
     record = None

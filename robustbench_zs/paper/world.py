@@ -24,7 +24,7 @@ import numpy as np
 
 from ..atomic import write_text
 from ..errors import ZSBenchError
-from .tasks import TASKS
+from ..world.tasks import TASKS
 
 #: The world model: the shipped weights.
 ARCH, PRETRAINED = "zsbench-world", "world"

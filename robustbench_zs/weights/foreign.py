@@ -1,12 +1,4 @@
-"""Checkpoints: ours (safetensors + meta.json, hashed), and foreign image-encoder files, read without running code.
-
-Our checkpoint is a folder::
-
-    weights.safetensors   what the method trains (Method.trained_state)
-    meta.json             the engine's metadata plus format, weights_file, weights_bytes, weights_sha256
-
-Both files are written to a temporary name and moved into place (``os.replace``), weights first, so a reader never
-sees half a file; :func:`load_checkpoint` checks the size and sha256 recorded in meta.json before using the weights.
+"""Foreign weights files, read without running code from them, and the official formats' import.
 
 Foreign files that :func:`load_visual_state` reads, all turned into a state dict for open_clip's ``model.visual``:
 
@@ -26,217 +18,25 @@ Every ``torch.load`` is ``weights_only=True``: a file that needs more than tenso
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import pickle
+import pickletools
 import re
 import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
-from ..atomic import write_text
-from ..errors import OUT_HINT, ZSBenchError, follow_umask, writing
-from ..paths import contained
-from ..provenance import sha256_file
+from ..errors import ZSBenchError
 from ..tensors import check_state_tensors
-
-#: ``format`` of our meta.json.
-FORMAT = "robustbench_zs-checkpoint-1"
-WEIGHTS_FILE = "weights.safetensors"
-META_FILE = "meta.json"
-
-#: Keys of meta.json that :func:`save_checkpoint` sets (a caller's values for them are replaced).
-_RESERVED = ("format", "weights_file", "weights_bytes", "weights_sha256")
-
-
-class CheckpointFormatError(ZSBenchError):
-    """A weights file that cannot be used: not a state dict, or (:class:`CorruptCheckpointError`) unreadable.
-
-    ``reason`` is the short cause, for callers that word the message their own way.
-    """
-
-    def __init__(self, message: str, reason: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-class CorruptCheckpointError(CheckpointFormatError):
-    """The file is truncated or corrupt (an interrupted download or copy)."""
-
-
-class UnsafeCheckpointError(ZSBenchError):
-    """A pickle that needs more than tensors and containers: loading it could run code, so it is refused."""
-
-
-def _first_line(e: BaseException, limit: int = 200) -> str:
-    text = str(e).strip()
-    line = text.splitlines()[0] if text else ""
-    return f"{type(e).__name__}: {line[:limit]}" if line else type(e).__name__
-
-
-def _hash_and_sync(path: Path) -> tuple[str, int]:
-    """sha256 and size of ``path`` (read afresh, never memoized), flushed to disk."""
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-            size += len(block)
-        os.fsync(f.fileno())
-    return h.hexdigest(), size
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # not every platform can open a folder
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _cpu_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Detached, contiguous CPU tensors; any that share storage with an earlier one are copied (safetensors needs it)."""
-    out: dict[str, torch.Tensor] = {}
-    seen: set[int] = set()
-    for name, t in tensors.items():
-        if not isinstance(name, str) or not isinstance(t, torch.Tensor):
-            raise TypeError(
-                f"checkpoint tensors must map str to Tensor, got {type(name).__name__} -> {type(t).__name__}"
-            )
-        t = t.detach().to("cpu").contiguous()
-        if t.numel():
-            ptr = t.untyped_storage().data_ptr()
-            if ptr in seen:
-                t = t.clone()
-            else:
-                seen.add(ptr)
-        out[name] = t
-    return out
-
-
-def save_checkpoint(
-    folder: str | os.PathLike, tensors: Mapping[str, torch.Tensor], meta: dict, *, instead: str = OUT_HINT
-) -> Path:
-    """Write ``folder/weights.safetensors`` and ``folder/meta.json`` atomically; returns ``folder``.
-
-    ``meta`` must be JSON-serializable; the written meta.json adds ``format``, ``weights_file``, ``weights_bytes`` and
-    ``weights_sha256`` (the sha256 of the written weights file).
-    """
-    from safetensors.torch import save_file
-
-    folder = Path(folder)
-    json.dumps(meta)  # fail before writing anything if meta cannot be stored
-    cpu = _cpu_tensors(tensors)
-    tmp = folder / f".{WEIGHTS_FILE}.{os.getpid()}.tmp"
-    with writing(folder / WEIGHTS_FILE, instead=instead, cleanup=(tmp,)):
-        folder.mkdir(parents=True, exist_ok=True)
-        try:
-            # one metadata key: safetensors writes several in a random order, and the file's sha256 (the
-            # checkpoint's identity in every record) would differ between two identical trainings
-            save_file(cpu, str(tmp), metadata={"robustbench_zs": FORMAT})
-        except Exception as e:  # safetensors reports a failed write as SafetensorError("... (os error 28)")
-            code = re.search(r"\(os error (\d+)\)", str(e))
-            if isinstance(e, OSError) or code is None:
-                raise
-            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(tmp)) from None
-        follow_umask(tmp)
-        sha, size = _hash_and_sync(tmp)
-        os.replace(tmp, folder / WEIGHTS_FILE)
-    out = {k: v for k, v in meta.items() if k not in _RESERVED}
-    out.update(format=FORMAT, weights_file=WEIGHTS_FILE, weights_bytes=size, weights_sha256=sha)
-    write_text(folder / META_FILE, json.dumps(out, indent=2) + "\n", instead=instead)
-    _fsync_dir(folder)
-    return folder
-
-
-def _read_meta(meta_path: Path) -> dict:
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ZSBenchError(
-            f"cannot read {meta_path} ({_first_line(e)}): the checkpoint folder is damaged; copy it again or re-train"
-        ) from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-        raise ZSBenchError(
-            f"{meta_path}: not a robustbench_zs checkpoint (format {found!r}, expected {FORMAT!r}); foreign "
-            "encoder files are read by load_visual_state"
-        )
-    return meta
-
-
-def _is_ours(folder: Path) -> bool:
-    try:
-        meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return isinstance(meta, dict) and meta.get("format") == FORMAT
-
-
-def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
-    """``(tensors, meta)`` of our checkpoint: ``path`` is its folder or its weights.safetensors.
-
-    The weights file's size and sha256 must match meta.json; a truncated, corrupt or replaced file is a one-line
-    :class:`ZSBenchError` naming it.
-    """
-    from safetensors.torch import load_file
-
-    p = Path(path)
-    if not p.exists():
-        raise ZSBenchError(f"{p}: no such checkpoint folder or file")
-    folder = p if p.is_dir() else p.parent
-    meta_path = folder / META_FILE
-    if not meta_path.is_file():
-        raise ZSBenchError(
-            f"{p}: no {META_FILE} in {folder}, so not a robustbench_zs checkpoint (copy the whole folder; foreign "
-            "encoder files are read by load_visual_state)"
-        )
-    meta = _read_meta(meta_path)
-    weights = contained(folder, str(meta.get("weights_file") or WEIGHTS_FILE), f"{meta_path}: weights_file")
-    if not p.is_dir() and p.resolve() != weights.resolve():
-        raise ZSBenchError(f"{p}: {meta_path} describes {weights.name}, not this file")
-    if not weights.is_file():
-        raise ZSBenchError(f"{weights} is missing though {META_FILE} is there: copy the whole checkpoint folder again")
-    size = weights.stat().st_size
-    expected_size = meta.get("weights_bytes")
-    if expected_size is not None and size != expected_size:
-        raise ZSBenchError(
-            f"{weights} is {size} bytes but {META_FILE} says {expected_size}: the file is truncated or was replaced "
-            "(an interrupted copy or save?); copy the checkpoint folder again or re-train"
-        )
-    sha, _ = _hash_and_sync(weights)
-    if sha != meta.get("weights_sha256"):
-        raise ZSBenchError(
-            f"{weights}: sha256 {sha[:16]}... does not match {META_FILE} ({str(meta.get('weights_sha256'))[:16]}...): "
-            "the file is corrupt or was modified; copy the checkpoint folder again or re-train"
-        )
-    try:
-        tensors = load_file(str(weights))
-    except Exception as e:  # safetensors raises its own error types
-        raise ZSBenchError(f"cannot read {weights} ({_first_line(e)}): copy the checkpoint again or re-train") from None
-    return tensors, meta
-
-
-def checkpoint_identity(path: str | os.PathLike) -> str:
-    """``sha256:<hex>`` of a checkpoint file (for our folders: of its weights file), for the records."""
-    p = Path(path)
-    if p.is_dir():
-        name = WEIGHTS_FILE
-        if (p / META_FILE).is_file():
-            name = str(_read_meta(p / META_FILE).get("weights_file") or WEIGHTS_FILE)
-        p = contained(p, name, f"{p / META_FILE}: weights_file")
-    if not p.is_file():
-        raise ZSBenchError(f"{p}: no such checkpoint file")
-    return f"sha256:{sha256_file(p)}"
-
-
-# --- foreign files ------------------------------------------------------------------------------------------------
+from .base import CheckpointFormatError, UnsafeCheckpointError, corrupt
+from .ours import checkpoint_identity, is_ours, load_checkpoint
 
 
 def _numpy_scalar_globals():
@@ -244,15 +44,10 @@ def _numpy_scalar_globals():
     safe_globals = getattr(torch.serialization, "safe_globals", None)
     if safe_globals is None:
         return contextlib.nullcontext()
-    try:
-        import numpy as np
-
-        try:
-            from numpy._core.multiarray import scalar
-        except ImportError:  # numpy < 2
-            from numpy.core.multiarray import scalar
-    except ImportError:
-        return contextlib.nullcontext()
+    try:  # the module moved in numpy 2: a function-local import that tries both places
+        from numpy._core.multiarray import scalar
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import scalar
     # files written under numpy 1 name the constructor numpy.core..., under numpy 2 numpy._core...
     named = [(scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar")]
     # unpickling a dtype builds an instance of its class (numpy.dtypes.Float64DType, ...): allow the numeric ones
@@ -282,7 +77,7 @@ def html_head(head: bytes) -> bool:
     return text.startswith((b"<!doctype html", b"<html", b"<head", b"<?xml", b"<!--")) or b"<html" in text[:200]
 
 
-def _looks_like_html(p: Path) -> bool:
+def looks_like_html(p: Path) -> bool:
     """A web page saved in place of weights (a login wall, a Google Drive interstitial, an error page)."""
     with open(p, "rb") as f:
         return html_head(f.read(512))
@@ -294,8 +89,6 @@ _SAFE_GLOBAL_PREFIXES = ("torch.", "collections.OrderedDict", "numpy.", "_codecs
 
 def _pickle_globals(p: Path) -> list[str]:
     """The callables a pickle (plain, or torch's zip archive) references, read with pickletools: nothing runs."""
-    import pickletools
-
     streams = []
     if zipfile.is_zipfile(p):
         with zipfile.ZipFile(p) as z:
@@ -319,7 +112,7 @@ def _pickle_globals(p: Path) -> list[str]:
 
 
 def _torch_load(p: Path) -> object:
-    if _looks_like_html(p):
+    if looks_like_html(p):
         raise ZSBenchError(
             f"{p} is a web page, not weights (an error or login page saved in place of the checkpoint); "
             "download it again, e.g. with zsbench models download"
@@ -340,16 +133,9 @@ def _torch_load(p: Path) -> object:
                 f"refusing {p}: it holds {what}, and loading it would need arbitrary unpickling, which can run code; "
                 f"re-save the weights as a state dict with torch.save(state_dict) or safetensors{cut}"
             ) from None
-        raise _corrupt(p, e) from None
+        raise corrupt(p, e) from None
     except Exception as e:  # torch.load raises RuntimeError, OSError, EOFError, struct.error... on damaged files
-        raise _corrupt(p, e) from None
-
-
-def _corrupt(p: Path, e: BaseException) -> CorruptCheckpointError:
-    reason = _first_line(e)
-    return CorruptCheckpointError(
-        f"cannot read {p}: the file is truncated or corrupt ({reason}); download or copy it again", reason
-    )
+        raise corrupt(p, e) from None
 
 
 def _tensor_dict(obj: object) -> bool:
@@ -434,13 +220,11 @@ def _check_finite(state: Mapping[str, torch.Tensor], p: Path) -> None:
 
 def _read_state_file(p: Path) -> tuple[Mapping, dict]:
     """The state dict in a foreign file, read without running code: safetensors, else ``torch.load(weights_only)``."""
-    from safetensors.torch import load_file
-
     if _sniff_safetensors(p):
         try:
             return load_file(str(p)), {"format": "safetensors"}
         except Exception as e:  # safetensors raises its own error types
-            raise _corrupt(p, e) from None
+            raise corrupt(p, e) from None
     return _unwrap(_torch_load(p), p)
 
 
@@ -479,7 +263,7 @@ def check_complete(path: str | os.PathLike) -> str:
         ZSBenchError: it is a web page.
     """
     p = Path(path)
-    if _looks_like_html(p):
+    if looks_like_html(p):
         raise ZSBenchError(f"{p} is a web page, not weights")
     size = p.stat().st_size
     with open(p, "rb") as f:
@@ -490,9 +274,9 @@ def check_complete(path: str | os.PathLike) -> str:
                 header = json.loads(f.read(n))
                 ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
             except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
-                raise _corrupt(p, e) from None
+                raise corrupt(p, e) from None
             if 8 + n + max(ends, default=0) != size:
-                raise _corrupt(
+                raise corrupt(
                     p, ValueError(f"the header lists {8 + n + max(ends, default=0)} bytes, the file has {size}")
                 )
             return "safetensors"
@@ -502,11 +286,11 @@ def check_complete(path: str | os.PathLike) -> str:
                 bad = z.testzip()
                 names = z.namelist()
         except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-            raise _corrupt(p, e) from None
+            raise corrupt(p, e) from None
         if bad is not None:
-            raise _corrupt(p, ValueError(f"member {bad} fails its CRC check"))
+            raise corrupt(p, ValueError(f"member {bad} fails its CRC check"))
         if not any(n.endswith("data.pkl") for n in names):
-            raise _corrupt(p, ValueError("a zip without data.pkl: not a torch.save archive"))
+            raise corrupt(p, ValueError("a zip without data.pkl: not a torch.save archive"))
         return "zip"
     with contextlib.suppress(UnsafeCheckpointError):
         _torch_load(p)
@@ -526,7 +310,7 @@ def load_visual_state(path: str | os.PathLike, arch: str | None = None) -> tuple
     if not p.exists():
         raise ZSBenchError(f"{p}: no such checkpoint file or folder")
     info: dict = {"path": str(p)}
-    if p.is_dir() or (p.suffix == ".safetensors" and _is_ours(p.parent)):
+    if p.is_dir() or (p.suffix == ".safetensors" and is_ours(p.parent)):
         tensors, meta = load_checkpoint(p)
         trains = meta.get("trains")
         if trains not in (None, "image_encoder"):

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .scenes import captions, render, sample_pairs
-from .tokenizer import WorldTokenizer
+from ..world.scenes import captions, render, sample_pairs
+from ..world.tokenizer import WorldTokenizer
 
 ARCH = "zsbench-world"
 
