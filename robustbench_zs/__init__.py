@@ -5,9 +5,8 @@ Public API::
     from robustbench_zs import create_classifier, evaluate, load_dataset, list_methods, list_datasets, list_attacks
 """
 
-__version__ = "0.1.0"
-
-from .api import create_classifier, evaluate, list_attacks, list_datasets, list_methods, load_dataset  # noqa: E402
+from .api import create_classifier, evaluate, list_attacks, list_datasets, list_methods, load_dataset
+from .version import __version__
 
 __all__ = [
     "__version__",

@@ -10,6 +10,7 @@ from .attacks import ATTACKS
 from .datasets import DATASETS
 from .datasets.preprocess import PreprocessedDataset, resolve_preprocess
 from .engine.evaluator import EvalResult, evaluate
+from .engine.variants import resolve_variants
 from .methods import METHODS
 from .models import HeadKnobs, ModelSpec, ZeroShotClassifier, build_text_head
 from .models.loader import model_preprocess_cfg
@@ -50,7 +51,6 @@ def create_classifier(
     model = model or ModelSpec()
     knobs = knobs or HeadKnobs()
     cache = default_cache_dir() if cache_dir == "default" else cache_dir
-    from .engine.variants import resolve_variants
 
     METHODS.get(method)
     (variant, *_) = resolve_variants(

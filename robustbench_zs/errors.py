@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import tempfile
 from collections.abc import Iterator
 
 
@@ -85,8 +86,6 @@ def follow_umask(path: str | os.PathLike) -> None:
 def temp_file(folder: str | os.PathLike, prefix: str, suffix: str = ".tmp") -> tuple[int, str]:
     """``tempfile.mkstemp`` in ``folder`` whose file then follows the user's umask (0666 & ~umask, as ``open``
     gives) rather than mkstemp's 0600: the file it becomes by rename is shared like any other tool's output."""
-    import tempfile
-
     fd, path = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=suffix)
     with contextlib.suppress(OSError):
         os.fchmod(fd, 0o666 & ~_umask())

@@ -7,11 +7,12 @@ import hashlib
 import os
 import platform
 import subprocess
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import torch
 
-from . import __version__
+from .version import __version__
 
 _PKG_DIR = Path(__file__).resolve().parent
 
@@ -88,8 +89,6 @@ def git_info() -> dict[str, str | bool | None]:
 
 
 def _version(dist: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version(dist)
     except PackageNotFoundError:

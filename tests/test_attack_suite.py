@@ -24,7 +24,7 @@ from robustbench_zs.datasets.subset import paper_subsample
 from robustbench_zs.engine import runner
 from robustbench_zs.engine.evaluator import evaluate
 from robustbench_zs.errors import ZSBenchError
-from robustbench_zs.leaderboard import write_leaderboard
+from robustbench_zs.report import write_leaderboard
 from robustbench_zs.results import per_example
 from robustbench_zs.results.schema import result_block
 

@@ -10,9 +10,9 @@ from dataset_fixtures import write_cifar10
 from robustbench_zs.attacks import Threat
 from robustbench_zs.engine.runner import RunConfig, run
 from robustbench_zs.errors import ZSBenchError
-from robustbench_zs.figures import _fig4_figure, _fig5_figure, _new_figure, _place_labels, fig4, fig5
-from robustbench_zs.leaderboard.build import records_frame
 from robustbench_zs.models import HeadKnobs, ModelSpec, load_model
+from robustbench_zs.report.figures import _fig4_figure, _fig5_figure, _new_figure, _place_labels, fig4, fig5
+from robustbench_zs.report.leaderboard import records_frame
 
 ALPHAS = (0.0, 0.5, 1.0)
 

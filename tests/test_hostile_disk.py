@@ -23,8 +23,8 @@ from disks import fill, temporaries, tmpfs
 from robustbench_zs.cli import main
 from robustbench_zs.datasets import synthetic
 from robustbench_zs.errors import ZSBenchError
-from robustbench_zs.figures import fig4
-from robustbench_zs.leaderboard.build import records_frame
+from robustbench_zs.report.figures import fig4
+from robustbench_zs.report.leaderboard import records_frame
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

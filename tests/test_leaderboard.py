@@ -9,8 +9,8 @@ import pytest
 
 from robustbench_zs.attacks import Threat
 from robustbench_zs.engine.runner import RunConfig, run
-from robustbench_zs.leaderboard import write_leaderboard
 from robustbench_zs.models import HeadKnobs, ModelSpec
+from robustbench_zs.report import write_leaderboard
 
 
 def _run(tmp_path, model: ModelSpec, n_override: int | None = 64, **kw):

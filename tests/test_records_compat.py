@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 from robustbench_zs.cli import main
-from robustbench_zs.leaderboard import write_leaderboard
+from robustbench_zs.report import write_leaderboard
 from robustbench_zs.results import RecordStore
 
 DATA = Path(__file__).resolve().parent / "data" / "records_before_redesign"

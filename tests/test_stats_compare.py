@@ -13,10 +13,10 @@ from scipy import stats as sps
 
 from robustbench_zs.attacks import Threat
 from robustbench_zs.cli import main
-from robustbench_zs.compare import compare, comparison_frame, render
 from robustbench_zs.engine.runner import RunConfig, run
 from robustbench_zs.errors import ZSBenchError
 from robustbench_zs.models import ModelSpec, load_model
+from robustbench_zs.report.compare import compare, comparison_frame, render
 from robustbench_zs.results import bootstrap_mean_ci, holm_adjust, mcnemar, wilson_interval
 
 # ----------------------------------------------------------------------------------------------- statistics
@@ -251,7 +251,7 @@ def test_compare_cli_on_real_records(two_methods, tmp_path, capsys):
     table = pd.read_csv(csv)
     assert list(table["status"]) == ["paired", "paired"]
     # the numbers are the records': accuracies and b - c from the stored per-example results
-    from robustbench_zs.leaderboard.build import records_frame
+    from robustbench_zs.report.leaderboard import records_frame
 
     df = records_frame(out)
     for _, r in table.iterrows():

@@ -143,15 +143,16 @@ def test_shipped_weights_are_checked_before_use(tmp_path, monkeypatch, capsys) -
     import robustbench_zs.world as world
     from robustbench_zs.cli import main
     from robustbench_zs.errors import ZSBenchError
-    from robustbench_zs.models import ModelSpec, load_model
+    from robustbench_zs.models import ModelSpec, load_model, loader
 
     damaged = tmp_path / "zsbench-world.safetensors"
     damaged.write_bytes(world.WORLD_WEIGHTS.path.read_bytes()[:-8] + b"\0" * 8)
     fake = dataclasses.replace(world.WORLD_WEIGHTS, file=str(damaged))
-    monkeypatch.setattr(world, "WORLD_WEIGHTS", fake)
+    monkeypatch.setitem(loader.PACKAGED, ("zsbench-world", "world"), fake)
     with pytest.raises(ZSBenchError, match="damaged.*zsbench world pretrain"):
         load_model(ModelSpec("zsbench-world", "world"))
-    monkeypatch.setattr(world, "WORLD_WEIGHTS", dataclasses.replace(fake, file=str(tmp_path / "gone.safetensors")))
+    gone = dataclasses.replace(fake, file=str(tmp_path / "gone.safetensors"))
+    monkeypatch.setitem(loader.PACKAGED, ("zsbench-world", "world"), gone)
     assert main(["run", "--preset", "world", "--out", str(tmp_path / "out"), "--n", "8"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "missing" in err and "gone.safetensors" in err
@@ -208,8 +209,8 @@ def test_world_commands_refuse_bad_input(tmp_path, capsys) -> None:
 def test_reproduce_world_end_to_end_on_a_short_schedule(tmp_path, one_thread) -> None:
     """``zsbench reproduce world``'s whole plan (every trained row, the interpolation, AutoAttack on the Table 3 rows,
     summary, leaderboard, figures, comparison) on one epoch and a few images per task."""
-    from robustbench_zs.leaderboard.build import records_frame
     from robustbench_zs.paper.world import AA_METHODS, DATASETS, PLAN, reproduce_world
+    from robustbench_zs.report.leaderboard import records_frame
 
     out = reproduce_world(tmp_path / "out", n=8, aa_n=2, epochs=1, cache_dir=tmp_path / "cache", progress=False,
                           echo=lambda s: None)  # fmt: skip

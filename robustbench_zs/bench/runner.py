@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tabulate import tabulate
 from torch import nn
 
 from ..atomic import write_text
@@ -403,8 +404,6 @@ class Bench:
 
 def table(report: dict) -> str:
     """The figures of a report as a text table (tabulate)."""
-    from tabulate import tabulate
-
     rows = []
     for kind, label in (("train", f"train step ({report['settings']['method']})"), ("eval", "PGD-10 eval")):
         res = report["results"].get(kind, {})

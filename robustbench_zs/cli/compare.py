@@ -1,5 +1,5 @@
 """``zsbench compare A B``: McNemar-test two methods record by record on the same images (the statistics are in
-:mod:`robustbench_zs.compare`)."""
+:mod:`robustbench_zs.report.compare`)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import argparse
 from pathlib import Path
 
 from ..atomic import replacing
-from ..compare import compare, comparison_frame, render
 from ..errors import ZSBenchError
-from ..leaderboard.build import records_frame
 from ..provenance import default_results_dir
+from ..report.compare import compare, comparison_frame, render
+from ..report.leaderboard import records_frame
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:

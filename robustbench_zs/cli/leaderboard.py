@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from ..errors import ZSBenchError
-from ..leaderboard import write_leaderboard
 from ..provenance import default_results_dir
+from ..report import write_leaderboard
 
 
 def add_parser(sub) -> argparse.ArgumentParser:

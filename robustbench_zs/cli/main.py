@@ -10,9 +10,9 @@ import os
 import sys
 import warnings
 
-from .. import __version__
 from ..errors import ZSBenchError
 from ..paths import not_utf8
+from ..version import __version__
 from . import bench, compare, datasets, leaderboard, listing, models, reproduce, run, train, world
 from .args import EXIT_USAGE, Parser
 

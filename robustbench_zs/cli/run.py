@@ -12,11 +12,11 @@ from ..datasets.prompts import load_overrides
 from ..engine import runner
 from ..engine.runner import RunConfig
 from ..errors import ZSBenchError
-from ..leaderboard import write_leaderboard
 from ..methods import METHODS
 from ..models import ModelSpec
 from ..profiles import PROFILES, get_profile, run_config_fields
 from ..provenance import default_cache_dir, default_data_root, default_models_dir, default_results_dir
+from ..report import write_leaderboard
 from ..zoo import resolve_zoo_checkpoint
 from .args import MAX_BATCH, parse_eps, parse_sets, parse_step_size, positive_int, split_list
 

@@ -16,10 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision.datasets as tvd
 from PIL import Image, UnidentifiedImageError
+from scipy.io import loadmat
 
 from ..errors import DatasetNotFoundError, ZSBenchError
 from ..paths import is_inside
+from ..provenance import sha256_file
 from .spec import DatasetSpec, ImageDataset
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
@@ -115,8 +118,6 @@ class ArrayFilesDataset(ImageDataset):
     def fingerprint(self) -> str:
         """sha256 over the sha256 of the label file and of the image file (each file hashed once per process)."""
         if not hasattr(self, "_fingerprint"):
-            from ..provenance import sha256_file
-
             digests = "|".join(f"{p.name}:{sha256_file(p)}" for p in (self.y_path, self.x_path))
             self._fingerprint = hashlib.sha256(digests.encode()).hexdigest()
         return self._fingerprint
@@ -177,8 +178,6 @@ def read_lines(path: Path) -> list[str]:
 
 def load_mat(path: Path) -> dict:
     """A MATLAB file read with scipy (``squeeze_me``); a corrupt file is one line naming it."""
-    from scipy.io import loadmat
-
     try:
         return loadmat(str(path), squeeze_me=True, struct_as_record=False)
     except Exception as e:  # scipy raises ValueError, TypeError, MatReadError, OSError, ... on broken files
@@ -206,8 +205,6 @@ def torchvision_download(class_name: str, *calls: dict) -> callable:
     once per ``kw`` in ``calls`` (e.g. one per split); a network or checksum failure is one line."""
 
     def download(data_root: Path) -> None:
-        import torchvision.datasets as tvd
-
         cls = getattr(tvd, class_name)
         Path(data_root).mkdir(parents=True, exist_ok=True)
         for kw in calls or ({},):

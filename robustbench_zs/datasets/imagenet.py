@@ -20,6 +20,9 @@ import tarfile
 import zlib
 from pathlib import Path
 
+import numpy as np
+from scipy.io import loadmat
+
 from ..errors import ZSBenchError
 from .files import FileImageDataset, check_class_count, image_files, load_mat, missing, no_split, read_lines
 from .spec import DATASETS, GENERIC_TEMPLATE, DatasetSpec, load_metadata
@@ -40,8 +43,6 @@ def _wnid_table() -> dict[str, str]:
 
 def _parse_meta(mat: dict, where: str) -> dict[int, str]:
     """ILSVRC2012_ID -> wnid of the 1000 leaf synsets of a devkit ``meta.mat`` (loaded with ``load_mat``)."""
-    import numpy as np
-
     if "synsets" not in mat:
         raise ZSBenchError(f"corrupt devkit file {where}: no 'synsets' variable; re-download the devkit")
     synsets = np.atleast_1d(mat["synsets"]).ravel()
@@ -110,7 +111,6 @@ def _read_devkit(spec: DatasetSpec, base: Path) -> tuple[dict[int, str], list[in
                 blobs[name] = f.read()
     except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
         raise ZSBenchError(f"corrupt devkit archive {tar}: {e}; re-download it") from None
-    from scipy.io import loadmat
 
     meta_where = f"{tar}:{DEVKIT}/{META}"
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 
@@ -36,17 +37,8 @@ def file_names(split: str) -> tuple[str, str]:
     return f"{stem}_x.h5", f"{stem}_y.h5"
 
 
-def _h5py():
-    try:
-        import h5py
-    except ImportError:  # pragma: no cover - h5py is a dependency
-        raise ZSBenchError("PCAM needs the h5py package: pip install h5py") from None
-    return h5py
-
-
 def _read_shape(path: Path, key: str) -> tuple[tuple[int, ...], np.dtype]:
     """Shape and dtype of dataset ``key`` of an HDF5 file; a truncated or foreign file is one line naming it."""
-    h5py = _h5py()
     try:
         with h5py.File(path, "r") as f:
             if key not in f or not isinstance(f[key], h5py.Dataset):
@@ -75,7 +67,7 @@ class PCAMDataset(ArrayFilesDataset):
                 f"to match {x_path.name}"
             )
         try:
-            with _h5py().File(y_path, "r") as f:
+            with h5py.File(y_path, "r") as f:
                 labels = np.asarray(f["y"][...]).reshape(-1).astype(np.int64)
         except Exception as e:
             raise ZSBenchError(f"corrupt PCAM file {y_path}: {str(e).splitlines()[0] if str(e) else e!r}") from None
@@ -98,7 +90,7 @@ class PCAMDataset(ArrayFilesDataset):
     def _images(self):
         if self._file is None or self._pid != os.getpid():
             try:
-                self._file = _h5py().File(self.x_path, "r")
+                self._file = h5py.File(self.x_path, "r")
             except Exception as e:
                 raise ZSBenchError(f"corrupt PCAM file {self.x_path}: {str(e).splitlines()[0]}") from None
             self._pid = os.getpid()

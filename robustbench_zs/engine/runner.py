@@ -30,6 +30,7 @@ from ..provenance import default_cache_dir, device_description, software
 from ..results import SCHEMA_VERSION, RecordStore, ensure_writable, per_example, record_key, result_block
 from ..results.stats import pack_bools
 from ..results.store import record_lock
+from ..train import TrainConfig, train
 from .batching import auto_batch_size
 from .evaluator import evaluate
 from .variants import resolve_variants
@@ -155,8 +156,6 @@ def _trainer(cfg: RunConfig, echo: Callable[[str], None]):
     """Train a missing checkpoint with the method's recipe on ``cfg.train_dataset``; returns its folder."""
 
     def train_missing(method_id: str, options: dict[str, str], recipe: dict) -> Path:
-        from ..train import TrainConfig, train
-
         result = train(
             TrainConfig(
                 method=method_id,

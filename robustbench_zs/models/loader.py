@@ -4,6 +4,7 @@ model, ``--arch zsbench-world --pretrained world``), or random weights (tiny tes
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import logging
 import os
@@ -13,11 +14,14 @@ from pathlib import Path
 
 import open_clip
 import torch
+from open_clip import factory
+from open_clip import model as oc_model
 from torch import nn
 
 from ..errors import ZSBenchError
 from ..provenance import sha256_file, sha256_tensors
 from ..weights import CheckpointFormatError, PackagedWeights, load_state_file
+from ..world import WORLD_WEIGHTS
 from .patch_embed import use_matmul_patch_embedding
 
 _CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
@@ -29,15 +33,13 @@ TINY_ARCHS = tuple(sorted(p.stem for p in _CONFIG_DIR.glob("*.json")))
 RANDOM = "random"
 
 
-def _packaged() -> dict[tuple[str, str], PackagedWeights]:
-    from ..world import WORLD_WEIGHTS
-
-    return {("zsbench-world", "world"): WORLD_WEIGHTS}
+#: Weights shipped inside the package, by (arch, pretrained tag).
+PACKAGED: dict[tuple[str, str], PackagedWeights] = {("zsbench-world", "world"): WORLD_WEIGHTS}
 
 
 def packaged_weights(spec: ModelSpec) -> PackagedWeights:
     """The shipped weights of ``spec`` (a KeyError for any other spec)."""
-    return _packaged()[(spec.arch, spec.pretrained)]
+    return PACKAGED[(spec.arch, spec.pretrained)]
 
 
 #: Tokenizers of this package's own architectures (``module:callable``), where open_clip's would not fit.
@@ -125,7 +127,7 @@ def resolve_spec(spec: ModelSpec) -> tuple[str, dict]:
         )
     if spec.pretrained == RANDOM:
         return "random", {}
-    if (spec.arch, spec.pretrained) in _packaged():
+    if (spec.arch, spec.pretrained) in PACKAGED:
         return "package", {}
     tag_cfg = open_clip.get_pretrained_cfg(spec.arch, spec.pretrained)
     if tag_cfg:
@@ -167,7 +169,7 @@ def load_model(spec: ModelSpec, device: torch.device | str = "cpu", cache_dir: s
             torch.manual_seed(spec.init_seed)
             model = open_clip.create_model(spec.arch, pretrained=None, device="cpu")
     elif kind == "package":
-        shipped = _packaged()[(spec.arch, spec.pretrained)]
+        shipped = PACKAGED[(spec.arch, spec.pretrained)]
         checkpoint_sha = sha256_file(shipped.path) if shipped.path.is_file() else None
         if checkpoint_sha != shipped.sha256:
             raise ZSBenchError(
@@ -227,7 +229,6 @@ def make_tokenizer(arch: str):
     own = OWN_TOKENIZERS.get(arch)
     if own is None:
         return open_clip.get_tokenizer(arch)
-    import importlib
 
     module, name = own.split(":")
     return getattr(importlib.import_module(module), name)()
@@ -275,8 +276,6 @@ def load_weights_file(model: nn.Module, path: str | os.PathLike, arch: str) -> N
 
 def _open_clip_layout(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """What open_clip's ``load_checkpoint`` does to a state dict before loading it (tensor operations only)."""
-    from open_clip import factory
-    from open_clip import model as oc_model
 
     def helper(name: str):
         return getattr(factory, name, None) or getattr(oc_model, name, None)

@@ -19,12 +19,29 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from ..profiles import PAPER_SUBSAMPLE_BATCH, PAPER_SUBSAMPLE_EVERY, Profile, TrainProfile
+from ..attacks import Threat
+from ..datasets import DATASETS
+from ..datasets.preprocess import resolve_preprocess
+from ..engine.runner import attack_settings, model_identity
+from ..engine.variants import _split_options, wanted_training
+from ..methods import METHODS
+from ..models import ModelSpec
+from ..models.loader import model_preprocess_cfg
+from ..profiles import (
+    PAPER_SUBSAMPLE_BATCH,
+    PAPER_SUBSAMPLE_EVERY,
+    Profile,
+    TrainProfile,
+    profile_family,
+    train_profile_for,
+)
+from ..train.engine import effective_profile, resolve_recipe, steps_per_epoch
 from .match import load_records, match, missing_cells
 from .plan import (
     CHECKPOINT_REF,
     Cell,
     find_checkpoint,
+    official,
     options_text,
     plan,
     resolve_options,
@@ -101,7 +118,6 @@ def epoch_images(n: int | None, batch_size: int, profile: TrainProfile) -> int |
     """Images one training epoch of ``n`` images sees: all of them with the last batch kept, else the full batches."""
     if n is None:
         return None
-    from ..train.engine import steps_per_epoch
 
     steps = steps_per_epoch(n, batch_size, profile.last_batch)
     return min(n, steps * batch_size)
@@ -124,8 +140,6 @@ def needed_trainings(
     Options that refer to a checkpoint (``@checkpoint:tecoa``) wait for that checkpoint; they add no training of
     their own, since the target's own row of that method trains it.
     """
-    from ..methods import METHODS
-
     trainings: dict[Training, None] = {}
     waits: dict[tuple, bool] = {}  # per variant: waits for another's checkpoint
     waiting = []
@@ -164,11 +178,6 @@ def dry_run_report(
     epochs times training images over the median measured images/s of the method on ``arch`` in the checkpoints'
     ``meta.json``. Without a measurement the line says so; no number is guessed.
     """
-    from ..attacks import Threat
-    from ..methods import METHODS
-    from ..profiles import train_profile_for
-    from ..train.engine import effective_profile, resolve_recipe
-
     t = get_target(target)
     prof = resolve_profile(profile, paper_subsample)
     train_prof = train_profile_for(prof)
@@ -330,18 +339,6 @@ def dry_run_plan(
     threat's full settings as its record's key holds them). A reader compares it line by line with the official
     scripts.
     """
-    from ..attacks import Threat
-    from ..datasets import DATASETS
-    from ..datasets.preprocess import resolve_preprocess
-    from ..engine.runner import attack_settings, model_identity
-    from ..engine.variants import _split_options, wanted_training
-    from ..methods import METHODS
-    from ..models import ModelSpec
-    from ..models.loader import model_preprocess_cfg
-    from ..profiles import profile_family, train_profile_for
-    from ..train.engine import effective_profile, resolve_recipe, steps_per_epoch
-    from .plan import official
-
     t = get_target(target)
     prof = resolve_profile(profile, paper_subsample)
     train_prof = train_profile_for(prof)

@@ -18,7 +18,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..profiles import Profile, TrainProfile
+from ..engine.variants import wanted_training
+from ..methods import METHODS
+from ..profiles import Profile, TrainProfile, train_profile_for
+from ..provenance import default_models_dir
+from ..results import RecordStore
 from .plan import (
     Cell,
     attack_precision,
@@ -117,10 +121,6 @@ class _Expectation:
     def __init__(
         self, cell: Cell, models_dir: Path | None, arch: str, pretrained: str, train_profile: TrainProfile | None
     ) -> None:
-        from ..engine.variants import wanted_training
-        from ..methods import METHODS
-        from ..provenance import default_models_dir
-
         cls = METHODS.get(cell.method)
         self.trains = cls.trains != "nothing"
         self.config: dict | None = None
@@ -169,8 +169,6 @@ def _complete(n: int, n_total: int, want_n: int | None, paper_subsample: bool) -
 
 def load_records(out_dir: Path) -> list[tuple[Path, dict]]:
     """Every valid record under ``out_dir`` (read once, then shared by :func:`match` and the cost estimate)."""
-    from ..results import RecordStore
-
     return list(RecordStore(out_dir).iter_records())
 
 
@@ -203,8 +201,6 @@ def match(
         check_training: False lets records of checkpoints trained with other training knobs fit (to find them and
             say so; a table never uses them).
     """
-    from ..profiles import train_profile_for
-
     prof = resolve_profile(profile, paper_subsample)
     train_prof = train_profile_for(prof)
     index: dict[tuple[str, str], list[tuple[Path, dict]]] = defaultdict(list)

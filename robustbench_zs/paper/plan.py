@@ -15,8 +15,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..attacks import ATTACKS, Threat
+from ..engine.variants import _split_options, find_checkpoints, wanted_training
 from ..errors import ZSBenchError
-from ..profiles import Profile, TrainProfile, get_profile
+from ..methods import METHODS, Recipe
+from ..models import ModelSpec
+from ..profiles import Profile, TrainProfile, get_profile, profile_family
 from .targets import AVERAGE, get_target, paper_datasets
 
 #: Option values of the form ``@checkpoint:METHOD`` stand for the folder of that method's checkpoint for the same
@@ -53,24 +57,18 @@ class Cell:
 
     def clean(self) -> Cell:
         """The clean cell of the same variant and dataset (a robust run always evaluates it first)."""
-        from ..attacks import Threat
-
         return dataclasses.replace(self, metric="clean", threat=Threat())
 
 
 def attack_precision(attack: str, profile: Profile) -> str:
     """The profile's attack precision where the attack supports it, else fp32 (PGD and AutoAttack run the paper
     profile's fp16 as the official code did; an attack without fp16 would run fp32 and its records say so)."""
-    from ..attacks import ATTACKS
-
     supported = getattr(ATTACKS.get(attack), "precisions", ("fp32",))
     return profile.attack_precision if profile.attack_precision in supported else "fp32"
 
 
 def paper_threat(attack: str, eps_255: float, profile: Profile):
     """The paper's test attack at ``eps_255``/255: PGD-10 with steps of 1/255, or standard AutoAttack (L-inf)."""
-    from ..attacks import Threat
-
     eps = eps_255 / 255
     if attack == "pgd10":
         return Threat("pgd", "linf", eps, 10, 1 / 255, precision=attack_precision("pgd", profile))
@@ -94,8 +92,6 @@ def resolve_profile(profile: str | Profile, paper_subsample: bool | None = None)
 def official(profile: Profile) -> bool:
     """Whether rows take the official code's method options (:attr:`Row.official_options`): under ``paper``, with or
     without the paper subsample."""
-    from ..profiles import profile_family
-
     return profile_family(profile) == "paper"
 
 
@@ -106,8 +102,6 @@ def plan(target: str, profile: str | Profile = "paper") -> list[Cell]:
     16 datasets of their metric. Under the ``paper`` profile each row's options include its official ones (the
     options of the code behind the paper's numbers).
     """
-    from ..attacks import Threat
-
     t = get_target(target)
     prof = resolve_profile(profile)
     cells: dict[Cell, None] = {}
@@ -134,8 +128,6 @@ def plan(target: str, profile: str | Profile = "paper") -> list[Cell]:
 
 def split_options(method: str, options: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
     """Method options -> (config fields, recipe fields); unknown keys are a one-line error."""
-    from ..methods import METHODS, Recipe
-
     cls = METHODS.get(method)
     config_fields = {f.name for f in dataclasses.fields(cls.Config)}
     recipe_fields = {f.name for f in dataclasses.fields(Recipe)}
@@ -170,8 +162,6 @@ def same_config(have: dict, want: dict) -> bool:
 
 def expected_train_eps(method: str, recipe: dict[str, str]) -> float:
     """The training eps (1/255) of a run with these recipe options: the option, else the method's recipe default."""
-    from ..methods import METHODS
-
     return float(recipe.get("train_eps_255", METHODS.get(method).recipe.train_eps_255))
 
 
@@ -190,10 +180,6 @@ def find_checkpoint(
     The same rule ``zsbench run`` uses to pick a checkpoint (``engine.variants.find_checkpoints``), with the
     training eps pinned to the row's (the option, else the method's recipe default), so the plan and the run agree.
     """
-    from ..engine.variants import _split_options, find_checkpoints, wanted_training
-    from ..methods import METHODS
-    from ..models import ModelSpec
-
     cls = METHODS.get(method)
     if cls.trains == "nothing":
         return None

@@ -17,7 +17,10 @@ from pathlib import Path
 import numpy as np
 from tabulate import tabulate
 
-from ..profiles import PAPER_SUBSAMPLE_BATCH, PAPER_SUBSAMPLE_EVERY, Profile
+from ..methods import METHODS
+from ..profiles import PAPER_SUBSAMPLE_BATCH, PAPER_SUBSAMPLE_EVERY, PROFILES, Profile, train_profile_for
+from ..results import RecordStore, per_example
+from ..results.stats import bootstrap_mean_ci
 from .match import Found
 from .plan import Cell, find_checkpoint, official, paper_threat, plan, resolve_profile
 from .targets import (
@@ -55,8 +58,6 @@ def _ours(found: Found | None) -> str:
 
 def profile_line(prof: Profile) -> str:
     """The profile's name and knobs in one line (the knobs are what make numbers comparable)."""
-    from ..profiles import PROFILES
-
     knobs = ", ".join(f"{k} {v}" for k, v in prof.knobs().items() if k != "paper_subsample")
     name = f"`{prof.name}`"
     if prof.paper_subsample:
@@ -78,8 +79,6 @@ def _column_header(t: Target, col: Column) -> str:
 def _per_image(found: Found) -> np.ndarray:
     """The record's per-image correctness; where its file cannot be read any more, a mask with the same count of
     correct images (all the bootstrap uses)."""
-    from ..results import RecordStore, per_example
-
     try:
         return per_example(RecordStore.read_path(found.path))
     except (OSError, ValueError, KeyError):
@@ -89,8 +88,6 @@ def _per_image(found: Found) -> np.ndarray:
 def _average(row: Row, metric: str, matches: dict[tuple[str, str, str], Found | None]) -> tuple[float | None, str]:
     """Our mean over the 16 datasets of a row's metric with its bootstrap 95% interval over images, and its text;
     None unless every dataset has a record."""
-    from ..results.stats import bootstrap_mean_ci
-
     ids = [d.id for d in paper_datasets()]
     found = [matches.get((row.key, metric, ds)) for ds in ids]
     have = [f for f in found if f is not None]
@@ -121,8 +118,6 @@ class _FlagNotes:
 
 def train_profile_line(prof: Profile) -> str:
     """The training knobs that go with an evaluation profile, in one line (``profiles.train_profile_for``)."""
-    from ..profiles import train_profile_for
-
     tp = train_profile_for(prof)
     return f"training profile `{tp.name}` (" + ", ".join(f"{k} {v}" for k, v in tp.knobs().items()) + ")"
 
@@ -136,8 +131,6 @@ def _training_lines(
     prof: Profile | None = None,
 ) -> list[str]:
     """The paper's per-epoch training time beside our measured training images/s, one line per trained row."""
-    from ..methods import METHODS
-
     seconds = paper_epoch_seconds()
     images = train_images(t.train_dataset)
     lines, seen = [], set()
@@ -161,8 +154,6 @@ def _training_lines(
             if len(names) == 1:
                 folder = Path(models_dir) / names.pop()
             else:
-                from ..profiles import train_profile_for
-
                 folder = find_checkpoint(
                     Path(models_dir),
                     row.method,

@@ -4,7 +4,7 @@
 through ``engine.runner.run`` (one ``RunConfig`` per group of runs sharing a method variant, training set and
 threats; trainings happen there, through the runner's ``train_missing``), then writes the Markdown of
 :mod:`.render` to ``<out>/reproduce/<target>-<profile>[-subsample].md`` and, for figures, draws them with
-``robustbench_zs.figures`` beside it under the same name (``.png``, and ``.csv`` for the plotted numbers). Runs
+``robustbench_zs.report.figures`` beside it under the same name (``.png``, and ``.csv`` for the plotted numbers). Runs
 whose dataset is not under the data root, or whose checkpoint is missing under ``--no-train``, are skipped with one
 line each and shown as missing.
 """
@@ -18,8 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..atomic import write_text
+from ..datasets import DATASETS
+from ..engine.runner import RunConfig, run
 from ..errors import ZSBenchError
-from ..profiles import Profile
+from ..methods import METHODS
+from ..models import ModelSpec
+from ..profiles import Profile, run_config_fields, train_profile_for
+from ..report import figures, write_leaderboard
+from ..report.leaderboard import records_frame
+from ..results import ensure_writable
 from .match import match, missing_cells
 from .plan import (
     Cell,
@@ -37,8 +44,6 @@ from .targets import Target, get_target
 
 def dataset_available(dataset: str, data_root: Path) -> bool:
     """Cheap check that a dataset's folder is under the data root (the loader reports a wrong layout later)."""
-    from ..datasets import DATASETS
-
     spec = DATASETS.get(dataset)
     return not spec.needs_root or (spec.folder is not None and (Path(data_root) / spec.folder).exists())
 
@@ -98,12 +103,6 @@ def reproduce(
     Runs are skipped, each with one line saying why, where their dataset is not under ``data_root`` or (with
     ``train=False``) their checkpoint does not exist; the table then shows those cells as missing.
     """
-    from ..engine.runner import RunConfig, run
-    from ..methods import METHODS
-    from ..models import ModelSpec
-    from ..profiles import run_config_fields, train_profile_for
-    from ..results import ensure_writable
-
     t = get_target(target)
     prof = resolve_profile(profile, paper_subsample)
     train_prof = train_profile_for(prof)
@@ -165,8 +164,6 @@ def reproduce(
         )
         written += len(run(cfg, echo=echo).written)
     if written:
-        from ..leaderboard import write_leaderboard
-
         write_leaderboard(out_dir)
     for line in skipped:
         echo(f"skipped: {line}")
@@ -206,16 +203,13 @@ def output_stem(t: Target, profile: str | Profile, prof: Profile) -> str:
 
 
 def _draw_figure(t: Target, out_dir: Path, folder: Path, prof: Profile, stem: str) -> list[str]:
-    """Draw a figure target with ``robustbench_zs.figures`` into ``folder`` as ``<stem>.png`` and ``<stem>.csv``;
+    """Draw a figure target with ``robustbench_zs.report.figures`` into ``folder`` as ``<stem>.png`` and ``<stem>.csv``;
     returns lines for the Markdown.
 
     The figure functions pick the records of this profile's knobs and of the target's threat (fig4: the threat
     family, its label without the radius; the attack's precision is part of it); a figure that cannot be drawn yet
     (no records) says why in one line.
     """
-    from .. import figures
-    from ..leaderboard.build import records_frame
-
     spec = dict(t.figure or {})
     fn = getattr(figures, spec.pop("function"))
     along_eps = spec.pop("along_eps", False)

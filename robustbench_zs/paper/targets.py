@@ -140,7 +140,7 @@ class Target:
         attack: ``pgd10`` (PGD-10, L-inf, steps of 1/255) or ``autoattack`` (standard), at each row's eps.
         train_dataset: where the trained rows were fine-tuned.
         columns: in the paper's order; per-dataset tables end with the average.
-        figure: for figures, the ``robustbench_zs.figures`` function and its arguments.
+        figure: for figures, the ``robustbench_zs.report.figures`` function and its arguments.
     """
 
     id: str

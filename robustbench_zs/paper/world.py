@@ -15,15 +15,27 @@ Whether PMG-AFT keeps more zero-shot accuracy than TeCoA here is what the run me
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+from tabulate import tabulate
 
 from ..atomic import write_text
+from ..attacks import ATTACKS, Threat
+from ..engine.runner import RunConfig, run
+from ..engine.variants import _split_options, find_checkpoints, wanted_training
 from ..errors import ZSBenchError
+from ..methods import METHODS
+from ..models import ModelSpec
+from ..profiles import get_profile, run_config_fields, train_profile_for
+from ..report import figures, write_leaderboard
+from ..report.compare import compare, render
+from ..report.leaderboard import records_frame
 from ..world.tasks import TASKS
 
 #: The world model: the shipped weights.
@@ -95,12 +107,6 @@ def reproduce_world(
         epochs: training epochs of every trained row (default: the recipe's 6; fewer only for quick checks: the
             epochs are part of each checkpoint's recipe, so such rows never mix with the recipe's).
     """
-    from ..attacks import Threat
-    from ..engine.runner import RunConfig, run
-    from ..leaderboard import write_leaderboard
-    from ..models import ModelSpec
-    from ..profiles import get_profile, run_config_fields
-
     out_dir = Path(out_dir)
     models_dir = Path(models_dir) if models_dir is not None else out_dir / "models"
     prof = get_profile(profile)
@@ -155,9 +161,6 @@ def write_comparison(out_dir: Path, profile: str, a: str = "pmg_aft", b: str = "
     """``compare-<a>-<b>-<profile>.md``: ``zsbench compare a b`` on the records under ``out_dir`` (every paired
     record, McNemar's test, Holm-corrected), the test behind the question whether PMG-AFT keeps more zero-shot
     accuracy than TeCoA here."""
-    from ..compare import compare, render
-    from ..leaderboard.build import records_frame
-
     text = render(compare(records_frame(out_dir), a, b))
     path = Path(out_dir) / f"compare-{a}-{b}-{profile}.md"
     header = f"# `zsbench compare {a} {b}` on the world ({profile} profile)\n\n```\n"
@@ -166,16 +169,10 @@ def write_comparison(out_dir: Path, profile: str, a: str = "pmg_aft", b: str = "
 
 
 def _precision(attack: str, wanted: str) -> str:
-    from ..attacks import ATTACKS
-
     return wanted if wanted in ATTACKS.get(attack).precisions else "fp32"
 
 
 def _checkpoint(models_dir: Path, model, method: str, options: dict, prof) -> Path:
-    from ..engine.variants import _split_options, find_checkpoints, wanted_training
-    from ..methods import METHODS
-    from ..profiles import train_profile_for
-
     cls = METHODS.get(method)
     config, recipe = _split_options(cls, dict(options))
     config, knobs = wanted_training(cls, train_profile_for(prof), config)
@@ -197,12 +194,6 @@ def write_summary(out_dir: Path, profile: str, timings: dict | None = None) -> d
     """``world-<profile>.md`` (averages over the zero-shot tasks per method and threat; clean and robust per task),
     ``world-<profile>.csv`` (the same numbers) and figures 4 and 5 (``fig4-world-<profile>.png``,
     ``fig5-world-<profile>.png``, with their CSVs), from the records under ``out_dir``."""
-    import pandas as pd
-    from tabulate import tabulate
-
-    from .. import figures
-    from ..leaderboard.build import records_frame
-
     df = records_frame(out_dir)
     df = df[df["model"].str.startswith(f"{ARCH}/{PRETRAINED}")]
     if df.empty:
@@ -281,14 +272,10 @@ def write_summary(out_dir: Path, profile: str, timings: dict | None = None) -> d
 
 
 def _family(robust) -> str:
-    import re
-
     return re.sub(r"\s*ε=\S+/255", "", robust["table"].iloc[0]).strip()
 
 
 def _threat_order(label: str) -> tuple:
-    import re
-
     m = re.search(r"ε=(\S+)/255", label)
     return (label != "Clean", "AutoAttack" in label, float(m.group(1)) if m else 0.0, label)
 

@@ -27,6 +27,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from ..errors import OUT_HINT, ZSBenchError, follow_umask, writing
 from ..weights.base import cpu_tensors, fsync_dir, hash_and_sync
@@ -43,8 +44,6 @@ class ResumeStateError(ZSBenchError):
 
 
 def _write_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> tuple[str, int]:
-    from safetensors.torch import save_file
-
     try:
         save_file(cpu_tensors(tensors), str(path))
     except Exception as e:  # safetensors reports a failed write as SafetensorError("... (os error 28)")
@@ -136,8 +135,6 @@ def load_state(root: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Ten
     A damaged or foreign state is a one-line :class:`ResumeStateError` that names the file and says to rerun with
     ``--fresh``.
     """
-    from safetensors.torch import load_file
-
     root = Path(root)
     fresh = "rerun with --fresh to start this training over"
     if not (root / POINTER).exists():

@@ -11,15 +11,24 @@ loss of CLIP with a learned temperature. In fp32 on one thread, the same command
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
+import open_clip
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 
+from ..errors import follow_umask, writing
+from ..models import loader  # noqa: F401  (registers the package's model configs with open_clip)
+from ..models.classifier import NORMALIZATIONS
+from ..provenance import sha256_file
 from ..world.scenes import captions, render, sample_pairs
 from ..world.tokenizer import WorldTokenizer
 
@@ -57,10 +66,6 @@ def batch(cfg: PretrainConfig, step: int, tokenizer: WorldTokenizer) -> tuple[to
 
 
 def build_model(seed: int):
-    import open_clip
-
-    from ..models import loader  # noqa: F401  (registers the package's model configs with open_clip)
-
     torch.manual_seed(seed)
     return open_clip.create_model(ARCH, pretrained=None, device="cpu")
 
@@ -73,8 +78,6 @@ def pretrain(
 ) -> torch.nn.Module:
     """Train the world CLIP; returns the model (fp32, eval mode). ``evaluate(model, step)`` runs every
     ``eval_every`` steps when given."""
-    from ..models.classifier import NORMALIZATIONS
-
     model = build_model(cfg.seed)
     tokenizer = WorldTokenizer()
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in NORMALIZATIONS["clip"])
@@ -114,15 +117,6 @@ def pretrain(
 def save_weights(model: torch.nn.Module, cfg: PretrainConfig, out) -> str:
     """Write the model's state dict as safetensors (atomically; its metadata: the architecture and the recipe) and
     return the file's sha256. Nothing time- or machine-dependent goes in, so equal weights give equal files."""
-    import json
-    import os
-    from pathlib import Path
-
-    from safetensors.torch import save_file
-
-    from ..errors import follow_umask, writing
-    from ..provenance import sha256_file
-
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

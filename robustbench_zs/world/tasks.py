@@ -34,6 +34,7 @@ from .scenes import (
     TEXTURES,
     Scenes,
     noun_phrase,
+    render,
     sample_scenes,
 )
 
@@ -179,6 +180,5 @@ def generate(task: Task, split: str) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng([task.seed, _SPLIT_IDS[split]])
     labels = np.arange(n) % len(task.classnames)
     rng.shuffle(labels)
-    from .scenes import render
 
     return render(task.draw(rng, labels)), labels.astype(np.int64)

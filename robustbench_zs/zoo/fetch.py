@@ -22,8 +22,10 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import __version__
+from tqdm import tqdm
+
 from ..errors import ZSBenchError, writing
+from ..version import __version__
 from ..weights import CorruptCheckpointError, check_complete, html_head, looks_like_html
 
 CHUNK = 1 << 20
@@ -263,6 +265,5 @@ class _NoBar:
 def _progress_bar(name: str, total: int | None, initial: int, enabled: bool):
     if not enabled or not sys.stderr.isatty():
         return _NoBar()
-    from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024, desc=name, leave=False)

@@ -19,6 +19,7 @@ from pathlib import Path
 from ..errors import ZSBenchError
 from ..registry import Registry
 from ..resources import REINSTALL_HINT, describe, read_json
+from ..world import PRETRAIN_COMMAND, WORLD_WEIGHTS
 
 #: What a file holds; :func:`robustbench_zs.weights.load_visual_state` reads all three.
 FORMATS = {
@@ -174,8 +175,6 @@ def load_entries(package: str = ZOO_DATA[0], name: str = ZOO_DATA[1]) -> list[Zo
 
 def _world_entry() -> ZooEntry:
     """The world CLIP shipped with the package (a base model, not a fine-tuning: ``--pretrained world``)."""
-    from ..world import PRETRAIN_COMMAND, WORLD_WEIGHTS
-
     return ZooEntry(
         id="zsbench-world",
         method="clip",

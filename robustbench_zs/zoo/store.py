@@ -20,11 +20,16 @@ import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 
-from .. import __version__
+import open_clip
+import torch
+
 from ..atomic import write_text
 from ..errors import ZSBenchError, writing
+from ..models import loader  # noqa: F401  (registers the package's tiny and world architectures with open_clip)
 from ..provenance import default_models_dir, sha256_file
+from ..version import __version__
 from ..weights import apply_visual_state, load_visual_state
 from . import registry
 from .fetch import MODELS_HINT, FetchError, HTMLPageError, fetch
@@ -197,8 +202,6 @@ def _download_first(entry: ZooEntry, sources: list[Source], folder: Path, base: 
 
 def copy_packaged(source: Source, target: Path):
     """A ``package:`` source: the file shipped inside this package, copied (no network) and sha256-checked."""
-    from types import SimpleNamespace
-
     path = source.packaged_path
     if not path.is_file():
         raise ZSBenchError(f"the shipped file {path} is missing; reinstall robustbench_zs")
@@ -271,11 +274,6 @@ def _detected_format(info: dict) -> str:
 
 def check_arch(state: dict, arch: str) -> None:
     """Every key and shape of ``arch``'s image tower must be in ``state``; builds the tower on the meta device."""
-    import open_clip
-    import torch
-
-    from ..models import loader  # noqa: F401  (registers the tiny test architectures with open_clip)
-
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # open_clip announces that the (meta) weights are random

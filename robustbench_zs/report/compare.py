@@ -19,8 +19,9 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from .errors import ZSBenchError
-from .results import holm_adjust, mcnemar, per_example
+from ..datasets import DATASETS
+from ..errors import ZSBenchError
+from ..results import holm_adjust, mcnemar, per_example
 
 #: Columns that must agree for two records to be compared: the same images under the same threat and protocol.
 PAIR_KEY = ("dataset", "indices_sha256", "content_sha256", "table", "protocol")
@@ -103,8 +104,6 @@ def _order_key(dataset_order: list[str]) -> Callable[[pd.DataFrame], pd.Series]:
 
 def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
     """Clean first, then by eps, threat, protocol and the registry's dataset order."""
-    from .datasets import DATASETS
-
     if frame.empty:
         return frame
     frame = frame.assign(_clean=frame["table"] != "Clean")
@@ -122,7 +121,7 @@ def compare(
     """Pair A's records with B's on the same images, threat and protocol; McNemar-test each pair; Holm-correct.
 
     Args:
-        df: ``leaderboard.build.records_frame(out_dir)`` (or a frame with its columns).
+        df: ``report.leaderboard.records_frame(out_dir)`` (or a frame with its columns).
         a, b: the two sides: a method label (``interpolation(alpha=0.5)``), a method id (``tecoa``) or a leaderboard
             row name (``clip · ViT-B-32/openai``).
         alpha: family-wise significance level for the Holm-Bonferroni correction over all pairs.

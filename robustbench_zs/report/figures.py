@@ -1,6 +1,6 @@
 """The paper's figures from the records: robust accuracy against eps (Fig. 4) and the clean/robust trade-off (Fig. 5).
 
-Both take ``leaderboard.build.records_frame(out_dir)`` and draw only numbers measured under one protocol profile
+Both take ``report.leaderboard.records_frame(out_dir)`` and draw only numbers measured under one protocol profile
 (normalization, logit scale, prompts, preprocessing) and one threat family (attack, norm, steps, precision, attack
 seed), so no curve joins points measured differently. Each figure is saved as a PNG together with a CSV of exactly
 the numbers it plots. Rendering uses matplotlib's Agg canvas directly (no pyplot state, no display needed).
@@ -16,10 +16,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
+from matplotlib.transforms import Bbox
 
-from .atomic import replacing, write_text
-from .errors import ZSBenchError
-from .results import bootstrap_mean_ci, per_example
+from ..atomic import replacing, write_text
+from ..datasets import DATASETS
+from ..errors import ZSBenchError
+from ..methods import METHODS
+from ..results import bootstrap_mean_ci, per_example
+from .compare import select
 
 #: Attack settings that change along a curve of fig4 (everything else fixes the threat family).
 _ALONG_EPS = ("eps", "eps_255", "step_size", "step_size_255")
@@ -77,7 +85,6 @@ def _profiles_line(keys: pd.Series) -> str:
 def _select_methods(df: pd.DataFrame, methods: list[str] | None) -> pd.DataFrame:
     if not methods:
         return df
-    from .compare import select
 
     return pd.concat([select(df, m) for m in methods]).drop_duplicates("record")
 
@@ -108,23 +115,17 @@ def _one_subset(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _line_order(df: pd.DataFrame) -> list[str]:
-    from .methods import METHODS
-
     names = METHODS.names()
     first = df.drop_duplicates("line").set_index("line")["method_id"]
     return sorted(first.index, key=lambda n: (names.index(first[n]) if first[n] in names else len(names), n))
 
 
 def _dataset_order(present) -> list[str]:
-    from .datasets import DATASETS
-
     order = DATASETS.names()
     return sorted(set(present), key=lambda d: (order.index(d) if d in order else len(order), d))
 
 
 def _colors(lines: list[str]) -> dict[str, tuple]:
-    from matplotlib import colormaps
-
     cmap = colormaps["tab10" if len(lines) <= 10 else "tab20"]
     return {line: cmap(i % cmap.N) for i, line in enumerate(lines)}
 
@@ -141,8 +142,6 @@ def _short(label: str) -> str:
 
 def _text_width(fig, text: str, fontsize: float) -> float:
     """Width in inches of the widest line of ``text`` at ``fontsize``, as the figure's Agg renderer draws it."""
-    from matplotlib.font_manager import FontProperties
-
     renderer = fig.canvas.get_renderer()
     prop = FontProperties(size=fontsize)
     widths = [renderer.get_text_width_height_descent(line, prop, ismath=False)[0] for line in text.split("\n")]
@@ -180,9 +179,6 @@ def _legend_layout(fig, labels: list[str], width_in: float) -> tuple[list[str], 
 
 def _new_figure(width: float, height: float):
     """A constrained-layout figure on its own Agg canvas (so that text can be measured before it is saved)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(width, height), layout="constrained", dpi=120)
     FigureCanvasAgg(fig)
     return fig
@@ -579,8 +575,6 @@ def _place_labels(ax, tags: list[tuple[float, float, str, tuple]], marks: list[t
     The figure is laid out first (the labels are then kept out of the layout, so they cannot move the points).
     Returns the annotations.
     """
-    from matplotlib.transforms import Bbox
-
     fig = ax.figure
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()

@@ -16,8 +16,12 @@ import pandas as pd
 from tabulate import tabulate
 
 from ..atomic import write_text
-from ..profiles import train_eval_differences
-from ..results import RecordStore
+from ..attacks.sanity import autoattack_above_pgd, leaderboard_flags, robust_rises_with_eps
+from ..datasets import DATASETS
+from ..methods import METHODS
+from ..profiles import knob_differences, train_eval_differences
+from ..results import RecordStore, per_example
+from ..results.stats import bootstrap_mean_ci
 
 _PROTOCOL_KEYS = ("normalization", "logit_scale", "resize", "prompts")
 #: Marks a row trained under other knobs than it is evaluated with (``profiles.train_eval_differences``).
@@ -25,14 +29,10 @@ TRAIN_EVAL_MARK = "⚑"
 
 
 def _dataset_order() -> list[str]:
-    from ..datasets import DATASETS  # the leaderboard needs only the order, not the loaders
-
     return DATASETS.names()
 
 
 def _method_order() -> list[str]:
-    from ..methods import METHODS
-
     return METHODS.names()
 
 
@@ -119,9 +119,6 @@ def cross_record_checks(df: pd.DataFrame) -> pd.DataFrame:
     and eps, and ``robust_rises_with_eps`` runs per attack, norm, steps and precision over its radii. Returns one row
     per check: its group, the threat labels it concerns, and the check dict.
     """
-    from ..attacks.sanity import autoattack_above_pgd, robust_rises_with_eps
-    from ..results import per_example
-
     cols = ["row", "dataset", "indices_sha256", "content_sha256", "knobs", "seed"]
     out = []
     if df.empty:
@@ -242,8 +239,6 @@ def _knob_notes(tables: list[dict]) -> None:
     ``PGD-10 L∞ ε=1/255 fp16`` are one threat); each note names every knob that differs, as ``knob: mine vs
     theirs``, and the other table's title.
     """
-    from ..profiles import knob_differences
-
     by_threat: dict[str, list[tuple[dict, dict]]] = {}
     for t in tables:
         t["knob_notes"] = []
@@ -348,8 +343,6 @@ def build_tables(df: pd.DataFrame, checks: pd.DataFrame | None = None) -> list[d
 
 def _average_ci(acc: pd.Series, n: pd.Series) -> tuple[float, float]:
     """Bootstrap 95% interval (in %) of the mean over datasets, resampling each dataset's images independently."""
-    from ..results.stats import bootstrap_mean_ci
-
     masks = []
     for a, k in zip(acc.to_numpy(), n.to_numpy(), strict=True):
         k = int(k)
@@ -364,8 +357,6 @@ def _table_flags(g: pd.DataFrame, checks: pd.DataFrame, title: str, rows: list[s
     A record's own checks (zero gradients, robust above clean, Square beating the gradient attacks) count for its
     row; a cross-record check (AutoAttack above PGD, robust accuracy rising with eps) for every table it involves.
     """
-    from ..attacks.sanity import leaderboard_flags
-
     if "failed_checks" not in g:
         return {}, []
     per_row: dict[str, list[dict]] = {r: [] for r in rows}
