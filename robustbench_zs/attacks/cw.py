@@ -21,7 +21,7 @@ from torch import nn
 
 from .base import ATTACKS, Attack, AttackEntry, Threat, require_precision
 from .core import margin
-from .pgd import iterative_attack, pgd_single
+from .pgd import iterative_attack
 
 KAPPA = 50.0
 PRECISIONS = ("fp32",)
@@ -33,14 +33,6 @@ than fp32 on the tiny test classifier even with an fp32 check of every iterate (
 def cw_margin_loss(logits: torch.Tensor, y: torch.Tensor, kappa: float = KAPPA) -> torch.Tensor:
     """Per-image loss to ascend: -relu(z_y - max_{j != y} z_j + kappa), from the fp32 logits."""
     return -torch.relu(margin(logits, y) + kappa)
-
-
-def cw_single(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat, noise: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attack one batch at one eps. Returns (x_adv, robust) with robust[i] = correct at every iterate."""
-    require_precision([threat], PRECISIONS)
-    return pgd_single(model, x, y, threat, noise, loss_fn=cw_margin_loss)
 
 
 def run_cw(

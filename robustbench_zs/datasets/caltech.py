@@ -6,14 +6,13 @@ folder are images (Caltech-256 ships a stray ``198.spider/RENAME2`` and an empty
 
 ``ensemble`` class names: Caltech-101 uses CLIP_benchmark's curated names (matched by folder name). CLIP_benchmark
 has none for Caltech-256, so ours are derived from the folder name: the ``NNN.`` prefix and a trailing ``-101`` are
-removed, ``-`` and ``_`` become spaces, and :data:`CALTECH256_FIXES` replaces the names that are not natural English
+removed, ``-`` and ``_`` become spaces, and ``metadata/caltech256_fixes.json`` replaces the names that are not natural English
 (proper nouns, joined words, plurals after "a", and the categories taken over from Caltech-101 whose folder name
 says how the object is shown, such as ``faces-easy-101`` -> "face").
 """
 
 from __future__ import annotations
 
-import json
 import re
 from functools import cache
 from pathlib import Path
@@ -21,56 +20,9 @@ from pathlib import Path
 from .files import FileImageDataset, check_class_count, missing, no_split
 from .spec import DATASETS, DatasetSpec, ImageDataset, clean_classname, load_metadata, underscores_to_spaces
 
-CLASSLISTS = Path(__file__).resolve().parent / "metadata" / "classlists"
 BACKGROUND = "BACKGROUND_Google"
 PREFIX = re.compile(r"^\d{3}\.")
 
-#: stripped Caltech-256 name (``-101`` removed, spaces for ``-``/``_``) -> the ``ensemble`` prompt name.
-CALTECH256_FIXES = {
-    "ak47": "AK-47",
-    "airplanes": "airplane",
-    "binoculars": "pair of binoculars",
-    "car side": "side of a car",
-    "cartman": "Eric Cartman",
-    "cd": "CD",
-    "chopsticks": "pair of chopsticks",
-    "dumb bell": "dumbbell",
-    "eiffel tower": "Eiffel Tower",
-    "eyeglasses": "pair of eyeglasses",
-    "faces easy": "face",
-    "french horn": "French horn",
-    "golden gate bridge": "Golden Gate Bridge",
-    "grapes": "bunch of grapes",
-    "head phones": "headphones",
-    "homer simpson": "Homer Simpson",
-    "house fly": "housefly",
-    "ipod": "iPod",
-    "jesus christ": "Jesus Christ",
-    "joy stick": "joystick",
-    "leopards": "leopard",
-    "light house": "lighthouse",
-    "mars": "Mars",
-    "motorbikes": "motorbike",
-    "mussels": "mussel",
-    "palm pilot": "Palm Pilot",
-    "paperclip": "paper clip",
-    "pci card": "PCI card",
-    "people": "person",
-    "pez dispenser": "Pez dispenser",
-    "saturn": "Saturn",
-    "segway": "Segway",
-    "self propelled lawn mower": "self-propelled lawn mower",
-    "socks": "pair of socks",
-    "speed boat": "speedboat",
-    "stirrups": "stirrup",
-    "superman": "Superman",
-    "swiss army knife": "Swiss Army knife",
-    "t shirt": "t-shirt",
-    "tennis shoes": "tennis shoe",
-    "tower pisa": "Leaning Tower of Pisa",
-    "vcr": "VCR",
-    "yo yo": "yo-yo",
-}
 
 
 def strip_number(folder: str) -> str:
@@ -86,13 +38,13 @@ def caltech256_paper_names(raw: list[str]) -> list[str]:
 def caltech256_ensemble_name(folder: str) -> str:
     name = strip_number(folder)
     name = name.removesuffix("-101").replace("-", " ").replace("_", " ")
-    return CALTECH256_FIXES.get(name, name)
+    return load_metadata("caltech256_fixes")["fixes"].get(name, name)
 
 
 @cache
 def caltech101_curated() -> dict[str, str]:
     """Caltech-101 folder name -> CLIP_benchmark's curated name (its list follows the sorted folders, background first)."""
-    folders = json.loads((CLASSLISTS / "caltech101.json").read_text(encoding="utf-8"))["classnames"]
+    folders = load_metadata("classlists/caltech101")["classnames"]
     curated = load_metadata("clip_benchmark_en")["classnames"]["caltech101"]
     return dict(zip([BACKGROUND, *folders], curated, strict=True))
 

@@ -189,12 +189,6 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def check_label_range(spec: DatasetSpec, labels: Iterable[int], source: Path) -> None:
-    labels = list(labels)
-    if labels and (min(labels) < 0 or max(labels) >= spec.num_classes):
-        raise ZSBenchError(f"corrupt labels in {source}: values outside [0, {spec.num_classes}); re-download it")
-
-
 def check_class_count(spec: DatasetSpec, found: int, base: Path, what: str) -> None:
     if found != spec.num_classes:
         raise missing(spec, base, f"{what}: found {found} classes, expected {spec.num_classes}")

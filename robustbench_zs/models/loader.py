@@ -16,6 +16,7 @@ import open_clip
 import torch
 from open_clip import factory
 from open_clip import model as oc_model
+from open_clip.convert import load_big_vision_weights
 from torch import nn
 
 from ..errors import ZSBenchError
@@ -255,8 +256,6 @@ def load_weights_file(model: nn.Module, path: str | os.PathLike, arch: str) -> N
     p = Path(path)
     if p.suffix in (".npz", ".npy"):  # big_vision (SigLIP) weights: numpy arrays, read without pickle
         try:
-            from open_clip.convert import load_big_vision_weights
-
             load_big_vision_weights(model, str(p))
         except Exception as e:  # noqa: BLE001 - numpy and the converter raise many types
             raise _not_loadable(ModelSpec(arch, str(p)), e) from None

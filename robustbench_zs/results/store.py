@@ -116,7 +116,7 @@ def record_lock(path: Path, on_wait: Callable[[str], None] | None = None) -> Ite
     them would race with a waiting process); they are empty. Without ``fcntl`` (Windows) no lock is taken.
     """
     try:
-        import fcntl
+        import fcntl  # POSIX only: a function-local import so that Windows runs without locks
     except ImportError:  # pragma: no cover - Windows
         yield
         return

@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -702,10 +702,3 @@ def _load_resume(folder: Path, method, encoder, opt, scaler, identity: dict) -> 
 def _one_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0][:160]}" if text else type(e).__name__
-
-
-def train_config_dict(cfg: TrainConfig) -> dict:
-    d = asdict(cfg)
-    d["data_root"], d["out_dir"] = str(cfg.data_root), str(cfg.out_dir)
-    d["cache_dir"] = str(cfg.cache_dir) if cfg.cache_dir else None
-    return d

@@ -52,7 +52,6 @@ POSITIONS: dict[str, tuple[float, float]] = {
     "bottom left": (22.5, 8.5),
     "bottom right": (22.5, 22.5),
 }
-SCATTERED = "scattered"
 COUNTS = ("one", "two", "three")
 TEXTURES = ("plain", "striped", "dotted", "checkered")
 
