@@ -290,3 +290,52 @@ def test_datasets_check_reports_each_dataset(tmp_path, capsys):
         and "zsbench datasets download tinyimagenet" in rows["tinyimagenet"]
     )
     assert rows["synthetic"].split()[1] == "found"
+
+
+EPS_SPELLINGS = [
+    ("1,4", [1.0, 4.0]),
+    ("1/255,4/255", [1.0, 4.0]),
+    ("4/255, 1", [1.0, 4.0]),
+    ("0.5,1", [0.5, 1.0]),  # not every value below 1: units of 1/255
+    ("0.5/255", [0.5]),
+    ("8/255", [8.0]),
+    ("0", [0.0]),
+]
+
+
+@pytest.mark.parametrize("value,units", EPS_SPELLINGS)
+def test_eps_as_fractions_or_units_of_1_255_are_the_same_radii(value, units):
+    from robustbench_zs.cli.args import parse_eps
+
+    assert [round(e * 255, 9) for e in parse_eps(value)] == units
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--eps", "0.03"], "--eps 0.03 is ambiguous"),
+        (["--eps", "0.031,0.0157"], "write --eps 8/255 (or 8)"),
+        (["--eps", "0.5"], "--eps 0.5/255 if you mean 0.5/255"),
+        (["--eps", "2/0"], "--eps 2/0 divides by 0"),
+        (["--eps", "256/255"], "over 255/255"),
+        (["--eps", "1/2/3"], "not a number or a fraction"),
+        (["--step-size", "0.25"], "--step-size 0.25 is ambiguous"),
+    ],
+)
+def test_an_eps_that_reads_as_a_fraction_is_refused_with_both_spellings(tmp_path, capsys, argv, needle):
+    code = main(["run", "--preset", "smoke", "--out", str(tmp_path / "r"), *argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and needle in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "r").exists()
+    if "ambiguous" in needle:
+        assert "/255" in err and "units of 1/255" in err  # both spellings shown
+
+
+def test_train_takes_the_same_eps_spellings(tmp_path, monkeypatch):
+    import robustbench_zs.cli.train as train_cli
+
+    seen = {}
+    monkeypatch.setattr(train_cli, "train", lambda cfg: seen.setdefault("recipe", cfg.recipe))
+    base = ["train", "--method", "tecoa", *TINY_ARGS[:4], "--out", str(tmp_path), "--data-root", str(tmp_path)]
+    assert main([*base, "--train-eps", "4/255", "--train-step-size", "1/255"]) == 0
+    assert seen["recipe"]["train_eps_255"] == 4.0 and seen["recipe"]["train_step_size_255"] == 1.0

@@ -116,7 +116,7 @@ CASES = [
     ("unknown method option", lambda t: [*SMOKE, "--set", "clip.alpha=1"], "clip has no option 'alpha'"),
     ("eps not a number", lambda t: [*SMOKE, "--eps", "one"], "--eps 'one' is not a number"),
     ("negative eps", lambda t: [*SMOKE, "--eps", "-1"], "--eps -1 is negative"),
-    ("eps over 255", lambda t: [*SMOKE, "--eps", "300"], "--eps 300 is over 255"),
+    ("eps over 255", lambda t: [*SMOKE, "--eps", "300"], "--eps 300 is over 255/255"),
     ("zero steps", lambda t: [*SMOKE, "--steps", "0"], "--steps 0 must be at least 1"),
     ("steps not an integer", lambda t: [*SMOKE, "--steps", "ten"], "--steps 'ten' is not an integer"),
     ("eps nan", lambda t: [*SMOKE, "--eps", "nan"], "--eps nan is negative or not finite"),

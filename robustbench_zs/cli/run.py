@@ -95,13 +95,18 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="comma-separated attack ids (pgd, apgd-ce, apgd-t, cw, autoattack; see zsbench list attacks), "
         "or 'none' for clean accuracy only (default pgd)",
     )
-    r.add_argument("--eps", help="comma-separated radii in units of 1/255 (default 1)")
+    r.add_argument(
+        "--eps",
+        help="comma-separated radii in units of 1/255 (1,4) or as fractions (1/255,4/255) (default 1); plain values "
+        "all below 1 are refused as ambiguous unless written as fractions",
+    )
     r.add_argument("--norm", choices=["linf", "l2"], help="threat norm (default linf)")
     r.add_argument(
         "--steps", help="attack iterations (default: 10 for pgd and cw, 100 for apgd; autoattack fixes its own)"
     )
     r.add_argument(
-        "--step-size", help="attack step in units of 1/255 (default: 1 for linf as in the paper; 2.5*eps/steps for l2)"
+        "--step-size",
+        help="attack step in units of 1/255 or as a fraction (default: 1 for linf as in the paper; 2.5*eps/steps for l2)",
     )
     r.add_argument("--n", help="evaluate a seeded random subset of N images per dataset (default: the full split)")
     r.add_argument(

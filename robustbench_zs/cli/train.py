@@ -9,7 +9,7 @@ from ..models import ModelSpec
 from ..profiles import TRAIN_PROFILES, get_train_profile
 from ..provenance import default_cache_dir, default_data_root, default_models_dir
 from ..train import TrainConfig, train
-from .args import parse_sets, positive_int
+from .args import one_radius_255, parse_sets, positive_int
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -29,9 +29,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
         ("momentum", float, "SGD momentum"),
         ("weight-decay", float, "weight decay"),
         ("warmup-steps", int, "linear warm-up steps before the cosine decay"),
-        ("train-eps", float, "training PGD radius, units of 1/255"),
+        ("train-eps", str, "training PGD radius, in units of 1/255 (1) or as a fraction (1/255)"),
         ("train-steps", int, "training PGD steps"),
-        ("train-step-size", float, "training PGD step, units of 1/255"),
+        ("train-step-size", str, "training PGD step, in units of 1/255 (1) or as a fraction (1/255)"),
         ("train-attack", str, "training PGD rule: pgd (TeCoA/PMG-AFT) or pgd_momentum (RobustVLM)"),
     ]:
         tr.add_argument(f"--{flag}", type=kind, help=f"{what} (default: the method's recipe)")
@@ -109,9 +109,11 @@ def handle(args: argparse.Namespace) -> int:
         "momentum": args.momentum,
         "weight_decay": args.weight_decay,
         "warmup_steps": args.warmup_steps,
-        "train_eps_255": args.train_eps,
+        "train_eps_255": None if args.train_eps is None else one_radius_255(args.train_eps, "train-eps"),
         "train_steps": args.train_steps,
-        "train_step_size_255": args.train_step_size,
+        "train_step_size_255": None
+        if args.train_step_size is None
+        else one_radius_255(args.train_step_size, "train-step-size"),
         "train_attack": args.train_attack,
     }
     cfg = TrainConfig(
