@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+import robustbench_zs.models.loader as loader_mod
 from robustbench_zs.errors import ZSBenchError
 from robustbench_zs.models import NORMALIZATIONS, HeadKnobs, ModelSpec, ZeroShotClassifier, load_model
 from robustbench_zs.provenance import sha256_file
@@ -83,8 +84,56 @@ def test_offline_tag_download_is_one_clear_error(monkeypatch):
         raise OSError("We couldn't connect to the hub")
 
     monkeypatch.setattr(open_clip, "download_pretrained", offline)
+    monkeypatch.setattr(loader_mod, "hub_reachable", lambda: True)  # the hub answered, then the download failed
     with pytest.raises(ZSBenchError, match="could not fetch the weights of ViT-B-32/openai.*--pretrained PATH"):
         load_model(ModelSpec("ViT-B-32", "openai"))
+
+
+def test_without_network_the_cache_is_asked_once_and_the_error_comes_in_seconds(monkeypatch):
+    """No network: the hub client works from the local cache only (no minute of retries), and a miss is one line
+    naming --pretrained PATH and the zoo."""
+    import huggingface_hub
+    import open_clip
+
+    asked = []
+
+    def from_cache(cfg, cache_dir=None):
+        asked.append(huggingface_hub.constants.is_offline_mode())
+        if cfg.get("hf_hub", "").startswith("timm/vit_base_patch32"):
+            return "/cached/open_clip_model.safetensors"
+        raise FileNotFoundError("not in the local cache")
+
+    monkeypatch.setattr(loader_mod, "hub_reachable", lambda: False)
+    monkeypatch.setattr(open_clip, "download_pretrained", from_cache)
+    _, cfg = loader_mod.resolve_spec(ModelSpec("ViT-B-32", "openai"))
+    assert loader_mod._download(ModelSpec("ViT-B-32", "openai"), cfg, None) == "/cached/open_clip_model.safetensors"
+    with pytest.raises(ZSBenchError) as err:
+        load_model(ModelSpec("ViT-B-16", "openai"))
+    assert asked == [True, True] and not huggingface_hub.constants.is_offline_mode()  # offline only for the lookup
+    text = str(err.value)
+    assert "no network" in text and "--pretrained PATH" in text and "zsbench models list" in text and "\n" not in text
+
+
+def test_the_network_check_is_one_quick_connection(monkeypatch):
+    import socket
+    import time
+
+    import huggingface_hub
+
+    loader_mod.hub_reachable.cache_clear()
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    start = time.perf_counter()
+    try:
+        assert loader_mod.hub_reachable() is False
+        assert time.perf_counter() - start < loader_mod.HUB_PROBE_S + 1
+        calls = []
+        monkeypatch.setattr(socket, "create_connection", lambda *a, **k: calls.append(a))
+        assert loader_mod.hub_reachable() is False and calls == []  # asked once per process
+        loader_mod.hub_reachable.cache_clear()
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+        assert loader_mod.hub_reachable() is False and calls == []  # HF_HUB_OFFLINE: not even one connection
+    finally:
+        loader_mod.hub_reachable.cache_clear()
 
 
 @pytest.mark.network

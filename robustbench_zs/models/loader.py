@@ -4,14 +4,18 @@ model, ``--arch zsbench-world --pretrained world``), or random weights (tiny tes
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import io
 import logging
 import os
+import socket
+import urllib.parse
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import huggingface_hub
 import open_clip
 import torch
 from open_clip import factory
@@ -160,6 +164,57 @@ def model_preprocess_cfg(spec: ModelSpec) -> dict:
     }
 
 
+#: how long the one check for a network waits for the hub before weights are looked up in the local cache only
+HUB_PROBE_S = 3.0
+
+
+@functools.cache
+def hub_reachable() -> bool:
+    """Whether the Hugging Face hub answers (one TCP connection, at most :data:`HUB_PROBE_S`; asked once per
+    process); False at once under ``HF_HUB_OFFLINE=1``. Without it, the hub client retries for about a minute."""
+    if huggingface_hub.constants.is_offline_mode():
+        return False
+    url = urllib.parse.urlsplit(huggingface_hub.constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname or "", port), timeout=HUB_PROBE_S).close()
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _cache_only():
+    """The hub client in offline mode for this block: weights come from the local cache or not at all."""
+    before = huggingface_hub.constants.HF_HUB_OFFLINE
+    huggingface_hub.constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        huggingface_hub.constants.HF_HUB_OFFLINE = before
+
+
+def _download(spec: ModelSpec, tag_cfg: dict, cache_dir: str | None) -> str:
+    """The local file of an open_clip pretrained tag: from the cache, fetched from the hub when it answers."""
+    online = hub_reachable()
+    try:
+        with contextlib.nullcontext() if online else _cache_only():
+            return open_clip.download_pretrained(tag_cfg, cache_dir=cache_dir)
+    except Exception as e:  # network, hub or disk errors all end up here
+        if not online:
+            raise ZSBenchError(
+                f"cannot fetch the weights of {spec.arch}/{spec.pretrained}: no network (the hub "
+                f"{huggingface_hub.constants.ENDPOINT} did not answer within {HUB_PROBE_S:g} s, or HF_HUB_OFFLINE is "
+                "set) and they are not in the local cache; pass --pretrained PATH (a local open_clip checkpoint "
+                "file), or a published checkpoint of the zoo (zsbench models list)"
+            ) from None
+        raise ZSBenchError(
+            f"could not fetch the weights of {spec.arch}/{spec.pretrained} ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}); on a machine without internet, copy the "
+            "checkpoint file here and pass --pretrained PATH"
+        ) from None
+
+
 def load_model(spec: ModelSpec, device: torch.device | str = "cpu", cache_dir: str | None = None) -> LoadedModel:
     """Build the model in fp32 on ``device`` in eval mode, with every weight hashed for the records."""
     kind, tag_cfg = resolve_spec(spec)
@@ -183,14 +238,7 @@ def load_model(spec: ModelSpec, device: torch.device | str = "cpu", cache_dir: s
             model = open_clip.create_model(spec.arch, pretrained=None, device="cpu")
         load_weights_file(model, shipped.path, spec.arch)
     elif kind == "tag":
-        try:
-            path = open_clip.download_pretrained(tag_cfg, cache_dir=cache_dir)
-        except Exception as e:  # network, hub or disk errors all end up here
-            raise ZSBenchError(
-                f"could not fetch the weights of {spec.arch}/{spec.pretrained} ({type(e).__name__}: "
-                f"{str(e).splitlines()[0] if str(e) else ''}); on a machine without internet, copy the "
-                "checkpoint file here and pass --pretrained PATH"
-            ) from None
+        path = _download(spec, tag_cfg, cache_dir)
         source = f"open_clip:{spec.arch}/{spec.pretrained}"
         checkpoint_sha = sha256_file(path)
         quick_gelu = bool(tag_cfg.get("quick_gelu", False))
