@@ -191,10 +191,11 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, case):
     assert err.startswith("zsbench")
 
 
-def test_missing_data_root_names_layout_and_source(tmp_path, capsys):
+def test_missing_data_root_names_layout_and_the_command_that_gets_it(tmp_path, capsys):
     assert main(["run", "--datasets", "cifar100", "--data-root", str(tmp_path), *TINY_ARGS]) == 2
     err = capsys.readouterr().err
-    assert "cifar-100-python/{train,test,meta}" in err and "download=True" in err
+    assert f"{tmp_path}/cifar-100-python/{{train,test,meta}}" in err and "<data-root>" not in err
+    assert err.strip().endswith(f"get it with: zsbench datasets download cifar100 --data-root {tmp_path}")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")

@@ -20,6 +20,7 @@ from dataset_fixtures import (
     write_cifar100,
     write_tinyimagenet,
 )
+from dataset_fixtures.common import assert_missing_message
 
 import robustbench_zs.datasets  # noqa: F401  (registers the datasets)
 from robustbench_zs.datasets import DATASETS, GENERIC_TEMPLATE, select_subset
@@ -31,10 +32,7 @@ WNID_TABLE = load_metadata("imagenet_wnid_to_name")["names"]
 
 
 def _assert_layout_message(err: pytest.ExceptionInfo, spec_id: str) -> None:
-    spec = DATASETS.get(spec_id)
-    msg = str(err.value)
-    assert spec.layout in msg, msg
-    assert spec.source in msg, msg
+    assert_missing_message(str(err.value), DATASETS.get(spec_id))
 
 
 # --------------------------------------------------------------------------------------------------------- CIFAR

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from dataset_fixtures import WRITERS
-from dataset_fixtures.common import varied_sizes
+from dataset_fixtures.common import assert_missing_message, varied_sizes
 from dataset_fixtures.dtd import DTD_CLASSES, dtd_lines, dtd_numbers, write_dtd
 from dataset_fixtures.eurosat import EUROSAT_CLASSES, eurosat_files, write_eurosat
 from dataset_fixtures.food101 import CLASSLIST, food101_classes, food101_split, write_food101
@@ -59,8 +59,7 @@ def _load(root: Path, ds_id: str, split: str | None = None):
 
 def _one_line_with_layout(err: pytest.ExceptionInfo, ds_id: str) -> str:
     spec, msg = DATASETS.get(ds_id), str(err.value)
-    assert "\n" not in msg
-    assert spec.layout in msg and spec.source in msg, msg
+    assert_missing_message(msg, spec)
     return msg
 
 

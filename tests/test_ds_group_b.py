@@ -13,6 +13,7 @@ import pytest
 import torch
 from dataset_fixtures import WRITERS
 from dataset_fixtures.cars import cars_annotations, cars_classnames
+from dataset_fixtures.common import assert_missing_message
 from dataset_fixtures.fgvc import fgvc_rows, fgvc_variants
 from dataset_fixtures.flowers102 import flowers_plan
 from dataset_fixtures.pets import PETS_BREEDS, pets_rows
@@ -282,7 +283,7 @@ def test_torchvision_reads_the_fixtures_alike(root, loaded, monkeypatch) -> None
 
 def _assert_layout(err, ds_id: str) -> None:
     spec, msg = DATASETS.get(ds_id), str(err.value)
-    assert spec.layout in msg and spec.source in msg and "\n" not in msg
+    assert_missing_message(msg, spec)
 
 
 @pytest.mark.parametrize("ds_id", IDS)

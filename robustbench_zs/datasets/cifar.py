@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DatasetNotFoundError, ZSBenchError
+from ..errors import ZSBenchError
+from .files import missing as missing_files
 from .files import torchvision_download
 from .spec import DATASETS, GENERIC_TEMPLATE, DatasetSpec, TensorImageDataset, load_metadata
 
@@ -73,10 +74,7 @@ def _loader(folder: str, files: dict[str, list[str]], meta: str, label_key: str,
         needed = [*files[split], meta]
         missing = [n for n in needed if not (base / n).is_file()]
         if missing:
-            raise DatasetNotFoundError(
-                f"{spec.name} not found: {base} lacks {', '.join(missing)}; expected layout: {spec.layout}; "
-                f"get it with: {spec.source}"
-            )
+            raise missing_files(spec, base, f"{base.name} lacks {', '.join(missing)}")
         parts = [_read_batch(base / name, label_key, spec.num_classes) for name in files[split]]
         names = _get(_load_pickle(base / meta), "fine_label_names" if label_key == "fine_labels" else "label_names")
         if names is None or len(names) != spec.num_classes:

@@ -123,11 +123,28 @@ class ArrayFilesDataset(ImageDataset):
         return self._fingerprint
 
 
+def _data_root(spec: DatasetSpec, base: Path) -> Path:
+    """The data root above ``base`` (the folder holding the dataset's top folder ``spec.folder``)."""
+    top = (spec.folder or "").split("/")[0]
+    for p in (base, *base.parents):
+        if top and p.name == top:
+            return p.parent
+    return base.parent if top else base
+
+
 def missing(spec: DatasetSpec, base: Path, what: str) -> DatasetNotFoundError:
-    """The one-line error for an absent or incomplete dataset folder."""
+    """The one-line error for an absent or incomplete dataset folder, with the command (or the manual steps) that
+    gets it into this data root."""
+    root = _data_root(spec, Path(base))
+    layout = spec.layout.replace("<data-root>", str(root))
+    if spec.download is not None:
+        how = f"get it with: zsbench datasets download {spec.id} --data-root {root}"
+    elif spec.manual_steps:
+        how = "get it by hand: " + " ".join(spec.manual_steps.replace("<data-root>", str(root)).split())
+    else:
+        how = f"get it from {spec.source}"
     return DatasetNotFoundError(
-        f"{spec.name} not found or incomplete: {what} (under {base}); expected layout: {spec.layout}; "
-        f"get it from {spec.source}"
+        f"{spec.name} not found or incomplete: {what} (under {base}); expected layout: {layout}; {how}"
     )
 
 
