@@ -698,3 +698,17 @@ def test_package_data_errors_are_one_line(tmp_path, monkeypatch):
         assert "\n" not in str(info.value) and str(info.value).endswith("reinstall robustbench_zs"), file
     with pytest.raises(ZSBenchError, match="cannot read package data file"):
         resources.read_json("zsb_no_such_package_here", "x.json")
+
+
+def test_an_entry_whose_method_is_not_registered_says_what_it_can_be_used_for(capsys):
+    from robustbench_zs.cli import main
+    from robustbench_zs.methods import METHODS
+
+    assert main(["models", "list"]) == 0
+    out = capsys.readouterr().out
+    unregistered = sorted({e.method for e in registry.entries() if e.method not in METHODS})
+    assert unregistered, "the zoo lists a method that is not registered (tga_zsr) until issue 20 adds it"
+    for method in unregistered:
+        (note,) = [line for line in out.splitlines() if line.startswith(f"note: {method} is not a registered method")]
+        assert "downloaded and verified" in note and "not evaluated under its name" in note
+    assert not any(line.startswith("note: tecoa ") for line in out.splitlines())

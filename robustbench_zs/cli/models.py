@@ -8,6 +8,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from ..errors import ZSBenchError
+from ..methods import METHODS
 from ..zoo import registry, store
 
 
@@ -89,6 +90,13 @@ def _list(args: argparse.Namespace) -> int:
     headers = ["id", "method", "arch", "fine-tuned from", "eps", "trained on", "source", "sha256", "local"]
     print(tabulate(rows, headers=headers, tablefmt="github"))
     print(f"\nzoo folder: {store.zoo_root(args.models_dir)}; evaluate one with --checkpoint METHOD=zoo:ID")
+    listed = [e for e in registry.entries() if any(row[0] == e.id for row in rows)]
+    for method in sorted({e.method for e in listed if e.method not in METHODS}):
+        ids = ", ".join(e.id for e in listed if e.method == method)
+        print(
+            f"note: {method} is not a registered method, so {ids} can be downloaded and verified (zsbench models "
+            f"download|verify) but not evaluated under its name; `zsbench list methods` shows what runs"
+        )
     return 0
 
 
