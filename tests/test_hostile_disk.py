@@ -83,7 +83,7 @@ def test_a_training_on_a_disk_that_fills_at_every_write_resumes_to_the_same_weig
         out = disk / "m"
         filler = fill(disk, free_kb)
         before = _tree(out / "kept")
-        code = main([*TRAIN, *data, "--out", str(out), "--name", "run"])
+        code = main([*TRAIN, *data, "--models-dir", str(out), "--name", "run"])
         err = capsys.readouterr().err.strip()
         assert _tree(out / "kept") == before, "a checkpoint that was already there changed"
         assert not temporaries(disk), temporaries(disk)
@@ -91,7 +91,8 @@ def test_a_training_on_a_disk_that_fills_at_every_write_resumes_to_the_same_weig
             assert _sha(out / "run" / "weights.safetensors") == want
             return False
         assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
-        assert "no space left on device while writing " + str(out / "run") in err and "choose another --out" in err
+        assert "no space left on device while writing " + str(out / "run") in err
+        assert "choose another --models-dir" in err
         failed_in.add(err.split(" while writing ")[1].split(";")[0].removeprefix(str(out / "run")).strip("/"))
         resume = out / "run" / "resume"
         if (resume / "CURRENT").exists():  # what a resume finds is one whole state
@@ -209,11 +210,11 @@ def test_a_folder_in_place_of_a_checkpoint_file_is_one_line(tmp_path, capsys, na
     (out / "run" / name).mkdir(parents=True)
     (out / "run" / name / "keep").write_text("a user's file")
     before = _tree(out)
-    err = _fails(capsys, [*TRAIN, "--data-root", str(tmp_path / "data"), "--out", str(out), "--name", "run"])
+    err = _fails(capsys, [*TRAIN, "--data-root", str(tmp_path / "data"), "--models-dir", str(out), "--name", "run"])
     if name == "meta.json":  # read first, to check that the folder holds this training: damaged, start over
         assert f"cannot read {out / 'run' / name}" in err and "rerun with --fresh" in err, err
     else:
-        assert str(out / "run" / name) in err and "choose another --out" in err, err
+        assert str(out / "run" / name) in err and "choose another --models-dir" in err, err
     after = {k: v for k, v in _tree(out).items() if "/resume/" not in k}  # the finished state waits to be saved
     assert after == before and not temporaries(out)
 

@@ -372,3 +372,26 @@ def test_batch_loader_gathers_and_prefetches_the_same_images() -> None:
             loader.close()
             assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
             assert torch.equal(other[0], rows[:2].float() / 255)
+
+
+def test_run_refuses_an_incomplete_checkpoint_and_says_how_to_finish_it(tmp_path, small_train, capsys) -> None:
+    """Train and run share --models-dir; a training stopped by --max-steps is refused by run in one line."""
+    from robustbench_zs.cli import main
+
+    models = tmp_path / "models"
+    argv = ["train", "--method", "ft_standard", "--arch", "zsbench-tiny", "--pretrained", "random"]
+    argv += ["--train-dataset", "synthetic", "--models-dir", str(models), "--data-root", str(tmp_path)]
+    argv += ["--batch-size", "32", "--epochs", "2", "--max-steps", "1", "--device", "cpu", "--no-progress"]
+    assert main(argv) == 0
+    (folder,) = [p for p in models.iterdir() if p.is_dir()]
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["complete"] is False and meta["steps"] == 1 and meta["total_steps"] == 4
+    capsys.readouterr()
+    run = ["run", "--preset", "smoke", "--methods", "ft_standard", "--n", "8", "--attack", "none"]
+    run += ["--out", str(tmp_path / "r"), "--models-dir", str(models), "--data-root", str(tmp_path)]
+    assert main([*run, "--no-train-missing"]) == 2  # never picked up by itself
+    assert "no ft_standard checkpoint" in capsys.readouterr().err
+    assert main([*run, "--checkpoint", f"ft_standard={folder}"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "stopped at step 1 of 4" in line and f"--models-dir {models} --name {folder.name}" in line
+    assert "zsbench train --method ft_standard" in line

@@ -13,7 +13,7 @@ from .args import one_radius_255, parse_sets, positive_int
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    tr = sub.add_parser("train", help="fine-tune a registered method; writes a checkpoint folder under --out")
+    tr = sub.add_parser("train", help="fine-tune a registered method; writes a checkpoint folder under --models-dir")
     tr.add_argument("--method", required=True, help="method id (see zsbench list methods)")
     tr.add_argument("--train-dataset", default="tinyimagenet", help="dataset with a train split (default tinyimagenet)")
     tr.add_argument("--arch", default="ViT-B-32", help="open_clip architecture (default ViT-B-32)")
@@ -76,7 +76,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "configuration there is refused without it)",
     )
     tr.add_argument("--data-root", help="dataset root (default $ZSBENCH_DATA or ./datasets)")
-    tr.add_argument("--out", help="checkpoint root (default $ZSBENCH_MODELS or ./models)")
+    tr.add_argument(
+        "--models-dir",
+        help="checkpoint root, the folder zsbench run --models-dir reads (default $ZSBENCH_MODELS or ./models)",
+    )
+    tr.add_argument("--out", dest="models_dir", help=argparse.SUPPRESS)  # the old name of --models-dir
     tr.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (under torchrun: one GPU per process)")
     tr.add_argument("--workers", type=int, help="decoding processes for the first fill of the tensor cache")
     tr.add_argument("--tensor-cache", action=argparse.BooleanOptionalAction, default=True, help="decode once (default)")
@@ -121,7 +125,8 @@ def handle(args: argparse.Namespace) -> int:
         model=ModelSpec(args.arch, args.pretrained),
         train_dataset=args.train_dataset,
         data_root=Path(args.data_root) if args.data_root else default_data_root(),
-        out_dir=Path(args.out) if args.out else default_models_dir(),
+        out_dir=Path(args.models_dir) if args.models_dir else default_models_dir(),
+        out_flag="--models-dir",
         options=parse_sets(args.set),
         recipe={k: v for k, v in recipe.items() if v is not None},
         max_steps=positive_int("max-steps", args.max_steps),

@@ -197,6 +197,22 @@ def _wanted(train_dataset: str | None, config: dict, recipe: dict, profile: Trai
     return f" ({', '.join(parts)})" if parts else ""
 
 
+def incomplete_checkpoint(path: Path, meta: dict) -> str:
+    """The one line that refuses the checkpoint of a training that stopped early, and says how to finish it."""
+    path = Path(path)
+    done, total = meta.get("steps", "?"), meta.get("total_steps", "?")
+    command = (
+        f"zsbench train --method {meta.get('method', 'METHOD')} --arch {meta.get('arch', 'ARCH')} --pretrained "
+        f"{meta.get('pretrained', 'TAG')} --train-dataset {meta.get('train_dataset', 'DATASET')} --models-dir "
+        f"{path.parent} --name {path.name}"
+    )
+    return (
+        f"{path} is the checkpoint of a training that stopped at step {done} of {total} (--max-steps or an "
+        f"interruption); finish it with the command that started it, e.g. `{command}` with the same options (it "
+        "resumes from its resume/ folder; meta.json lists them), or pass a complete checkpoint"
+    )
+
+
 def resolve_variants(
     method_ids: tuple[str, ...],
     model: ModelSpec,
@@ -276,6 +292,8 @@ def resolve_variants(
             meta = ref.meta
             if meta.get("method") not in (None, mid):
                 raise ZSBenchError(f"--checkpoint {mid}={path} holds a {meta['method']} checkpoint")
+            if meta.get("complete") is False:
+                raise ZSBenchError(incomplete_checkpoint(path, meta))
             if meta.get("arch") not in (None, model.arch):
                 raise ZSBenchError(
                     f"{path} was trained from {meta['arch']}, not {model.arch}; pass --arch {meta['arch']}"
