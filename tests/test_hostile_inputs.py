@@ -117,6 +117,8 @@ CASES = [
     ("eps not a number", lambda t: [*SMOKE, "--eps", "one"], "--eps 'one' is not a number"),
     ("negative eps", lambda t: [*SMOKE, "--eps", "-1"], "--eps -1 is negative"),
     ("eps over 255", lambda t: [*SMOKE, "--eps", "300"], "--eps 300 is over 255/255"),
+    ("eps that reads as a fraction", lambda t: [*SMOKE, "--eps", "0.03"], "or --eps 0.03/255"),
+    ("eps divided by zero", lambda t: [*SMOKE, "--eps", "2/0"], "--eps 2/0 divides by 0"),
     ("zero steps", lambda t: [*SMOKE, "--steps", "0"], "--steps 0 must be at least 1"),
     ("steps not an integer", lambda t: [*SMOKE, "--steps", "ten"], "--steps 'ten' is not an integer"),
     ("eps nan", lambda t: [*SMOKE, "--eps", "nan"], "--eps nan is negative or not finite"),
