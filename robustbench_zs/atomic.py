@@ -22,22 +22,29 @@ def replacing(path: str | os.PathLike, *, instead: str = OUT_HINT) -> Iterator[P
     renamed over ``path`` (its parent folders are created). On any error the temporary file is removed and
     ``path`` is left as it was.
 
-    The temporary name ends in ``.tmp``: writers that choose a format from the suffix (matplotlib, pandas) must be
-    told the format.
+    The temporary name is ``.<name>.<pid>.<random>.tmp``: the pid lets a later run tell the leftovers of a killed
+    writer from a live one's (:func:`~robustbench_zs.results.store.remove_stale_temps`), and writers that choose a
+    format from the suffix (matplotlib, pandas) must be told the format.
     """
     path = Path(path)
     with writing(path, instead=instead):
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = temp_file(path.parent, prefix=f".{path.name}.")
+        fd, tmp = temp_file(path.parent, prefix=f".{path.name}.{os.getpid()}.")
         os.close(fd)
         with writing(path, instead=instead, cleanup=(tmp,)):
             yield Path(tmp)
             fd = os.open(tmp, os.O_RDONLY)
             try:
-                os.fsync(fd)
+                _fsync(fd)
             finally:
                 os.close(fd)
             os.replace(tmp, path)
+
+
+def _fsync(fd: int) -> None:
+    """Flush the file ``fd`` to the disk (where a full disk shows up at the latest); tests replace it to simulate
+    one."""
+    os.fsync(fd)
 
 
 def write_text(path: str | os.PathLike, text: str, *, instead: str = OUT_HINT) -> Path:

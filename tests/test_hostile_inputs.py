@@ -117,7 +117,11 @@ CASES = [
     ("eps not a number", lambda t: [*SMOKE, "--eps", "one"], "--eps 'one' is not a number"),
     ("negative eps", lambda t: [*SMOKE, "--eps", "-1"], "--eps -1 is negative"),
     ("eps over 255", lambda t: [*SMOKE, "--eps", "300"], "--eps 300 is over 255/255"),
-    ("eps that reads as a fraction", lambda t: [*SMOKE, "--eps", "0.03"], "or --eps 0.03/255"),
+    (
+        "eps that reads as a fraction",
+        lambda t: [*SMOKE, "--eps", "0.03"],
+        "write --eps 8/255 (or 8) for that, or --eps 0.03/255",
+    ),
     ("eps divided by zero", lambda t: [*SMOKE, "--eps", "2/0"], "--eps 2/0 divides by 0"),
     ("zero steps", lambda t: [*SMOKE, "--steps", "0"], "--steps 0 must be at least 1"),
     ("steps not an integer", lambda t: [*SMOKE, "--steps", "ten"], "--steps 'ten' is not an integer"),
@@ -214,15 +218,16 @@ def test_a_tensor_cache_on_a_full_disk_is_one_line_not_a_crash(tmp_path):
 
 
 def test_a_full_disk_while_writing_a_record_is_one_line(tmp_path, capsys, monkeypatch):
-    """The record's own write (JSON to a temporary file, fsync, rename) fails: only that fsync is patched."""
-    import robustbench_zs.results.store as store
+    """The record's own write (JSON to a temporary file, fsync, rename) fails: the package's fsync of a file written
+    whole is patched, and without the tensor cache (its metadata is written the same way) the record is the first."""
+    import robustbench_zs.atomic as atomic
 
-    def no_space(f) -> None:
+    def no_space(fd) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(store, "_sync", no_space)
+    monkeypatch.setattr(atomic, "_fsync", no_space)
     out = tmp_path / "r"
-    code = main([*SMOKE, "--attack", "none", "--out", str(out)])
+    code = main([*SMOKE, "--attack", "none", "--no-tensor-cache", "--out", str(out)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("zsbench: error: no space left on device while writing") and "\n" not in err
     assert ".json; free space or choose another --out" in err

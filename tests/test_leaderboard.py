@@ -130,22 +130,22 @@ def one_run(tmp_path_factory):
 
 
 def _twins(src, dst, change, attacked_only: bool = False):
-    """Copy the records under ``src`` to ``dst`` and add to each a twin edited by ``change(record)``."""
-    import copy
+    """Copy the records under ``src`` to ``dst`` and add to each a twin edited by ``change(record)`` (its JSON)."""
     import hashlib
     import shutil
 
-    from robustbench_zs.results import RecordStore
+    from robustbench_zs.results import Record, RecordStore
 
     shutil.copytree(src, dst)
     store = RecordStore(dst)
-    for path, r in list(store.iter_records()):
-        if attacked_only and r["attack"]["name"] == "clean":
+    for r in list(store.iter_records()):
+        if attacked_only and r.is_clean:
             continue
-        twin = copy.deepcopy(r)
+        twin = r.to_json()
         change(twin)
         key = hashlib.sha256(json.dumps(twin, sort_keys=True).encode()).hexdigest()
-        store.write(store.path_for(twin["method"], twin["dataset"]["id"], path.stem + "-twin", key), twin)
+        path = store.path_for(twin["method"], twin["dataset"]["id"], r.path.stem + "-twin", key)
+        store.write(path, Record.from_json(twin))
     return dst
 
 

@@ -26,7 +26,7 @@ def _copy(tmp_path: Path) -> Path:
 def test_every_record_from_before_loads(tmp_path):
     records = list(RecordStore(_copy(tmp_path)).iter_records())
     assert len(records) == 16
-    assert {r["method"] for _, r in records} == {"clip", "ft_standard"}
+    assert {r.method for r in records} == {"clip", "ft_standard"}
 
 
 def test_the_leaderboard_of_old_records_is_the_same_to_the_byte(tmp_path):

@@ -31,7 +31,7 @@ from robustbench_zs.paper.targets import (
     targets,
 )
 from robustbench_zs.profiles import TRAIN_PROFILES, get_profile, run_config_fields
-from robustbench_zs.results import RecordStore, bootstrap_mean_ci, result_block
+from robustbench_zs.results import Record, RecordStore, bootstrap_mean_ci, result_block
 
 PAPER_COLUMNS = [
     "CIFAR10", "CIFAR100", "STL10", "SUN397", "Food101", "Oxfordpet", "Flowers102", "DTD", "EuroSAT",
@@ -49,7 +49,8 @@ def _table(text: str) -> list[list[str]]:
 
 
 def _records(out: Path) -> dict[Path, dict]:
-    return dict(RecordStore(out).iter_records())
+    """Each record's JSON by its path."""
+    return {r.path: r.to_json() for r in RecordStore(out).iter_records()}
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +140,7 @@ def test_match_follows_options_training_and_newest(results):
         r["model"]["training"] = {"train_dataset": train_dataset, "train_eps_255": train_eps, "knobs": knobs}
         r["result"].update(result_block(np.arange(r["result"]["n"]) < acc))  # acc of n correct, fields consistent
         key = hashlib.sha256(json.dumps([config, acc, train_dataset, train_eps, created, knobs]).encode()).hexdigest()
-        store.write(store.path_for("pmg_aft", r["dataset"]["id"], "pgd", key), r)
+        store.write(store.path_for("pmg_aft", r["dataset"]["id"], "pgd", key), Record.from_json(r))
 
     # the paper profile's rows are PMG-AFT as the official code trained it: published KL direction, summed KL
     official = dict(kl_direction="published", kl_reduction="sum")
@@ -170,7 +171,7 @@ def test_match_follows_options_training_and_newest(results):
     # `zsbench run --profile paper --paper-subsample` records a `custom` profile: its knobs match, its name cannot
     sub = copy.deepcopy(pgd)
     sub["profile"].update(name="custom", paper_subsample=True)
-    store.write(store.path_for("clip", sub["dataset"]["id"], "pgd", "f" * 64), sub)
+    store.write(store.path_for("clip", sub["dataset"]["id"], "pgd", "f" * 64), Record.from_json(sub))
     (cell,) = [c for c in plan("table1") if c.row == "clip" and c.dataset == pgd["dataset"]["id"]]
     kw = dict(arch="zsbench-tiny", pretrained="random")
     assert match([cell], out, "paper", paper_subsample=True, **kw)[cell].path.name.startswith("pgd-")

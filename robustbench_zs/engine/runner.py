@@ -1,11 +1,11 @@
-"""``zsbench run``: plan (method x dataset x threat), skip what exists, evaluate the rest, write records."""
+"""``zsbench run``: plan (method x dataset x threat), skip what exists, evaluate the rest, build and store records."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,7 +15,7 @@ import torch
 
 from ..attacks import ATTACKS, Threat
 from ..attacks.sanity import leaderboard_flags, record_checks
-from ..datasets import DATASETS, DatasetSpec, ImageDataset, select_subset
+from ..datasets import DATASETS, DatasetSpec, ImageDataset, Subset, select_subset
 from ..datasets.cache import TensorCache, worth_caching
 from ..datasets.preprocess import Preprocess, PreprocessedDataset, resolve_preprocess
 from ..datasets.prompts import prompt_set
@@ -27,13 +27,13 @@ from ..models.loader import model_identity, model_preprocess_cfg
 from ..models.text_head import text_weights_sha256
 from ..profiles import TRAIN_PROFILES, TrainProfile
 from ..provenance import default_cache_dir, device_description, software
-from ..results import SCHEMA_VERSION, RecordStore, ensure_writable, per_example, record_key, result_block
+from ..results import SCHEMA_VERSION, Record, RecordStore, ensure_writable, record_key, result_block
 from ..results.stats import pack_bools
 from ..results.store import record_lock
 from ..train import TrainConfig, train
 from .batching import auto_batch_size
-from .evaluator import evaluate
-from .variants import resolve_variants
+from .evaluator import EvalResult, evaluate
+from .variants import MethodVariant, resolve_variants
 
 
 @dataclass(frozen=True)
@@ -206,46 +206,105 @@ def eval_dataset(cfg: RunConfig, spec: DatasetSpec, data: ImageDataset, pre: Pre
     return PreprocessedDataset(data, pre), workers, None
 
 
-def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
-    """Evaluate every (method, dataset, threat) of ``cfg`` that has no record yet; returns what was written.
+@dataclass(frozen=True)
+class PlannedRecord:
+    """One record a unit owes: its threat, key, file and seed (None for a full clean pass, which draws nothing).
 
-    Each record is written as soon as its threat is done, so an interruption loses at most the threat in progress.
+    ``exists``: a valid record with this key is there and is reused (never under ``--force``, which recomputes it).
     """
-    for m in cfg.methods:
-        METHODS.get(m)
-    for d in cfg.datasets:
-        DATASETS.get(d)
-    ensure_writable(cfg.out_dir)
-    device = resolve_device(cfg.device)
-    workers = cfg.workers if cfg.workers is not None else (0 if device.type == "cpu" else min(8, os.cpu_count() or 1))
-    model_id = model_identity(cfg.model)
-    datasets = load_datasets(cfg)
-    store = RecordStore(cfg.out_dir)
-    summary = RunSummary()
+
+    threat: Threat
+    key: str
+    path: Path
+    seed: int | None
+    exists: bool
+
+
+@dataclass
+class Unit:
+    """One method variant on one dataset, evaluated in one go: its clean pass, then each threat.
+
+    Attributes:
+        variant, dataset (the id), spec, data, pre: what is evaluated, and how its images are preprocessed.
+        subset: the images (a seeded ``--n`` subset, the paper's subsample or the whole split).
+        classnames, templates: the zero-shot head's prompts.
+        profile, dataset_block: the record's profile block (less what only the built head knows) and dataset block.
+        records: per threat defined on the dataset, clean first, the record it owes (undefined threats, such as
+            APGD-T on fewer than 4 classes, are in ``RunSummary.skipped_undefined`` instead).
+    """
+
+    variant: MethodVariant
+    dataset: str
+    spec: DatasetSpec
+    data: ImageDataset
+    pre: Preprocess
+    subset: Subset
+    classnames: list[str]
+    templates: list[str]
+    profile: dict
+    dataset_block: dict
+    records: list[PlannedRecord]
+
+    @property
+    def clean(self) -> PlannedRecord:
+        return self.records[0]
+
+    @property
+    def todo(self) -> list[PlannedRecord]:
+        """The records to compute, in order (the clean one first when it is missing)."""
+        return [r for r in self.records if not r.exists]
+
+
+@dataclass
+class Weights:
+    """A variant's model on the device, loaded by the first of its units that has a record to compute."""
+
+    variant: MethodVariant
+    loaded: LoadedModel
+    encoder: torch.nn.Module | None
+    text_sha: str
+
+    @classmethod
+    def load(cls, variant: MethodVariant, device: torch.device) -> Weights:
+        loaded, encoder = variant.load(device)
+        return cls(variant, loaded, encoder, text_weights_sha256(loaded.model))
+
+
+@dataclass
+class Setup:
+    """What evaluating a unit's threats needs: the classifier with its text head, the images as the attacks see
+    them, the loader workers and the batch size (``--batch-size auto`` resolved)."""
+
+    weights: Weights
+    classifier: ZeroShotClassifier
+    head_info: dict
+    images: torch.utils.data.Dataset
+    workers: int
+    cache_info: dict | None
+    batch_size: int
+
+
+def plan_units(
+    cfg: RunConfig,
+    variants: list[MethodVariant],
+    datasets: dict[str, tuple[DatasetSpec, ImageDataset, Preprocess]],
+    model_id: dict,
+    store: RecordStore,
+    summary: RunSummary,
+    echo: Callable[[str], None],
+) -> Iterator[Unit]:
+    """Each (variant, dataset) of ``cfg`` as a :class:`Unit`: its images, prompts, profile, and per threat the
+    record's identity, key and path, and whether it exists.
+
+    Planned lazily, one unit after the evaluation of the one before, so its notes (subset, undefined threats) are
+    printed beside its results and a record written meanwhile by another run is found. Records that exist go into
+    ``summary.skipped``, undefined threats into ``summary.skipped_undefined``.
+    """
     threats = (Threat(), *cfg.threats)
-    for t in cfg.threats:
-        ATTACKS.get(t.name).check_precision(t.precision)
     precisions = sorted({t.precision for t in cfg.threats})
     attack_precision = ",".join(precisions) if precisions else None
-    if cfg.paper_subsample and cfg.n is not None:
-        raise ZSBenchError("--paper-subsample and --n both choose the images; drop one of them")
-
-    variants = resolve_variants(
-        cfg.methods,
-        cfg.model,
-        cfg.method_options,
-        cfg.checkpoints,
-        cfg.models_dir,
-        _trainer(cfg, echo) if cfg.train_missing else None,
-        echo,
-        train_dataset=cfg.train_dataset,
-        train_profile=cfg.train_profile,
-    )
     for variant in variants:
         method_id = variant.method.id
-        loaded: LoadedModel | None = None
-        encoder = None
-        text_sha: str | None = None
         for ds_id, (spec, data, pre) in datasets.items():
             subset = (
                 paper_subsample_of(spec, data) if cfg.paper_subsample else select_subset(len(data), cfg.n, cfg.seed)
@@ -273,8 +332,7 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
                 "content_sha256": data.fingerprint(),
                 **subset.to_dict(),
             }
-            plan = []
-            defined = 0
+            records = []
             for t in threats:
                 why = None if t.is_clean else ATTACKS.get(t.name).undefined_for(len(classnames))
                 if why is not None:  # e.g. APGD-T on PCAM: the other threats and datasets still run
@@ -284,7 +342,6 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
                         {"method": method_id, "dataset": ds_id, "threat": t.label, "slug": t.slug, "reason": why}
                     )
                     continue
-                defined += 1
                 identity = {
                     "method": method_id,
                     "model": {**model_id, **variant.identity},
@@ -297,112 +354,212 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
                 }
                 key = record_key(identity)
                 path = store.path_for(method_id, ds_id, t.slug, key)
-                if t.is_clean:
-                    clean_path = path
-                if store.exists(path, key) and not cfg.force:
+                exists = store.exists(path, key) and not cfg.force
+                if exists:
                     summary.skipped.append(path)
-                else:
-                    plan.append((t, key, path, identity["seed"]))
-            if not plan:
-                echo(f"{variant.label} / {ds_id}: all {defined} records exist, skipped (--force recomputes)")
-                continue
-            if loaded is None:
-                loaded, encoder = variant.load(device)
-                text_sha = text_weights_sha256(loaded.model)
-            head, head_info = build_text_head(
-                loaded.model, loaded.tokenizer, classnames, templates, cfg.cache_dir, text_sha=text_sha
-            )
-            classifier = ZeroShotClassifier.from_model(loaded.model, head, loaded.image_size, cfg.knobs, encoder)
-            images, eval_workers, cache_info = eval_dataset(cfg, spec, data, pre, subset.indices, workers)
-            batch_size = cfg.batch_size
-            if batch_size is None:
-                shape = tuple(images[int(subset.indices[0])][0].shape)
-                batch_size = auto_batch_size(classifier, shape, device)
-                echo(f"note: --batch-size auto: {batch_size} for {ds_id} at {shape[1]}x{shape[2]} px on {device}")
-            scale = classifier.logit_scale
-            parts = []
-            # the clean pass runs once per dataset; an existing clean record supplies it without any forward
-            clean_mask = per_example(store.read(clean_path)) if clean_path in summary.skipped else None
-            zero_mask = None  # the zero-gradient sanity mask, computed by the first attack and reused by the others
-            for t, key, path, seed in plan:
-                with record_lock(path, echo):
-                    if not cfg.force and store.exists(path, key):  # another run wrote it meanwhile
-                        summary.skipped.append(path)
-                        if t.is_clean:
-                            clean_mask = per_example(store.read(path))
-                        parts.append(f"{t.label}: written by another run")
-                        continue
-                    started = _now()
-                    result = evaluate(
-                        classifier,
-                        images,
-                        [] if t.is_clean else [t],
-                        subset=subset,
-                        batch_size=batch_size,
-                        seed=cfg.seed,
-                        workers=eval_workers,
-                        progress=cfg.progress,
-                        desc=f"{method_id}/{ds_id} {t.label}",
-                        clean=clean_mask,
-                        zero_grad=zero_mask,
-                        state_path=partial_path(path),
-                    )
-                    clean_mask = result.clean
-                    if result.zero_grad is not None:
-                        zero_mask = result.zero_grad
-                    correct = result.clean if t.is_clean else result.robust[t]
-                    record = {
-                        "schema_version": SCHEMA_VERSION,
-                        "record_key": key,
-                        "created_utc": _now(),
-                        "software": software(),
-                        "method": method_id,
-                        "method_label": variant.label,
-                        "model": {
-                            **loaded.provenance(),
-                            **variant.identity,
-                            "training": variant.training,
-                            "label": cfg.model.label + (f"+{variant.model_label}" if variant.model_label else ""),
-                        },
-                        "dataset": dataset_block,
-                        "attack": attack_settings(t, batch_size),
-                        "threat_label": t.label,
-                        "profile": {**profile, "logit_scale_value": scale, "text_head_key": head_info["key"]},
-                        "seed": seed,
-                        "run": {
-                            "started_utc": started,
-                            "wall_time_s": round(result.seconds[t.slug], 4),
-                            "device": device_description(device),
-                            "batch_size": batch_size,
-                            "batch_size_auto": cfg.batch_size is None,
-                            "workers": eval_workers,
-                            "text_head_cache_hit": head_info["cache_hit"],
-                            "tensor_cache": cache_info,
-                        },
-                        "result": result_block(correct, None if t.is_clean else result.clean),
-                    }
-                    if not t.is_clean:
-                        report = result.reports.get(t)
-                        checks = record_checks(
-                            result.clean,
-                            correct,
-                            result.above_clean[t],
-                            result.zero_grad,
-                            report,
-                            label=t.label,
-                            precision=t.precision,
-                        )
-                        record["sanity"] = {"checks": checks, "flags": leaderboard_flags(checks)}
-                        if report is not None:
-                            record["attack_report"] = attack_report_block(report)
-                    store.write(path, record)
-                    partial_path(path).unlink(missing_ok=True)
-                    summary.written.append(path)
-                    lo, hi = record["result"]["ci95"]
-                    flags = record.get("sanity", {}).get("flags")
-                    parts.append(
-                        f"{t.label} {100 * record['result']['accuracy']:.2f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
-                        + (f" {flags}" if flags else "")
-                    )
-            echo(f"{variant.label} / {ds_id} (n={subset.n}): " + " | ".join(parts))
+                records.append(PlannedRecord(t, key, path, identity["seed"], exists))
+            yield Unit(variant, ds_id, spec, data, pre, subset, classnames, templates, profile, dataset_block, records)
+
+
+def prepare_unit(
+    cfg: RunConfig, unit: Unit, weights: Weights, device: torch.device, workers: int, echo: Callable[[str], None]
+) -> Setup:
+    """The unit's text head (built or read from its cache), its classifier, its images (through the decoded-tensor
+    cache when it pays) and its batch size."""
+    head, head_info = build_text_head(
+        weights.loaded.model,
+        weights.loaded.tokenizer,
+        unit.classnames,
+        unit.templates,
+        cfg.cache_dir,
+        text_sha=weights.text_sha,
+    )
+    loaded = weights.loaded
+    classifier = ZeroShotClassifier.from_model(loaded.model, head, loaded.image_size, cfg.knobs, weights.encoder)
+    images, eval_workers, cache_info = eval_dataset(cfg, unit.spec, unit.data, unit.pre, unit.subset.indices, workers)
+    batch_size = cfg.batch_size
+    if batch_size is None:
+        shape = tuple(images[int(unit.subset.indices[0])][0].shape)
+        batch_size = auto_batch_size(classifier, shape, device)
+        echo(f"note: --batch-size auto: {batch_size} for {unit.dataset} at {shape[1]}x{shape[2]} px on {device}")
+    return Setup(weights, classifier, head_info, images, eval_workers, cache_info, batch_size)
+
+
+def evaluate_threat(
+    cfg: RunConfig,
+    unit: Unit,
+    setup: Setup,
+    planned: PlannedRecord,
+    clean: np.ndarray | None,
+    zero_grad: np.ndarray | None,
+) -> EvalResult:
+    """The per-image correctness of one planned record: the clean pass, or the attack on the clean-correct images.
+
+    ``clean`` and ``zero_grad``: the masks an earlier record of the unit computed (or its existing clean record
+    supplied), so no image is classified twice. An interrupted evaluation of the same record resumes from its
+    progress file (:func:`partial_path`) with the images not yet decided.
+    """
+    t = planned.threat
+    return evaluate(
+        setup.classifier,
+        setup.images,
+        [] if t.is_clean else [t],
+        subset=unit.subset,
+        batch_size=setup.batch_size,
+        seed=cfg.seed,
+        workers=setup.workers,
+        progress=cfg.progress,
+        desc=f"{unit.variant.method.id}/{unit.dataset} {t.label}",
+        clean=clean,
+        zero_grad=zero_grad,
+        state_path=partial_path(planned.path),
+    )
+
+
+def build_record(
+    cfg: RunConfig,
+    unit: Unit,
+    setup: Setup,
+    planned: PlannedRecord,
+    result: EvalResult,
+    started: str,
+    device: torch.device,
+) -> Record:
+    """The record of one evaluated threat: what was measured (method, model, images, attack, profile, seed), how
+    (software, device, batch size, caches, wall time), the result with its per-image bits, and for an attack its
+    sanity checks (and what AutoAttack ran)."""
+    t = planned.threat
+    variant = unit.variant
+    correct = result.clean if t.is_clean else result.robust[t]
+    sanity = attack_report = None
+    if not t.is_clean:
+        report = result.reports.get(t)
+        checks = record_checks(
+            result.clean,
+            correct,
+            result.above_clean[t],
+            result.zero_grad,
+            report,
+            label=t.label,
+            precision=t.precision,
+        )
+        sanity = {"checks": checks, "flags": leaderboard_flags(checks)}
+        if report is not None:
+            attack_report = attack_report_block(report)
+    return Record(
+        schema_version=SCHEMA_VERSION,
+        record_key=planned.key,
+        created_utc=_now(),
+        software=software(),
+        method=variant.method.id,
+        method_label=variant.label,
+        model={
+            **setup.weights.loaded.provenance(),
+            **variant.identity,
+            "training": variant.training,
+            "label": cfg.model.label + (f"+{variant.model_label}" if variant.model_label else ""),
+        },
+        dataset=unit.dataset_block,
+        attack=attack_settings(t, setup.batch_size),
+        threat_label=t.label,
+        profile={
+            **unit.profile,
+            "logit_scale_value": setup.classifier.logit_scale,
+            "text_head_key": setup.head_info["key"],
+        },
+        seed=planned.seed,
+        run={
+            "started_utc": started,
+            "wall_time_s": round(result.seconds[t.slug], 4),
+            "device": device_description(device),
+            "batch_size": setup.batch_size,
+            "batch_size_auto": cfg.batch_size is None,
+            "workers": setup.workers,
+            "text_head_cache_hit": setup.head_info["cache_hit"],
+            "tensor_cache": setup.cache_info,
+        },
+        result=result_block(correct, None if t.is_clean else result.clean),
+        sanity=sanity,
+        attack_report=attack_report,
+    )
+
+
+def _outcome(threat: Threat, record: Record) -> str:
+    """``PGD-10 L∞ ε=1/255 12.50% [8.1, 18.7] ⚠`` for the run's line per unit."""
+    lo, hi = record.ci95
+    flags = (record.sanity or {}).get("flags")
+    return f"{threat.label} {100 * record.accuracy:.2f}% [{100 * lo:.1f}, {100 * hi:.1f}]" + (
+        f" {flags}" if flags else ""
+    )
+
+
+def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
+    """Evaluate every (method, dataset, threat) of ``cfg`` that has no record yet; returns what was written.
+
+    Per unit (one method variant on one dataset, :func:`plan_units`): load the model (once per variant) and build the
+    head (:func:`prepare_unit`), then per missing record, under its lock: evaluate (:func:`evaluate_threat`), build
+    the record (:func:`build_record`) and store it. Each record is written as soon as its threat is done, so an
+    interruption loses at most the threat in progress.
+    """
+    for m in cfg.methods:
+        METHODS.get(m)
+    for d in cfg.datasets:
+        DATASETS.get(d)
+    ensure_writable(cfg.out_dir)
+    device = resolve_device(cfg.device)
+    workers = cfg.workers if cfg.workers is not None else (0 if device.type == "cpu" else min(8, os.cpu_count() or 1))
+    model_id = model_identity(cfg.model)
+    datasets = load_datasets(cfg)
+    store = RecordStore(cfg.out_dir)
+    summary = RunSummary()
+    for t in cfg.threats:
+        ATTACKS.get(t.name).check_precision(t.precision)
+    if cfg.paper_subsample and cfg.n is not None:
+        raise ZSBenchError("--paper-subsample and --n both choose the images; drop one of them")
+
+    variants = resolve_variants(
+        cfg.methods,
+        cfg.model,
+        cfg.method_options,
+        cfg.checkpoints,
+        cfg.models_dir,
+        _trainer(cfg, echo) if cfg.train_missing else None,
+        echo,
+        train_dataset=cfg.train_dataset,
+        train_profile=cfg.train_profile,
+    )
+    weights: Weights | None = None
+    for unit in plan_units(cfg, variants, datasets, model_id, store, summary, echo):
+        where = f"{unit.variant.label} / {unit.dataset}"
+        if not unit.todo:
+            echo(f"{where}: all {len(unit.records)} records exist, skipped (--force recomputes)")
+            continue
+        if weights is None or weights.variant is not unit.variant:
+            weights = None  # the previous variant's model goes before the next one is loaded
+            weights = Weights.load(unit.variant, device)
+        setup = prepare_unit(cfg, unit, weights, device, workers, echo)
+        # the clean pass runs once per dataset; an existing clean record supplies it without any forward
+        clean = store.read(unit.clean.path).per_example() if unit.clean.exists else None
+        zero_grad = None  # the zero-gradient sanity mask, computed by the first attack and reused by the others
+        parts = []
+        for planned in unit.todo:
+            t, path = planned.threat, planned.path
+            with record_lock(path, echo):
+                if not cfg.force and store.exists(path, planned.key):  # another run wrote it meanwhile
+                    summary.skipped.append(path)
+                    if t.is_clean:
+                        clean = store.read(path).per_example()
+                    parts.append(f"{t.label}: written by another run")
+                    continue
+                started = _now()
+                result = evaluate_threat(cfg, unit, setup, planned, clean, zero_grad)
+                clean = result.clean
+                if result.zero_grad is not None:
+                    zero_grad = result.zero_grad
+                record = build_record(cfg, unit, setup, planned, result, started, device)
+                store.write(path, record)
+                partial_path(path).unlink(missing_ok=True)
+                summary.written.append(path)
+                parts.append(_outcome(t, record))
+        echo(f"{where} (n={unit.subset.n}): " + " | ".join(parts))
     return summary

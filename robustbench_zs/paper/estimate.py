@@ -35,6 +35,7 @@ from ..profiles import (
     profile_family,
     train_profile_for,
 )
+from ..results import Record
 from ..train.engine import effective_profile, resolve_recipe, steps_per_epoch
 from .match import load_records, match, missing_cells
 from .plan import (
@@ -68,18 +69,18 @@ def eval_images(dataset: str, n: int | None, paper_subsample: bool) -> int | Non
     return total if n is None else min(n, total)
 
 
-def measured_eval_rates(records: list[tuple[Path, dict]], arch: str) -> dict[tuple[str, int, str], float]:
+def measured_eval_rates(records: list[Record], arch: str) -> dict[tuple[str, int, str], float]:
     """Median seconds per image of each (attack, steps, precision) in the records of ``arch`` (clean: steps 0).
 
     Args:
         records: :func:`~robustbench_zs.paper.match.load_records` of a results folder.
     """
     samples: dict[tuple[str, int, str], list[float]] = defaultdict(list)
-    for _, r in records:
-        wall, n = (r.get("run") or {}).get("wall_time_s"), r["result"].get("n")
-        if r["model"].get("arch") != arch or not wall or not n:
+    for r in records:
+        wall, n = r.run.get("wall_time_s"), r.n
+        if r.model.get("arch") != arch or not wall or not n:
             continue
-        a = r["attack"]
+        a = r.attack
         samples[_rate_key(a.get("name", "clean"), a.get("steps", 0), a.get("precision", "fp32"))].append(wall / n)
     return {k: statistics.median(v) for k, v in samples.items()}
 

@@ -1,7 +1,7 @@
 """Which record supplies each cell of a plan.
 
 A record fits a cell when it has the same method, method config (defaults plus the row's options), training set,
-training eps and training knobs (``record["model"]["training"]``: the knobs of the profile's training profile, as
+training eps and training knobs (``record.model["training"]``: the knobs of the profile's training profile, as
 they train the method; a foreign checkpoint, whose training is unknown, never fits a trained row), the same base
 model, dataset, attack, eps and steps (and, for an attack whose results depend on the batch size, such as the paper
 profile's fp16 attacks, the same ``attack_batch_size``), and was measured under the requested profile (its name, or
@@ -22,7 +22,7 @@ from ..engine.variants import wanted_training
 from ..methods import METHODS
 from ..profiles import Profile, TrainProfile, train_profile_for
 from ..provenance import default_models_dir
-from ..results import RecordStore
+from ..results import Record, RecordStore
 from .plan import (
     Cell,
     attack_precision,
@@ -58,13 +58,29 @@ class Found:
     wall_time_s: float | None
     others: int = 0
 
+    @classmethod
+    def of(cls, record: Record, complete: bool, others: int = 0) -> Found:
+        """What a cell shows of ``record`` (read from a file: its ``path`` is set)."""
+        return cls(
+            path=record.path,
+            accuracy=record.accuracy,
+            ci95=record.ci95,
+            n=record.n,
+            n_total=int(record.dataset["n_total"]),
+            created_utc=record.created_utc,
+            complete=complete,
+            checkpoint_name=record.model.get("checkpoint_name"),
+            wall_time_s=record.run.get("wall_time_s"),
+            others=others,
+        )
 
-def _record_knobs(record: dict, attack_name: str | None) -> dict:
-    prof = record.get("profile") or {}
+
+def _record_knobs(record: Record, attack_name: str | None) -> dict:
+    prof = record.profile
     pre = prof.get("preprocess")
     precision = prof.get("attack_precision")
     if precision is None and attack_name not in (None, "clean"):
-        precision = record["attack"].get("precision", "fp32")  # records from before the knob was stored
+        precision = record.attack.get("precision", "fp32")  # records from before the knob was stored
     return {
         "normalization": prof.get("normalization"),
         "logit_scale": str(prof.get("logit_scale")),
@@ -75,7 +91,7 @@ def _record_knobs(record: dict, attack_name: str | None) -> dict:
     }
 
 
-def profile_matches(record: dict, profile: Profile) -> bool:
+def profile_matches(record: Record, profile: Profile) -> bool:
     """True if ``record`` was measured under ``profile``: the same named profile, or exactly its knobs.
 
     The knob comparison admits records named ``custom`` whose knobs equal the requested ones (a named profile with
@@ -83,11 +99,11 @@ def profile_matches(record: dict, profile: Profile) -> bool:
     knobs only. A clean record has no attack precision; an attack the profile's precision does not support
     (AutoAttack) is compared with the precision it falls back to.
     """
-    prof = record.get("profile") or {}
+    prof = record.profile
     subsample = bool(prof.get("paper_subsample", False))
     if profile.name != "custom" and prof.get("name") == profile.name and subsample == profile.paper_subsample:
         return True
-    attack = record["attack"].get("name")
+    attack = record.attack.get("name")
     have = _record_knobs(record, attack)
     want = profile.knobs()
     want["logit_scale"] = str(want["logit_scale"])
@@ -96,14 +112,14 @@ def profile_matches(record: dict, profile: Profile) -> bool:
         want.pop("attack_precision")
     else:
         want["attack_precision"] = attack_precision(attack, profile)
-        have["attack_precision"] = record["attack"].get("precision", have["attack_precision"])
+        have["attack_precision"] = record.attack.get("precision", have["attack_precision"])
     return have == want
 
 
-def _attack_matches(record: dict, threat, batch_size: int | None = None) -> bool:
+def _attack_matches(record: Record, threat, batch_size: int | None = None) -> bool:
     """Same attack, norm, eps and steps; a record keyed on its attack batch size (fp16, the official AutoAttack
     package) fits only the batch size asked for (None: any)."""
-    a = record["attack"]
+    a = record.attack
     if threat.is_clean:
         return a.get("name") == "clean"
     return (
@@ -136,10 +152,10 @@ class _Expectation:
         self.config = cls.Config.from_overrides(config_opts).to_dict()
         self.train_eps = expected_train_eps(cell.method, recipe_opts)
 
-    def fits(self, record: dict, cell: Cell) -> bool:
+    def fits(self, record: Record, cell: Cell) -> bool:
         if self.config is None:
             return False
-        model = record["model"]
+        model = record.model
         if not same_config(model.get("method_config") or {}, self.config):
             return False
         if not self.trains:
@@ -167,8 +183,9 @@ def _complete(n: int, n_total: int, want_n: int | None, paper_subsample: bool) -
     return n >= min(want_n, n_total)
 
 
-def load_records(out_dir: Path) -> list[tuple[Path, dict]]:
-    """Every valid record under ``out_dir`` (read once, then shared by :func:`match` and the cost estimate)."""
+def load_records(out_dir: Path) -> list[Record]:
+    """Every valid record under ``out_dir``, each with its path (read once, then shared by :func:`match` and the cost
+    estimate)."""
     return list(RecordStore(out_dir).iter_records())
 
 
@@ -182,7 +199,7 @@ def match(
     models_dir: Path | None = None,
     n: int | None = None,
     paper_subsample: bool | None = None,
-    records: list[tuple[Path, dict]] | None = None,
+    records: list[Record] | None = None,
     batch_size: int | None = None,
     check_training: bool = True,
 ) -> dict[Cell, Found | None]:
@@ -203,9 +220,9 @@ def match(
     """
     prof = resolve_profile(profile, paper_subsample)
     train_prof = train_profile_for(prof)
-    index: dict[tuple[str, str], list[tuple[Path, dict]]] = defaultdict(list)
-    for path, record in load_records(Path(out_dir)) if records is None else records:
-        index[(record["method"], record["dataset"]["id"])].append((path, record))
+    index: dict[tuple[str, str], list[Record]] = defaultdict(list)
+    for record in load_records(Path(out_dir)) if records is None else records:
+        index[(record.method, record.dataset["id"])].append(record)
     expectations: dict[tuple, _Expectation] = {}
     out: dict[Cell, Found | None] = {}
     for cell in cells:
@@ -214,35 +231,21 @@ def match(
                 cell, models_dir, arch, pretrained, train_prof if check_training else None
             )
         want = expectations[cell.variant]
-        fits = []
-        for path, r in index.get((cell.method, cell.dataset), ()):
-            model = r["model"]
-            if (
-                model.get("arch") == arch
-                and model.get("pretrained") == pretrained
-                and _attack_matches(r, cell.threat, batch_size)
-                and profile_matches(r, prof)
-                and want.fits(r, cell)
-            ):
-                fits.append((path, r))
+        fits = [
+            r
+            for r in index.get((cell.method, cell.dataset), ())
+            if r.model.get("arch") == arch
+            and r.model.get("pretrained") == pretrained
+            and _attack_matches(r, cell.threat, batch_size)
+            and profile_matches(r, prof)
+            and want.fits(r, cell)
+        ]
         if not fits:
             out[cell] = None
             continue
-        done = [f for f in fits if _complete(f[1]["result"]["n"], f[1]["dataset"]["n_total"], n, prof.paper_subsample)]
-        path, r = max(done or fits, key=lambda f: (f[1]["created_utc"], str(f[0])))
-        res = r["result"]
-        out[cell] = Found(
-            path=path,
-            accuracy=float(res["accuracy"]),
-            ci95=(float(res["ci95"][0]), float(res["ci95"][1])),
-            n=int(res["n"]),
-            n_total=int(r["dataset"]["n_total"]),
-            created_utc=r["created_utc"],
-            complete=bool(done),
-            checkpoint_name=r["model"].get("checkpoint_name"),
-            wall_time_s=(r.get("run") or {}).get("wall_time_s"),
-            others=len(fits) - 1,
-        )
+        done = [r for r in fits if _complete(r.n, r.dataset["n_total"], n, prof.paper_subsample)]
+        r = max(done or fits, key=lambda f: (f.created_utc, str(f.path)))
+        out[cell] = Found.of(r, complete=bool(done), others=len(fits) - 1)
     return out
 
 

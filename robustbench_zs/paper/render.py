@@ -19,7 +19,7 @@ from tabulate import tabulate
 
 from ..methods import METHODS
 from ..profiles import PAPER_SUBSAMPLE_BATCH, PAPER_SUBSAMPLE_EVERY, PROFILES, Profile, train_profile_for
-from ..results import RecordStore, per_example
+from ..results import RecordStore
 from ..results.stats import bootstrap_mean_ci
 from .match import Found
 from .plan import Cell, find_checkpoint, official, paper_threat, plan, resolve_profile
@@ -80,7 +80,7 @@ def _per_image(found: Found) -> np.ndarray:
     """The record's per-image correctness; where its file cannot be read any more, a mask with the same count of
     correct images (all the bootstrap uses)."""
     try:
-        return per_example(RecordStore.read_path(found.path))
+        return RecordStore.read_path(found.path).per_example()
     except (OSError, ValueError, KeyError):
         return np.arange(found.n) < round(found.accuracy * found.n)
 

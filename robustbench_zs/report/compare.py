@@ -21,7 +21,7 @@ from tabulate import tabulate
 
 from ..datasets import DATASETS
 from ..errors import ZSBenchError
-from ..results import holm_adjust, mcnemar, per_example
+from ..results import RecordStore, holm_adjust, mcnemar
 
 #: Columns that must agree for two records to be compared: the same images under the same threat and protocol.
 PAIR_KEY = ("dataset", "indices_sha256", "content_sha256", "table", "protocol")
@@ -90,7 +90,7 @@ def _one_per_key(side: pd.DataFrame, which: str, name: str) -> pd.DataFrame:
 
 
 def _load_mask(path: str) -> np.ndarray:
-    return per_example(json.loads(Path(path).read_text(encoding="utf-8")))
+    return RecordStore.read_path(Path(path)).per_example()
 
 
 def _order_key(dataset_order: list[str]) -> Callable[[pd.DataFrame], pd.Series]:

@@ -26,7 +26,7 @@ from ..atomic import replacing, write_text
 from ..datasets import DATASETS
 from ..errors import ZSBenchError
 from ..methods import METHODS
-from ..results import bootstrap_mean_ci, per_example
+from ..results import RecordStore, bootstrap_mean_ci
 from .compare import select
 
 #: Attack settings that change along a curve of fig4 (everything else fixes the threat family).
@@ -355,8 +355,8 @@ def _pick_family(robust: pd.DataFrame, threat: str | None) -> pd.DataFrame:
 def _alpha(row: pd.Series) -> float:
     """An interpolation row's alpha: from its record's method config, else from its label."""
     try:
-        record = json.loads(Path(row["record"]).read_text(encoding="utf-8"))
-        return float(record["model"]["method_config"]["alpha"])
+        record = RecordStore.read_path(Path(row["record"]))
+        return float(record.model["method_config"]["alpha"])
     except (OSError, ValueError, KeyError, TypeError):
         m = re.search(r"alpha=([-+0-9.eE]+)", row["method"])
         if not m:
@@ -371,7 +371,7 @@ def _curve_name(label: str) -> str:
 
 
 def _masks(rows: pd.DataFrame) -> list[np.ndarray]:
-    return [per_example(json.loads(Path(p).read_text(encoding="utf-8"))) for p in rows["record"]]
+    return [RecordStore.read_path(Path(p)).per_example() for p in rows["record"]]
 
 
 def fig5(

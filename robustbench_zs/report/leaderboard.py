@@ -20,10 +20,9 @@ from ..attacks.sanity import autoattack_above_pgd, leaderboard_flags, robust_ris
 from ..datasets import DATASETS
 from ..methods import METHODS
 from ..profiles import knob_differences, train_eval_differences
-from ..results import RecordStore, per_example
+from ..results import RecordStore
 from ..results.stats import bootstrap_mean_ci
 
-_PROTOCOL_KEYS = ("normalization", "logit_scale", "resize", "prompts")
 #: Marks a row trained under other knobs than it is evaluated with (``profiles.train_eval_differences``).
 TRAIN_EVAL_MARK = "⚑"
 
@@ -36,21 +35,6 @@ def _method_order() -> list[str]:
     return METHODS.names()
 
 
-def profile_knobs(profile: dict) -> dict:
-    """The knobs of a record's profile that decide whether two rows may share a table.
-
-    The profile's name is not one of them: two records measured under the same knobs are comparable whatever their
-    profile was called (``paper`` with the paper subsample is recorded as ``custom``, and differs from ``paper`` by
-    its ``paper_subsample`` knob). The attack's precision is part of the attack's settings (the table's threat);
-    :func:`_knob_notes` names it beside these knobs.
-    """
-    return {
-        **{k: profile.get(k) for k in _PROTOCOL_KEYS},
-        "preprocess": _preprocess_label(profile),
-        "paper_subsample": bool(profile.get("paper_subsample", False)),
-    }
-
-
 def records_frame(out_dir: Path, mix_profiles: bool = False) -> pd.DataFrame:
     """One row per valid record, with the fields that place it in a table.
 
@@ -59,36 +43,29 @@ def records_frame(out_dir: Path, mix_profiles: bool = False) -> pd.DataFrame:
             table (each row then names its profile); off by default: such numbers are not comparable.
     """
     rows = []
-    for path, r in RecordStore(out_dir).iter_records():
-        attack = dict(r["attack"])
-        profile = r["profile"]
-        d = r["dataset"]
-        knobs = profile_knobs(profile)
+    for r in RecordStore(out_dir).iter_records():
+        attack, profile, d, model = r.attack, r.profile, r.dataset, r.model
         # a table holds one threat under one set of knobs; robust tables also one attack seed (random starts)
-        protocol = {
-            "attack": attack,
-            "profile": "mixed" if mix_profiles else knobs,
-            "attack_seed": None if attack.get("name") == "clean" else r["seed"],
-        }
-        lo, hi = r["result"]["ci95"]
-        sanity = r.get("sanity") or {}
-        training = r["model"].get("training") or {}
+        protocol = r.protocol
+        lo, hi = r.ci95
+        sanity = r.sanity or {}
+        training = model.get("training") or {}
         rows.append(
             {
-                "table": r.get("threat_label", attack.get("name")),
-                "protocol": json.dumps(protocol, sort_keys=True),
-                "method": r.get("method_label", r["method"]),
-                "method_id": r["method"],
-                "model": r["model"]["label"],
-                "weights": r["model"].get("checkpoint_sha256") or r["model"].get("weights_sha256") or "",
+                "table": r.threat,
+                "protocol": protocol.key(mix_profiles),
+                "method": r.label,
+                "method_id": r.method,
+                "model": model["label"],
+                "weights": model.get("checkpoint_sha256") or model.get("weights_sha256") or "",
                 "dataset": d["id"],
                 "dataset_name": d["name"],
                 "split": d["split"],
-                "n": r["result"]["n"],
+                "n": r.n,
                 "n_total": d["n_total"],
                 "indices_sha256": d["indices_sha256"],
                 "content_sha256": d.get("content_sha256", ""),
-                "accuracy": 100.0 * r["result"]["accuracy"],
+                "accuracy": 100.0 * r.accuracy,
                 "ci95_low": 100.0 * lo,
                 "ci95_high": 100.0 * hi,
                 "eps_255": attack.get("eps_255", 0.0),
@@ -96,16 +73,16 @@ def records_frame(out_dir: Path, mix_profiles: bool = False) -> pd.DataFrame:
                 "norm": attack.get("norm"),
                 "steps": attack.get("steps"),
                 "precision": attack.get("precision", "fp32"),
-                "seed": r["seed"],
-                "knobs": json.dumps(knobs, sort_keys=True),
+                "seed": r.seed,
+                "knobs": json.dumps(protocol.knobs, sort_keys=True),
                 "profile_name": profile.get("name", "custom"),
                 "flags": sanity.get("flags", ""),
                 "failed_checks": json.dumps([c for c in sanity.get("checks", []) if not c.get("passed", True)]),
                 "train_eval": "; ".join(
                     train_eval_differences(training.get("knobs"), profile, training.get("knobs_unused") or ())
                 ),
-                "created_utc": r["created_utc"],
-                "record": str(path),
+                "created_utc": r.created_utc,
+                "record": str(r.path),
             }
         )
     return pd.DataFrame(rows)
@@ -132,7 +109,7 @@ def cross_record_checks(df: pd.DataFrame) -> pd.DataFrame:
 
     def mask(path: str):
         if path not in masks:
-            masks[path] = per_example(RecordStore.read_path(Path(path)))
+            masks[path] = RecordStore.read_path(Path(path)).per_example()
         return masks[path]
 
     for key, g in robust.groupby(cols, sort=False, dropna=False):
@@ -155,18 +132,6 @@ def cross_record_checks(df: pd.DataFrame) -> pd.DataFrame:
             )
             out.append({**base, "tables": list(fam["table"]), "check": check})
     return pd.DataFrame(out)
-
-
-def _preprocess_label(profile: dict) -> str:
-    """The preprocessing profile, without the per-dataset resolution it implies (one table spans all datasets)."""
-    pre = profile.get("preprocess")
-    if not isinstance(pre, dict):
-        return "native resolution"
-    if pre.get("profile") == "paper":
-        return "paper preprocessing (CIFAR/STL-10 native, others Resize(256) + CenterCrop(224))"
-    if pre.get("mode") == "native":
-        return "standard preprocessing, attacked at native resolution"
-    return f"standard preprocessing (model's {pre.get('interpolation')} {pre.get('mode')} resize and crop)"
 
 
 def _row_labels(df: pd.DataFrame) -> pd.Series:

@@ -1,6 +1,7 @@
-"""Evaluation records: schema, statistics and storage."""
+"""Evaluation records: the typed record, its schema, statistics and storage."""
 
-from .schema import SCHEMA_VERSION, per_example, record_key, result_block, validate
+from .record import SCHEMA_VERSION, Protocol, Record, validate
+from .schema import per_example, record_key, result_block
 from .stats import (
     McNemarResult,
     MeanCI,
@@ -17,6 +18,8 @@ __all__ = [
     "SCHEMA_VERSION",
     "McNemarResult",
     "MeanCI",
+    "Protocol",
+    "Record",
     "RecordStore",
     "atomic_write_json",
     "bootstrap_mean_ci",

@@ -13,8 +13,9 @@ import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from ..errors import OUT_HINT, ZSBenchError, temp_file, writing
-from .schema import validate
+from ..atomic import write_text
+from ..errors import OUT_HINT, ZSBenchError
+from .record import Record, validate
 
 
 def ensure_writable(folder: Path) -> Path:
@@ -37,7 +38,8 @@ def ensure_writable(folder: Path) -> Path:
     return folder
 
 
-#: temporary names: ``.<record>.json.<pid>.<random>.tmp`` (records) and ``.<stem>.<pid>.tmp.npz`` (progress files)
+#: temporary names: ``.<record>.json.<pid>.<random>.tmp`` (records, :func:`robustbench_zs.atomic.replacing`) and
+#: ``.<stem>.<pid>.tmp.npz`` (progress files)
 _TEMP_RE = re.compile(r"^\..+\.(\d+)\.(?:[a-z0-9_]+\.tmp|tmp\.npz)$")
 
 
@@ -84,26 +86,13 @@ def _remove_temps_of(path: Path) -> None:
 
 
 def atomic_write_json(path: Path, obj: object, instead: str = OUT_HINT) -> None:
-    """Write JSON to a temporary file beside ``path``, fsync it, then rename: readers see all or nothing.
+    """Write ``obj`` as a record file (JSON, indent 1, UTF-8) whole or not at all, through
+    :func:`robustbench_zs.atomic.write_text`: a temporary file beside ``path``, fsync, then rename.
 
     A full, read-only or forbidden disk is a one-line :class:`ZSBenchError` (``instead``: what to do about it), and
     the temporary file is removed on any error.
     """
-    text = json.dumps(obj, indent=1, ensure_ascii=False, allow_nan=False) + "\n"
-    with writing(path, instead=instead):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = temp_file(path.parent, prefix=f".{path.name}.{os.getpid()}.")
-        with writing(path, instead=instead, cleanup=(tmp,)):
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                _sync(f)
-            os.replace(tmp, path)
-
-
-def _sync(f) -> None:
-    """Flush ``f`` to the disk (where a full disk shows up at the latest)."""
-    f.flush()
-    os.fsync(f.fileno())
+    write_text(path, json.dumps(obj, indent=1, ensure_ascii=False, allow_nan=False) + "\n", instead=instead)
 
 
 @contextlib.contextmanager
@@ -159,29 +148,31 @@ class RecordStore:
                 )
             return False
         try:
-            return self.read_path(path)["record_key"] == key
+            return self.read_path(path).record_key == key
         except (ValueError, OSError):
             return False
 
-    def read(self, path: Path) -> dict:
+    def read(self, path: Path) -> Record:
         return self.read_path(path)
 
     @staticmethod
-    def read_path(path: Path) -> dict:
+    def read_path(path: Path) -> Record:
         """One record, validated (ValueError names what is wrong: bad JSON, or the field and what it should be)."""
         path = Path(path)
         if not path.is_file():  # a FIFO would block, a device never end: only regular files are records
             raise ValueError("not a regular file (a FIFO, device or folder)")
         try:
-            return validate(json.loads(path.read_text(encoding="utf-8")))
+            return Record.from_json(json.loads(path.read_text(encoding="utf-8")), path)
         except RecursionError:  # json.loads of thousands of nested brackets
             raise ValueError("nested too deeply to be a record") from None
 
-    def write(self, path: Path, record: dict) -> None:
-        atomic_write_json(path, validate(record))
+    def write(self, path: Path, record: Record) -> None:
+        """Write ``record`` to ``path`` (checked first: an invalid record is a ValueError, and nothing is written)."""
+        atomic_write_json(path, validate(record.to_json()))
 
-    def iter_records(self) -> Iterator[tuple[Path, dict]]:
-        """Every valid record; invalid files are skipped with a warning naming them."""
+    def iter_records(self) -> Iterator[Record]:
+        """Every valid record, in path order, each with its ``path``; invalid files are skipped with a warning
+        naming them."""
         if not self.root.is_dir():
             return
         for path in sorted(self.root.rglob("*.json")):
@@ -190,4 +181,4 @@ class RecordStore:
             except (ValueError, OSError) as e:  # UnicodeDecodeError and json's errors are ValueErrors
                 warnings.warn(f"skipping invalid record {path}: {e}", stacklevel=2)
                 continue
-            yield path, record
+            yield record
