@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 from ..errors import ZSBenchError
+from ..provenance import default_results_dir
 
 EXIT_USAGE = 2
 #: the largest evaluation batch accepted (far above what any accelerator holds at 224 px; larger is a typo)
@@ -117,3 +119,11 @@ def parse_sets(items: list[str]) -> dict[str, str]:
             raise ZSBenchError(f"--set {item!r}: expected KEY=VALUE")
         out[key.strip()] = value.strip()
     return out
+
+
+def results_with_records(out: str | None) -> Path:
+    """The results folder of ``--out`` (default $ZSBENCH_RESULTS or ./results), which must hold records already."""
+    folder = Path(out) if out else default_results_dir()
+    if not (folder / "records").is_dir():
+        raise ZSBenchError(f"no records under {folder / 'records'}; run `zsbench run --out {folder}` first")
+    return folder

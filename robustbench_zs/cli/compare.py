@@ -8,9 +8,9 @@ from pathlib import Path
 
 from ..atomic import replacing
 from ..errors import ZSBenchError
-from ..provenance import default_results_dir
 from ..report.compare import compare, comparison_frame, render
 from ..report.leaderboard import records_frame
+from .args import results_with_records
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -31,9 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def handle(args: argparse.Namespace) -> int:
-    out = Path(args.out) if args.out else default_results_dir()
-    if not (out / "records").is_dir():
-        raise ZSBenchError(f"no records under {out / 'records'}; run `zsbench run --out {out}` first")
+    out = results_with_records(args.out)
     comp = compare(records_frame(out), args.a, args.b, alpha=args.alpha)
     print(render(comp))
     if args.csv:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from ..errors import ZSBenchError
-from ..provenance import default_results_dir
 from ..report import write_leaderboard
+from .args import results_with_records
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -23,10 +21,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def handle(args: argparse.Namespace) -> int:
-
-    out = Path(args.out) if args.out else default_results_dir()
-    if not (out / "records").is_dir():
-        raise ZSBenchError(f"no records under {out / 'records'}; run `zsbench run --out {out}` first")
+    out = results_with_records(args.out)
     paths = write_leaderboard(out, mix_profiles=args.mix_profiles)
     print(paths["markdown"].read_text(encoding="utf-8"))
     print(f"leaderboard: {paths['markdown']} and {paths['csv']}")

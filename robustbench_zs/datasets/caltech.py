@@ -24,7 +24,6 @@ BACKGROUND = "BACKGROUND_Google"
 PREFIX = re.compile(r"^\d{3}\.")
 
 
-
 def strip_number(folder: str) -> str:
     """``"001.ak47"`` -> ``"ak47"`` (names without the ``NNN.`` prefix are returned unchanged)."""
     return PREFIX.sub("", folder)

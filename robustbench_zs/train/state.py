@@ -27,10 +27,10 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from ..errors import OUT_HINT, ZSBenchError, follow_umask, writing
-from ..weights.base import cpu_tensors, fsync_dir, hash_and_sync
+from ..errors import OUT_HINT, ZSBenchError, writing
+from ..weights.base import fsync_dir, hash_and_sync, write_safetensors
 
 FORMAT = "robustbench_zs-train-state-2"
 POINTER = "CURRENT"
@@ -41,18 +41,6 @@ _FILES = ("weights.safetensors", "optimizer.safetensors")
 
 class ResumeStateError(ZSBenchError):
     """A resume state that cannot be used (damaged, foreign, or of another configuration)."""
-
-
-def _write_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> tuple[str, int]:
-    try:
-        save_file(cpu_tensors(tensors), str(path))
-    except Exception as e:  # safetensors reports a failed write as SafetensorError("... (os error 28)")
-        code = re.search(r"\(os error (\d+)\)", str(e))
-        if isinstance(e, OSError) or code is None:
-            raise
-        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
-    follow_umask(path)
-    return hash_and_sync(path)
 
 
 def save_state(
@@ -87,7 +75,7 @@ def _write(
         tmp.mkdir()
         files = {}
         for fname, tensors in zip(_FILES, (weights, optimizer), strict=True):
-            sha, size = _write_safetensors(tensors, tmp / fname)
+            sha, size = write_safetensors(tensors, tmp / fname)
             files[fname] = {"sha256": sha, "bytes": size}
         state = {"format": FORMAT, "step": step, "identity": identity, "files": files, **rest}
         with open(tmp / STATE_JSON, "w", encoding="utf-8") as f:

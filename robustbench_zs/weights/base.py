@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
+import safetensors.torch
 import torch
 
-from ..errors import ZSBenchError
+from ..errors import ZSBenchError, follow_umask
 
 #: ``format`` of our meta.json.
 FORMAT = "robustbench_zs-checkpoint-1"
@@ -89,3 +91,17 @@ def cpu_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
                 seen.add(ptr)
         out[name] = t
     return out
+
+
+def write_safetensors(tensors: Mapping[str, torch.Tensor], path: Path, metadata: dict | None = None) -> tuple[str, int]:
+    """Write ``tensors`` to ``path`` (a temporary name the caller renames), following the umask; returns the file's
+    sha256 and size, read back and synced to disk. A failed write is the OSError it was (a full disk is errno 28)."""
+    try:
+        safetensors.torch.save_file(cpu_tensors(tensors), str(path), metadata=metadata)
+    except Exception as e:  # safetensors reports a failed write as SafetensorError("... (os error 28)")
+        code = re.search(r"\(os error (\d+)\)", str(e))
+        if isinstance(e, OSError) or code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
+    follow_umask(path)
+    return hash_and_sync(path)

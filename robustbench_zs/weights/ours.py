@@ -19,10 +19,10 @@ import safetensors.torch
 import torch
 
 from ..atomic import write_text
-from ..errors import OUT_HINT, ZSBenchError, follow_umask, writing
+from ..errors import OUT_HINT, ZSBenchError, writing
 from ..paths import contained
 from ..provenance import sha256_file
-from .base import FORMAT, META_FILE, WEIGHTS_FILE, cpu_tensors, first_line, fsync_dir, hash_and_sync
+from .base import FORMAT, META_FILE, WEIGHTS_FILE, first_line, fsync_dir, write_safetensors
 
 #: Keys of meta.json that :func:`save_checkpoint` sets (a caller's values for them are replaced).
 _RESERVED = ("format", "weights_file", "weights_bytes", "weights_sha256")
@@ -38,21 +38,12 @@ def save_checkpoint(
     """
     folder = Path(folder)
     json.dumps(meta)  # fail before writing anything if meta cannot be stored
-    cpu = cpu_tensors(tensors)
     tmp = folder / f".{WEIGHTS_FILE}.{os.getpid()}.tmp"
     with writing(folder / WEIGHTS_FILE, instead=instead, cleanup=(tmp,)):
         folder.mkdir(parents=True, exist_ok=True)
-        try:
-            # one metadata key: safetensors writes several in a random order, and the file's sha256 (the
-            # checkpoint's identity in every record) would differ between two identical trainings
-            safetensors.torch.save_file(cpu, str(tmp), metadata={"robustbench_zs": FORMAT})
-        except Exception as e:  # safetensors reports a failed write as SafetensorError("... (os error 28)")
-            code = re.search(r"\(os error (\d+)\)", str(e))
-            if isinstance(e, OSError) or code is None:
-                raise
-            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(tmp)) from None
-        follow_umask(tmp)
-        sha, size = hash_and_sync(tmp)
+        # one metadata key: safetensors writes several in a random order, and the file's sha256 (the checkpoint's
+        # identity in every record) would differ between two identical trainings
+        sha, size = write_safetensors(tensors, tmp, metadata={"robustbench_zs": FORMAT})
         os.replace(tmp, folder / WEIGHTS_FILE)
     out = {k: v for k, v in meta.items() if k not in _RESERVED}
     out.update(format=FORMAT, weights_file=WEIGHTS_FILE, weights_bytes=size, weights_sha256=sha)
