@@ -20,6 +20,7 @@ from robustbench_zs.errors import ZSBenchError
 from robustbench_zs.methods import METHODS
 from robustbench_zs.models import ModelSpec
 from robustbench_zs.profiles import TRAIN_PROFILES
+from robustbench_zs.report.leaderboard import build_tables, records_frame
 from robustbench_zs.train import TrainConfig, train
 from robustbench_zs.train.engine import lr_at
 from robustbench_zs.train.state import load_state
@@ -395,3 +396,34 @@ def test_run_refuses_an_incomplete_checkpoint_and_says_how_to_finish_it(tmp_path
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "stopped at step 1 of 4" in line and f"--models-dir {models} --name {folder.name}" in line
     assert "zsbench train --method ft_standard" in line
+
+
+def test_two_checkpoints_of_one_method_are_two_leaderboard_rows(tmp_path, small_train, capsys) -> None:
+    """Two trainings of one method (two weight versions) evaluated into one results folder stay two rows, told
+    apart by checkpoint name; the same name holding other weights is told apart by the checkpoint's short hash."""
+    row = "ft_standard · zsbench-tiny/random(seed=0)"  # method · model, then the checkpoint's name
+    models, out = tmp_path / "models", tmp_path / "results"
+    argv = ["train", "--method", "ft_standard", "--arch", "zsbench-tiny", "--pretrained", "random"]
+    argv += ["--train-dataset", "synthetic", "--models-dir", str(models), "--data-root", str(tmp_path)]
+    argv += ["--batch-size", "32", "--epochs", "1", "--device", "cpu", "--no-progress"]
+    run = ["run", "--preset", "smoke", "--methods", "ft_standard", "--n", "8", "--attack", "none"]
+    run += ["--out", str(tmp_path / "results"), "--models-dir", str(models), "--data-root", str(tmp_path)]
+    for name, lr in (("first", "1e-3"), ("second", "1e-2")):
+        assert main([*argv, "--name", name, "--lr", lr]) == 0
+        assert main([*run, "--checkpoint", f"ft_standard={models / name}"]) == 0
+    df = records_frame(out)
+    rows = build_tables(df)[0]["accuracy"].index
+    assert sorted(rows) == [f"{row}+first", f"{row}+second"]
+    assert df["weights"].nunique() == 2
+
+    # the folder "first" trained again with another lr and evaluated into the same results folder, beside its old
+    # records: one name, two weight versions, so each of the two rows carries its checkpoint's short hash
+    old = json.loads((models / "first" / "meta.json").read_text())["weights_sha256"]
+    assert main([*argv, "--name", "first", "--lr", "5e-3", "--fresh"]) == 0
+    new = json.loads((models / "first" / "meta.json").read_text())["weights_sha256"]
+    assert new != old
+    assert main([*run, "--checkpoint", f"ft_standard={models / 'first'}"]) == 0
+    rows = build_tables(records_frame(out))[0]["accuracy"].index
+    assert f"{row}+first @{old[:8]}" in rows
+    assert f"{row}+first @{new[:8]}" in rows
+    assert f"{row}+second" in rows

@@ -57,7 +57,7 @@ def records_frame(out_dir: Path, mix_profiles: bool = False) -> pd.DataFrame:
                 "method": r.label,
                 "method_id": r.method,
                 "model": model["label"],
-                "weights": model.get("checkpoint_sha256") or model.get("weights_sha256") or "",
+                "weights": _weights_id(model),
                 "dataset": d["id"],
                 "dataset_name": d["name"],
                 "split": d["split"],
@@ -86,6 +86,15 @@ def records_frame(out_dir: Path, mix_profiles: bool = False) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+def _weights_id(model: dict) -> str:
+    """The sha256 of the weights a row evaluates: the fine-tuned checkpoint's when there is one (``checkpoint``),
+    else the backbone's (``checkpoint_sha256`` of a loaded file, ``weights_sha256`` of the tensors)."""
+    tuned = model.get("checkpoint")
+    if isinstance(tuned, str) and tuned:
+        return tuned.removeprefix("sha256:")
+    return model.get("checkpoint_sha256") or model.get("weights_sha256") or ""
 
 
 def cross_record_checks(df: pd.DataFrame) -> pd.DataFrame:
