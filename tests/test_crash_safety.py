@@ -131,6 +131,7 @@ def test_sigkill_mid_attack_then_rerun_resumes_and_gives_the_uninterrupted_recor
     log = capsys.readouterr().out
     _assert_same_records(_results(out), reference)
     assert not list(records.rglob("*.partial.npz")) and not [p for p in records.rglob("*") if "tmp" in p.name]
+    assert not list(records.rglob("*.lock")), "the killed run's lock file stays after the rerun"
     assert f"{len(reference) - len(done_before)} written, {len(done_before)} already there" in log
     resumed = [c for c in calls if c[0] in partials]
     assert resumed, calls
@@ -181,6 +182,70 @@ def test_two_runs_on_one_results_folder_compute_each_record_once(tmp_path, refer
         line = next(x for x in log.splitlines() if x.startswith("records: "))
         written.append(int(line.split("(")[1].split(" written")[0]))
     assert sum(written) == len(reference), logs  # no record was computed twice
+    assert not list(out.rglob("*.lock")), "the runs left lock files behind"
+
+
+def test_record_locks_exclude_each_other_and_leave_no_file(tmp_path):
+    """Four processes take one record's lock 100 times each and do a slow read-modify-write under it: no update is
+    lost (the lock excludes, also across the removal of its file by each holder), and no lock file stays."""
+    record = tmp_path / "records" / "m" / "d" / "pgd-0123456789ab.json"
+    counter = tmp_path / "counter"
+    counter.write_text("0")
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from robustbench_zs.results.store import record_lock\n"
+        "record, counter = Path(sys.argv[1]), Path(sys.argv[2])\n"
+        "for _ in range(100):\n"
+        "    with record_lock(record):\n"
+        "        n = int(counter.read_text())\n"
+        "        time.sleep(0.001)\n"
+        "        counter.write_text(str(n + 1))\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(record), str(counter)]) for _ in range(4)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0, 0]
+    assert counter.read_text() == "400"  # 25 rounds each were too few to catch a lock that fails to exclude
+    assert not list(record.parent.iterdir())
+
+
+def test_a_lock_file_left_by_a_killed_holder_is_taken_and_removed(tmp_path):
+    """The kernel frees a killed holder's lock; its empty file is reused by the next run and then removed. A
+    waiter tells its caller once that it waits."""
+    from robustbench_zs.results.store import record_lock
+
+    record = tmp_path / "pgd-0123456789ab.json"
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from robustbench_zs.results.store import record_lock\n"
+        "with record_lock(Path(sys.argv[1])):\n"
+        "    print('held', flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", script, str(record)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    lock = tmp_path / ".pgd-0123456789ab.lock"
+    assert lock.exists()
+    said: list[str] = []
+
+    def give_up(*_):
+        raise TimeoutError
+
+    old = signal.signal(signal.SIGALRM, give_up)
+    signal.setitimer(signal.ITIMER_REAL, 0.5)
+    try:
+        with pytest.raises(TimeoutError), record_lock(record, said.append):
+            pass
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert said == ["another zsbench process is computing pgd-0123456789ab.json; waiting for it"]
+    holder.kill()
+    holder.wait()
+    assert lock.exists()  # a killed holder cannot remove its file
+    with record_lock(record, said.append):
+        assert lock.exists()
+    assert len(said) == 1 and not lock.exists()
 
 
 def test_a_new_run_removes_temporary_files_of_dead_processes_only(tmp_path):

@@ -101,8 +101,11 @@ def record_lock(path: Path, on_wait: Callable[[str], None] | None = None) -> Ite
     compute or write the same record at once (the second waits, then finds the record written).
 
     The lock is ``fcntl.flock`` on a hidden ``.<record>.lock`` file beside the record; the kernel releases it when
-    the process dies, even by SIGKILL, so a crashed run never leaves a stale lock. The lock files stay (deleting
-    them would race with a waiting process); they are empty. Without ``fcntl`` (Windows) no lock is taken.
+    the process dies, even by SIGKILL, so a crashed run never leaves a stale lock. The holder removes the file
+    before it lets go, so a finished run leaves none behind; a waiter that then wins the lock on the removed file
+    (or on one replaced since) sees that the path no longer names the file it holds, and starts over on the file
+    there now. Only a process killed while holding a lock leaves its empty file, which the next run on that record
+    removes. Without ``fcntl`` (Windows) no lock is taken.
     """
     try:
         import fcntl  # POSIX only: a function-local import so that Windows runs without locks
@@ -111,18 +114,36 @@ def record_lock(path: Path, on_wait: Callable[[str], None] | None = None) -> Ite
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     lock_path = path.with_name(f".{path.stem}.lock")
-    with open(lock_path, "a+b") as f:
+    told = False
+    while True:
+        f = open(lock_path, "a+b")  # noqa: SIM115 - closed below, or on the way out
         try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if on_wait is not None:
-                on_wait(f"another zsbench process is computing {path.name}; waiting for it")
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if on_wait is not None and not told:
+                    on_wait(f"another zsbench process is computing {path.name}; waiting for it")
+                    told = True
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                here = os.stat(lock_path)
+            except FileNotFoundError:
+                here = None
+            mine = os.fstat(f.fileno())
+        except BaseException:
+            f.close()
+            raise
+        if here is not None and (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino):
+            break
+        f.close()  # the holder before us removed this file: lock the one at the path now
+    try:
         _remove_temps_of(path)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            lock_path.unlink()
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        f.close()
 
 
 class RecordStore:
