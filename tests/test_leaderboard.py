@@ -52,6 +52,10 @@ def test_leaderboard_numbers_equal_the_records(board):
         assert len(match) == 1, (label, r["threat_label"])
         assert match[0]["Synthetic"] == pytest.approx(100 * r["result"]["accuracy"], abs=1e-9)
         assert match[0]["Average"] == pytest.approx(100 * r["result"]["accuracy"], abs=1e-9)
+        # one dataset: the Average's interval is that dataset's Wilson interval, not a bootstrap that differs
+        low, high = r["result"]["ci95"]
+        assert match[0]["Average_ci95_low"] == pytest.approx(100 * low, abs=1e-9)
+        assert match[0]["Average_ci95_high"] == pytest.approx(100 * high, abs=1e-9)
     long = pd.read_csv(paths["records_csv"])
     assert len(long) == 6 and set(long["record"]) == {str(p) for p in (out / "records").rglob("*.json")}
 

@@ -93,10 +93,14 @@ def test_bootstrap_mean_ci():
     big = [np.tile(m, 20) for m in small]  # the same accuracies on 20x the images
     ci_big = bootstrap_mean_ci(big, n_boot=2000, seed=0)
     assert ci_big.mean == pytest.approx(ci.mean) and ci_big.high - ci_big.low < (ci.high - ci.low) / 3
-    # one dataset of n images: the interval is close to the normal approximation of a binomial proportion
+    # one dataset of n images: the mean is its accuracy and the interval its Wilson interval (what its cell shows),
+    # at any level, close to the normal approximation of a binomial proportion
     one = bootstrap_mean_ci({"d": np.arange(400) < 120}, n_boot=4000, seed=0)
+    assert (one.low, one.high) == wilson_interval(120, 400)
     half = 1.96 * math.sqrt(0.3 * 0.7 / 400)
     assert one.low == pytest.approx(0.3 - half, abs=0.01) and one.high == pytest.approx(0.3 + half, abs=0.01)
+    wide = bootstrap_mean_ci([np.arange(400) < 120], level=0.99)
+    assert (wide.low, wide.high) == pytest.approx(wilson_interval(120, 400, 2.5758293035489004))
     assert tuple(bootstrap_mean_ci([np.ones(10, bool), np.ones(3, bool)])) == (1.0, 1.0, 1.0)
     with pytest.raises(ValueError):
         bootstrap_mean_ci([])

@@ -11,6 +11,7 @@ import base64
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import NamedTuple
 
 import numpy as np
@@ -159,7 +160,8 @@ def bootstrap_mean_ci(
 
     Each bootstrap replicate resamples the images of every dataset independently, with replacement and at the
     dataset's own size, then averages the per-dataset accuracies with equal weight (as the leaderboard's *Average*
-    column does). The number of correct images in a resample of ``n`` images from a set with ``k`` correct ones is
+    column does). With one dataset the mean is that dataset's accuracy, and its interval is that accuracy's Wilson
+    interval (the one its own cell shows), not a bootstrap that would differ from it. The number of correct images in a resample of ``n`` images from a set with ``k`` correct ones is
     distributed ``Bin(n, k/n)``, so each replicate draws that count directly: the same distribution as drawing image
     indices, in O(datasets x n_boot) time and memory whatever the number of images.
 
@@ -183,6 +185,10 @@ def bootstrap_mean_ci(
     if (n == 0).any():
         raise ValueError("a dataset's mask is empty")
     k = np.array([np.count_nonzero(np.asarray(m, dtype=bool)) for m in arrays], dtype=np.int64)
+    if n.size == 1:  # the mean of one accuracy is that accuracy: give its own (Wilson) interval, as its cell does
+        z = Z95 if level == 0.95 else NormalDist().inv_cdf(0.5 + level / 2)
+        low, high = wilson_interval(int(k[0]), int(n[0]), z)
+        return MeanCI(float(k[0] / n[0]), low, high)
     rng = np.random.default_rng(seed)
     counts = rng.binomial(n[:, None], (k / n)[:, None], size=(n.size, n_boot))  # (datasets, replicates)
     means = (counts / n[:, None]).mean(axis=0)
