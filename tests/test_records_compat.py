@@ -2,7 +2,8 @@
 
 ``tests/data/records_before_redesign`` holds real records written by the code of commit 12f5c94 (the world CLIP on
 two world tasks under PGD and APGD-CE, and the tiny model with a trained ft_standard checkpoint, on the
-synthetic dataset), with the leaderboard that code rendered from them.
+synthetic dataset), with the leaderboard that code rendered from them (its header updated once, by issue 18's line
+on averages over one dataset; every table and number is as that code rendered it).
 """
 
 from __future__ import annotations

@@ -57,7 +57,6 @@ def test_readme_python_example_runs(monkeypatch, tmp_path) -> None:
     """The README's "From Python" block, executed as written (the tiny model keeps it fast)."""
     text = README.read_text(encoding="utf-8")
     block = text.split("## From Python", 1)[1].split("```python", 1)[1].split("```", 1)[0]
-    monkeypatch.setattr("robustbench_zs.engine.evaluator.tqdm", lambda it, **k: it)
     namespace: dict = {}
     exec(compile(block.replace("steps=10", "steps=1"), "README.md", "exec"), namespace)
     assert 0.0 <= namespace["result"].accuracy() <= 1.0

@@ -39,13 +39,13 @@ from ..attacks import ATTACKS, Threat
 from ..attacks.core import eval_mode_no_param_grad
 from ..datasets import DATASETS
 from ..datasets.spec import load_metadata
+from ..distributed import DistEnv
 from ..engine.runner import resolve_device
 from ..errors import ZSBenchError
 from ..methods import METHODS
 from ..models import HeadKnobs, LoadedModel, ModelSpec, ZeroShotClassifier, build_text_head, load_model
 from ..profiles import TRAIN_PROFILES
 from ..provenance import software
-from ..train.distributed import DistEnv
 from ..train.engine import _optimizer, apply_update, attack_seeds, prepare_models, step_loss
 from . import measure
 from .naive import NAIVE_METHODS, NaivePGD, NaiveTraining

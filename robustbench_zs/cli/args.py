@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 from ..errors import ZSBenchError
+from ..progress import DEFAULT_EVERY_S, EVERY_ENV
 from ..provenance import default_results_dir
 
 EXIT_USAGE = 2
@@ -19,6 +20,17 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):  # type: ignore[override]
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def add_progress_flag(parser: argparse.ArgumentParser) -> None:
+    """``--progress/--no-progress``, the same in every command that runs long loops."""
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"progress bars (default: a bar on a terminal; without one, as under nohup or Slurm, a line with count, "
+        f"rate and ETA every {DEFAULT_EVERY_S:g} s, or every {EVERY_ENV} seconds)",
+    )
 
 
 def split_list(value: str, what: str) -> list[str]:

@@ -15,7 +15,7 @@ from ..paper.targets import get_target, targets
 from ..paper.world import reproduce_world
 from ..profiles import PROFILES, get_profile
 from ..provenance import default_cache_dir, default_data_root, default_models_dir, default_results_dir
-from .args import positive_int
+from .args import add_progress_flag, positive_int
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -68,9 +68,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "--aa-n",
         help="world: images per task for AutoAttack, a seeded subset recorded in every record (default 16; 0: none)",
     )
-    rp.add_argument(
-        "--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bars (default: on a terminal)"
-    )
+    add_progress_flag(rp)
     rp.set_defaults(handler=_reproduce)
     return rp
 

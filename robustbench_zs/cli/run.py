@@ -18,7 +18,7 @@ from ..profiles import PROFILES, get_profile, run_config_fields
 from ..provenance import default_cache_dir, default_data_root, default_models_dir, default_results_dir
 from ..report import write_leaderboard
 from ..zoo import resolve_zoo_checkpoint
-from .args import MAX_BATCH, parse_eps, parse_sets, parse_step_size, positive_int, split_list
+from .args import MAX_BATCH, add_progress_flag, parse_eps, parse_sets, parse_step_size, positive_int, split_list
 
 #: ``--preset smoke``: offline, tiny random-weight model, generated data, clean + PGD at two eps, ~1 minute on 2 cores.
 PRESETS = {
@@ -190,9 +190,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     r.add_argument("--workers", help="data-loading worker processes (default: 0 on the CPU, up to 8 with a GPU)")
     r.add_argument("--force", action="store_true", help="recompute records that already exist")
-    r.add_argument(
-        "--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bars (default: on a terminal)"
-    )
+    add_progress_flag(r)
     r.set_defaults(handler=handle)
     return r
 

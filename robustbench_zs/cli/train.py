@@ -9,7 +9,7 @@ from ..models import ModelSpec
 from ..profiles import TRAIN_PROFILES, get_train_profile
 from ..provenance import default_cache_dir, default_data_root, default_models_dir
 from ..train import TrainConfig, train
-from .args import one_radius_255, parse_sets, positive_int
+from .args import add_progress_flag, one_radius_255, parse_sets, positive_int
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -84,7 +84,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     tr.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (under torchrun: one GPU per process)")
     tr.add_argument("--workers", type=int, help="decoding processes for the first fill of the tensor cache")
     tr.add_argument("--tensor-cache", action=argparse.BooleanOptionalAction, default=True, help="decode once (default)")
-    tr.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
+    add_progress_flag(tr)
     tr.add_argument(
         "--compile", action="store_true", help="torch.compile the image towers (first step slower; off by default)"
     )

@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data import Subset as TorchSubset
-from tqdm.auto import tqdm
 
 from ..atomic import write_text
 from ..errors import ZSBenchError, writing
+from ..progress import Progress
 from .files import FileImageDataset
 from .preprocess import Preprocess, PreprocessedDataset
 from .spec import DatasetSpec, ImageDataset
@@ -162,9 +162,9 @@ class TensorCache:
             todo = np.asarray(indices, dtype=np.int64)
             todo = todo[~filled[todo]]
             if len(todo):
-                self._fill(
-                    folder, shape, labels, filled, PreprocessedDataset(data, preprocess), todo, workers, progress
-                )
+                source = PreprocessedDataset(data, preprocess)
+                desc = f"decode {spec.id}/{split} into the tensor cache"
+                self._fill(folder, shape, labels, filled, source, todo, workers, (progress, desc))
         except OSError as e:
             raise ZSBenchError(
                 f"tensor cache {folder}: {e.strerror or e}; free disk space, set ZSBENCH_CACHE to another folder, "
@@ -176,7 +176,7 @@ class TensorCache:
             "decoded": int(len(todo)),
         }
 
-    def _fill(self, folder, shape, labels, filled, source, todo, workers, progress) -> None:
+    def _fill(self, folder, shape, labels, filled, source, todo, workers, progress: tuple[bool | None, str]) -> None:
         # rows go in with pwrite, not through a writable memory map: on a full disk a write into a mapped sparse file
         # kills the process with SIGBUS, while pwrite fails with ENOSPC, which becomes a one-line error
         images = folder / "images.u8"
@@ -187,7 +187,7 @@ class TensorCache:
         with writing(images, instead=CACHE_HINT):
             fd = os.open(images, os.O_WRONLY)
         try:
-            bar = tqdm(total=len(todo), desc=f"decode {folder.name[:8]}", unit="img", disable=_disabled(progress))
+            bar = Progress(len(todo), progress[1], "images", show=progress[0])
             for batch, ys in loader:
                 rows = todo[pos : pos + len(ys)]
                 block = np.ascontiguousarray(batch.numpy(), dtype=np.uint8).reshape(len(ys), row_bytes)
@@ -233,10 +233,6 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
     while view:
         n = os.pwrite(fd, view, offset)
         view, offset = view[n:], offset + n
-
-
-def _disabled(progress: bool | None) -> bool | None:
-    return None if progress is None else not progress
 
 
 def _atomic_write(path: Path, text: str) -> None:

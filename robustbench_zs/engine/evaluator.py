@@ -13,7 +13,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.data import Subset as TorchSubset
-from tqdm.auto import tqdm
 
 from ..attacks import ATTACKS, Threat
 from ..attacks.core import eval_mode_no_param_grad
@@ -21,6 +20,7 @@ from ..attacks.sanity import zero_gradient_mask
 from ..datasets.spec import ImageDataset
 from ..datasets.subset import Subset, select_subset
 from ..errors import writing
+from ..progress import Progress
 from ..results.store import remove_stale_temps
 
 SEED_STRIDE = 1_000_003
@@ -171,7 +171,8 @@ def evaluate(
         threats: attacks to run (the clean evaluation always runs).
         subset: which images; the full split by default.
         seed: drives the attacks' random starts (per image, so results do not depend on batching).
-        progress: show a progress bar (None: only on a terminal).
+        progress: show a progress bar (None: a bar on a terminal, else a line at a steady interval; see
+            :mod:`robustbench_zs.progress`).
         clean: clean correctness of these images (subset order) from an earlier pass; skips the clean forward.
         zero_grad: the zero-input-gradient mask of these images from an earlier pass (skips that backward pass).
         state_path: per-example progress file (``.npz``). Each finished batch is saved there; a call with the same
@@ -198,8 +199,9 @@ def evaluate(
     )
     seconds = {"clean": 0.0, **{t.slug: 0.0 for t in threats}}
     start = 0
-    with eval_mode_no_param_grad(classifier):
-        for images, labels in tqdm(loader, desc=desc, unit="batch", disable=None if progress is None else not progress):
+    shown = Progress(subset.n, desc, "images", show=progress, initial=subset.n - len(todo))
+    with eval_mode_no_param_grad(classifier), shown:
+        for images, labels in loader:
             pos = todo[start : start + len(labels)]
             start += len(labels)
             x = images.to(device, non_blocking=True).float().div_(255)
@@ -235,6 +237,7 @@ def evaluate(
                     state.add_report(t.slug, pos, report[t.slug])
             state.done[pos] = True
             state.save()
+            shown.update(len(pos))
     reports = {}
     for t in threats:
         if t.slug in state.info:

@@ -47,8 +47,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from .. import distributed as dist_utils
 from ..attacks.core import attack_autocast, unit_noise
 from ..attacks.pgd import pgd_ascent
 from ..datasets import DATASETS
@@ -63,9 +63,9 @@ from ..models.loader import model_identity, model_preprocess_cfg
 from ..models.text_head import text_weights_sha256
 from ..paths import folder_name
 from ..profiles import TRAIN_PROFILES, TrainProfile
+from ..progress import Progress
 from ..provenance import default_cache_dir, software
 from ..weights import read_meta, save_checkpoint
-from . import distributed as dist_utils
 from .state import has_state, identity_differences, load_state, save_state
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -513,7 +513,7 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
     losses: list[float] = []
     model.train()
     t0 = time.perf_counter()
-    bar = tqdm(total=end, initial=start, desc=f"train {cfg.method}", unit="step", disable=_quiet(cfg, env))
+    bar = Progress(end, f"train {cfg.method}", "steps", show=cfg.progress if env.is_main else False, initial=start)
     step = start
     orders: dict[int, np.ndarray] = {}
 
@@ -610,12 +610,6 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
         )
     dist_utils.barrier(env)
     return TrainResult(folder, step, losses, start, seconds, ips)
-
-
-def _quiet(cfg: TrainConfig, env) -> bool | None:
-    if not env.is_main:
-        return True
-    return None if cfg.progress is None else not cfg.progress
 
 
 class BatchLoader:

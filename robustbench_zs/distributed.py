@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..errors import ZSBenchError
+from .errors import ZSBenchError
 
 
 @dataclass(frozen=True)
