@@ -1,8 +1,11 @@
-"""Data parallelism over torch.distributed, started with ``torchrun`` (NCCL on GPUs, gloo on the CPU).
+"""Several processes over torch.distributed, started with ``torchrun`` (NCCL on GPUs, gloo on the CPU).
 
-Every process takes an equal share of each global batch; after backward the gradients are summed across processes
-(each process scaled its loss by its share of the global batch), so the update equals the one a single process
-computes on the whole global batch, whatever the number of processes.
+Training: every process takes an equal share of each global batch; after backward the gradients are summed across
+processes (each process scaled its loss by its share of the global batch), so the update equals the one a single
+process computes on the whole global batch, whatever the number of processes.
+
+Evaluation: the batches of each record are handed out in turn, each process attacks its own, and the per-image
+results are gathered into every process (:func:`gather_objects`); process 0 writes the records.
 """
 
 from __future__ import annotations
@@ -31,6 +34,11 @@ class DistEnv:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
+
+
+def is_main_process() -> bool:
+    """False in every process of a torchrun job but process 0 (which prints and writes for the job)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def setup(device_name: str = "auto") -> DistEnv:
@@ -78,3 +86,21 @@ def sum_scalar(value: float, env: DistEnv) -> float:
 def barrier(env: DistEnv) -> None:
     if env.distributed:
         dist.barrier()
+
+
+def gather_objects(obj: object, env: DistEnv) -> list:
+    """``obj`` of every process, in rank order (picklable objects: a batch's per-image results)."""
+    if not env.distributed:
+        return [obj]
+    out: list = [None] * env.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: object, env: DistEnv) -> object:
+    """Process 0's ``obj`` in every process (what process 0 decided: which records exist, the batch size)."""
+    if not env.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -60,7 +60,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="evaluation batch size (default 256, the official code's; fp16 attacks are keyed on it, since their "
         "results depend on it)",
     )
-    rp.add_argument("--n", help="evaluate a seeded random subset of N images per dataset (default: the full split)")
+    rp.add_argument(
+        "--n",
+        "--images",
+        dest="n",
+        help="evaluate a seeded random subset of N images per dataset (default: the full split); under torchrun "
+        "write --images N (torchrun's own parser takes --n for an abbreviation of its options)",
+    )
     rp.add_argument(
         "--no-train", action="store_true", help="never train: rows without a checkpoint are skipped (shown missing)"
     )

@@ -9,6 +9,7 @@ from pathlib import Path
 from ..attacks import ATTACKS, Threat
 from ..attacks.base import PRECISIONS
 from ..datasets.prompts import load_overrides
+from ..distributed import is_main_process
 from ..engine import runner
 from ..engine.runner import RunConfig
 from ..errors import ZSBenchError
@@ -108,7 +109,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "--step-size",
         help="attack step in units of 1/255 or as a fraction (default: 1 for linf as in the paper; 2.5*eps/steps for l2)",
     )
-    r.add_argument("--n", help="evaluate a seeded random subset of N images per dataset (default: the full split)")
+    r.add_argument(
+        "--n",
+        "--images",
+        dest="n",
+        help="evaluate a seeded random subset of N images per dataset (default: the full split); under torchrun "
+        "write --images N (torchrun's own parser takes --n for an abbreviation of its options)",
+    )
     r.add_argument(
         "--paper-subsample",
         action="store_true",
@@ -287,9 +294,10 @@ def handle(args: argparse.Namespace) -> int:
         train_dataset=args.train_dataset,
         train_missing=args.train_missing,
     )
-    if args.preset == "smoke":
+    main = is_main_process()  # under torchrun, process 0 prints and writes for the job
+    if args.preset == "smoke" and main:
         print("smoke preset: tiny random-weight CLIP on generated data; accuracies sit near chance (10%).")
-    elif args.preset == "world":
+    elif args.preset == "world" and main:
         print(
             "world preset: the world CLIP shipped with the package on its 8 zero-shot tasks (see README: the proxy world)."
         )
@@ -297,10 +305,12 @@ def handle(args: argparse.Namespace) -> int:
         summary = runner.run(cfg)
     except BaseException:
         # whatever finished is on disk; the leaderboard reflects it even after an interruption or an error
-        if (out / "records").is_dir():
+        if (out / "records").is_dir() and main:
             with contextlib.suppress(Exception):
                 write_leaderboard(out)
         raise
+    if not main:
+        return 0
     paths = write_leaderboard(out) if (out / "records").is_dir() else {}
     undefined = f", {len(summary.skipped_undefined)} undefined, skipped" if summary.skipped_undefined else ""
     print(

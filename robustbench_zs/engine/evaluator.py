@@ -14,11 +14,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.data import Subset as TorchSubset
 
+from .. import distributed as dist_utils
 from ..attacks import ATTACKS, Threat
 from ..attacks.core import eval_mode_no_param_grad
 from ..attacks.sanity import zero_gradient_mask
 from ..datasets.spec import ImageDataset
 from ..datasets.subset import Subset, select_subset
+from ..distributed import DistEnv
 from ..errors import writing
 from ..progress import Progress
 from ..results.store import remove_stale_temps
@@ -96,6 +98,19 @@ class _State:
             )
             os.replace(tmp, path)
 
+    def merge(self, out: _Batch) -> None:
+        """Take in the outcome of one batch (this process's, or another process's of a sharded evaluation)."""
+        pos = out.pos
+        self.clean[pos] = out.clean
+        if out.zero_grad is not None:
+            self.zero_grad[pos] = out.zero_grad
+        for s in self.slugs:
+            self.robust[s][pos] = out.robust[s]
+            self.above_clean[s][pos] = out.above_clean[s]
+            if s in out.reports:
+                self.add_report(s, pos, out.reports[s])
+        self.done[pos] = True
+
     def add_report(self, slug: str, pos: np.ndarray, entry: dict) -> None:
         """Merge one batch's AutoAttack report: per-component masks at ``pos``, and what ran (the same per batch)."""
         info = self.info.setdefault(slug, {"components": []})
@@ -106,7 +121,22 @@ class _State:
             if c not in self.components[slug]:
                 self.components[slug][c] = np.zeros(len(self.indices), dtype=bool)
                 info["components"].append(c)
-            self.components[slug][c][pos] = mask.cpu().numpy()
+            self.components[slug][c][pos] = np.asarray(mask.cpu() if torch.is_tensor(mask) else mask, dtype=bool)
+
+
+@dataclass
+class _Batch:
+    """What one batch gave, as plain arrays (so that it can be sent between processes): positions in subset order,
+    clean correctness, the zero-gradient mask, per threat slug the robust and above-clean masks and the attack's
+    report, and the seconds spent per slug."""
+
+    pos: np.ndarray
+    clean: np.ndarray
+    zero_grad: np.ndarray | None
+    robust: dict[str, np.ndarray]
+    above_clean: dict[str, np.ndarray]
+    reports: dict[str, dict]
+    seconds: dict[str, float]
 
 
 @dataclass
@@ -124,6 +154,8 @@ class EvalResult:
             threats).
         reports: per threat of an attack that reports (AutoAttack): implementation, components run and skipped, and
             ``masks`` (component -> per-image robust after it and every earlier one, subset order).
+        processes: how many processes computed it (a sharded evaluation under torchrun), and ``process_seconds``
+            the seconds per slug summed over them (``seconds`` holds the slowest process's).
     """
 
     indices: np.ndarray
@@ -133,6 +165,8 @@ class EvalResult:
     above_clean: dict[Threat, np.ndarray] = field(default_factory=dict)
     zero_grad: np.ndarray | None = None
     reports: dict[Threat, dict] = field(default_factory=dict)
+    processes: int = 1
+    process_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -146,6 +180,56 @@ class EvalResult:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _run_batch(
+    classifier: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    pos: np.ndarray,
+    subset: Subset,
+    seed: int,
+    threats: list[Threat],
+    known: np.ndarray | None,
+    known_zero: np.ndarray | None,
+    device: torch.device,
+) -> _Batch:
+    """Clean pass (unless ``known``), zero-gradient mask and every threat on one batch at subset positions ``pos``."""
+    x = images.to(device, non_blocking=True).float().div_(255)
+    y = labels.to(device, non_blocking=True)
+    seeds = torch.as_tensor(subset.indices[pos], dtype=torch.long) + seed * SEED_STRIDE
+    seconds = {"clean": 0.0, **{t.slug: 0.0 for t in threats}}
+    if known is not None:
+        correct = torch.as_tensor(known[pos], device=device)
+    else:
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            correct = classifier(x).argmax(dim=1) == y
+        _sync(device)
+        seconds["clean"] += time.perf_counter() - t0
+    zero = None
+    if threats:
+        zero = known_zero[pos] if known_zero is not None else zero_gradient_mask(classifier, x, y).numpy()
+    robust, above, reports = {}, {}, {}
+    for t in threats:
+        entry = ATTACKS.get(t.name)
+        report: dict | None = {} if entry.reports else None
+        kwargs: dict = {} if report is None else {"report": report}
+        if entry.takes_clean:
+            kwargs["clean"] = correct  # the clean pass above: the attack skips its own
+        t0 = time.perf_counter()
+        verdict = entry.run(classifier, x, y, [t], seeds, **kwargs)[t]
+        _sync(device)
+        seconds[t.slug] += time.perf_counter() - t0
+        robust[t.slug] = (verdict & correct).cpu().numpy()
+        above[t.slug] = (verdict & ~correct).cpu().numpy()
+        if report:
+            got = report[t.slug]
+            masks = {
+                c: np.asarray(m.cpu() if torch.is_tensor(m) else m, dtype=bool) for c, m in got.get("masks", {}).items()
+            }
+            reports[t.slug] = {**{k: v for k, v in got.items() if k != "masks"}, "masks": masks}
+    return _Batch(pos, correct.cpu().numpy(), zero, robust, above, reports, seconds)
 
 
 def evaluate(
@@ -162,6 +246,7 @@ def evaluate(
     clean: np.ndarray | None = None,
     zero_grad: np.ndarray | None = None,
     state_path: Path | None = None,
+    shard: DistEnv | None = None,
 ) -> EvalResult:
     """Evaluate ``classifier`` clean and under each threat.
 
@@ -178,6 +263,10 @@ def evaluate(
         state_path: per-example progress file (``.npz``). Each finished batch is saved there; a call with the same
             file, images and threats continues with the images not yet decided. Attacks are seeded per image, so a
             resumed evaluation gives the same per-example results as an uninterrupted one.
+        shard: the torchrun job this process belongs to: its batches are split across the processes (batch k to
+            process k mod W), each process attacks its own, and every process ends with the merged results; only
+            process 0 shows progress and writes ``state_path``. The results equal one process's, bit for bit, and a
+            state file written under one number of processes resumes under another.
     """
     device = next(classifier.parameters()).device
     subset = subset or select_subset(len(dataset), None, seed)
@@ -190,54 +279,38 @@ def evaluate(
         raise ValueError(f"zero_grad has {len(known_zero)} entries for {subset.n} images")
     state = _State.open(state_path, subset.indices, [t.slug for t in threats])
     todo = np.flatnonzero(~state.done)  # positions (in subset order) still to evaluate
+    # batches of the images still to do; a sharded evaluation hands them out in turn (batch k to process k mod W),
+    # so every batch holds the images it holds in one process, and each image keeps its seed
+    batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+    rank, world = (0, 1) if shard is None else (shard.rank, shard.world_size)
+    mine = batches[rank::world]
     loader = DataLoader(
-        TorchSubset(dataset, subset.indices[todo].tolist()),
+        TorchSubset(dataset, subset.indices[np.concatenate(mine)].tolist() if mine else []),
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
         pin_memory=device.type == "cuda",
     )
     seconds = {"clean": 0.0, **{t.slug: 0.0 for t in threats}}
-    start = 0
-    shown = Progress(subset.n, desc, "images", show=progress, initial=subset.n - len(todo))
+    main = rank == 0
+    shown = Progress(subset.n, desc, "images", show=progress if main else False, initial=subset.n - len(todo))
     with eval_mode_no_param_grad(classifier), shown:
-        for images, labels in loader:
-            pos = todo[start : start + len(labels)]
-            start += len(labels)
-            x = images.to(device, non_blocking=True).float().div_(255)
-            y = labels.to(device, non_blocking=True)
-            seeds = torch.as_tensor(subset.indices[pos], dtype=torch.long) + seed * SEED_STRIDE
-            if known is not None:
-                correct = torch.as_tensor(known[pos], device=device)
-            else:
-                t0 = time.perf_counter()
-                with torch.no_grad():
-                    correct = classifier(x).argmax(dim=1) == y
-                _sync(device)
-                seconds["clean"] += time.perf_counter() - t0
-            state.clean[pos] = correct.cpu().numpy()
-            if threats:
-                if known_zero is not None:
-                    state.zero_grad[pos] = known_zero[pos]
-                else:
-                    state.zero_grad[pos] = zero_gradient_mask(classifier, x, y).numpy()
-            for t in threats:
-                entry = ATTACKS.get(t.name)
-                report: dict | None = {} if entry.reports else None
-                kwargs: dict = {} if report is None else {"report": report}
-                if entry.takes_clean:
-                    kwargs["clean"] = correct  # the clean pass above: the attack skips its own
-                t0 = time.perf_counter()
-                robust = entry.run(classifier, x, y, [t], seeds, **kwargs)[t]
-                _sync(device)
-                seconds[t.slug] += time.perf_counter() - t0
-                state.robust[t.slug][pos] = (robust & correct).cpu().numpy()
-                state.above_clean[t.slug][pos] = (robust & ~correct).cpu().numpy()
-                if report:
-                    state.add_report(t.slug, pos, report[t.slug])
-            state.done[pos] = True
-            state.save()
-            shown.update(len(pos))
+        it = iter(loader)
+        for k in range(-(-len(batches) // world)):  # rounds: one batch per process
+            out = None
+            if k < len(mine):
+                images, labels = next(it)
+                out = _run_batch(classifier, images, labels, mine[k], subset, seed, threats, known, known_zero, device)
+                for slug, sec in out.seconds.items():
+                    seconds[slug] += sec
+            outs = [out] if shard is None else dist_utils.gather_objects(out, shard)
+            for o in outs:
+                if o is not None:
+                    state.merge(o)
+            if main:
+                state.save()
+            shown.update(sum(len(o.pos) for o in outs if o is not None))
+    per_process = [seconds] if shard is None else dist_utils.gather_objects(seconds, shard)
     reports = {}
     for t in threats:
         if t.slug in state.info:
@@ -247,8 +320,10 @@ def evaluate(
         indices=subset.indices,
         clean=state.clean.copy(),
         robust={t: state.robust[t.slug].copy() for t in threats},
-        seconds=seconds,
+        seconds={k: max(p[k] for p in per_process) for k in seconds},
         above_clean={t: state.above_clean[t.slug].copy() for t in threats},
         zero_grad=state.zero_grad.copy() if threats else None,
         reports=reports,
+        processes=world,
+        process_seconds={k: sum(p[k] for p in per_process) for k in seconds},
     )

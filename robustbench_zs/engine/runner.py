@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .. import distributed as dist_utils
 from ..attacks import ATTACKS, Threat
 from ..attacks.sanity import leaderboard_flags, record_checks
 from ..datasets import DATASETS, DatasetSpec, ImageDataset, Subset, select_subset
@@ -392,12 +394,14 @@ def evaluate_threat(
     planned: PlannedRecord,
     clean: np.ndarray | None,
     zero_grad: np.ndarray | None,
+    env: dist_utils.DistEnv | None = None,
 ) -> EvalResult:
     """The per-image correctness of one planned record: the clean pass, or the attack on the clean-correct images.
 
     ``clean`` and ``zero_grad``: the masks an earlier record of the unit computed (or its existing clean record
     supplied), so no image is classified twice. An interrupted evaluation of the same record resumes from its
-    progress file (:func:`partial_path`) with the images not yet decided.
+    progress file (:func:`partial_path`) with the images not yet decided. Under torchrun (``env``) the images are
+    shared among the processes and every process gets the merged result.
     """
     t = planned.threat
     return evaluate(
@@ -413,6 +417,7 @@ def evaluate_threat(
         clean=clean,
         zero_grad=zero_grad,
         state_path=partial_path(planned.path),
+        shard=env if env is not None and env.distributed else None,
     )
 
 
@@ -472,6 +477,7 @@ def build_record(
             "started_utc": started,
             "wall_time_s": round(result.seconds[t.slug], 4),
             "device": device_description(device),
+            "world_size": result.processes,
             "batch_size": setup.batch_size,
             "batch_size_auto": cfg.batch_size is None,
             "workers": setup.workers,
@@ -493,6 +499,29 @@ def _outcome(threat: Threat, record: Record) -> str:
     )
 
 
+def _silent(_: str) -> None:
+    pass
+
+
+def _join(device_name: str) -> dist_utils.DistEnv:
+    """This process's place in a torchrun job (one process alone without one), on its device."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return dist_utils.setup(device_name)
+    return dist_utils.DistEnv(0, 1, 0, resolve_device(device_name))
+
+
+def _prepare_in_turn(cfg, unit, weights, device, workers, echo, env: dist_utils.DistEnv) -> Setup:
+    """:func:`prepare_unit`, process 0 first under torchrun, so that it fills the text-head and tensor caches and
+    the others read them; every process then uses process 0's batch size (``--batch-size auto``)."""
+    if not env.is_main:
+        dist_utils.barrier(env)
+    setup = prepare_unit(cfg, unit, weights, device, workers, echo)
+    if env.is_main:
+        dist_utils.barrier(env)
+    setup.batch_size = dist_utils.broadcast_object(setup.batch_size, env)
+    return setup
+
+
 def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
     """Evaluate every (method, dataset, threat) of ``cfg`` that has no record yet; returns what was written.
 
@@ -500,13 +529,22 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
     head (:func:`prepare_unit`), then per missing record, under its lock: evaluate (:func:`evaluate_threat`), build
     the record (:func:`build_record`) and store it. Each record is written as soon as its threat is done, so an
     interruption loses at most the threat in progress.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every process runs this: each attacks its share of every record's
+    images (:func:`robustbench_zs.engine.evaluator.evaluate`), process 0 decides what exists, holds the locks,
+    prints, and writes the records, which equal a single process's (``run.world_size`` says how many computed
+    them). The returned summary is process 0's; the others return an empty one.
     """
     for m in cfg.methods:
         METHODS.get(m)
     for d in cfg.datasets:
         DATASETS.get(d)
     ensure_writable(cfg.out_dir)
-    device = resolve_device(cfg.device)
+    env = _join(cfg.device)
+    device = env.device
+    if not env.is_main:  # process 0 speaks for the job
+        echo = _silent
+        cfg = replace(cfg, progress=False)
     workers = cfg.workers if cfg.workers is not None else (0 if device.type == "cpu" else min(8, os.cpu_count() or 1))
     model_id = model_identity(cfg.model)
     datasets = load_datasets(cfg)
@@ -531,35 +569,42 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
     weights: Weights | None = None
     for unit in plan_units(cfg, variants, datasets, model_id, store, summary, echo):
         where = f"{unit.variant.label} / {unit.dataset}"
+        if env.distributed:  # what process 0 found on disk decides for every process
+            found = dist_utils.broadcast_object([r.exists for r in unit.records], env)
+            unit.records = [replace(r, exists=e) for r, e in zip(unit.records, found, strict=True)]
         if not unit.todo:
             echo(f"{where}: all {len(unit.records)} records exist, skipped (--force recomputes)")
             continue
         if weights is None or weights.variant is not unit.variant:
             weights = None  # the previous variant's model goes before the next one is loaded
             weights = Weights.load(unit.variant, device)
-        setup = prepare_unit(cfg, unit, weights, device, workers, echo)
+        setup = _prepare_in_turn(cfg, unit, weights, device, workers, echo, env)
         # the clean pass runs once per dataset; an existing clean record supplies it without any forward
         clean = store.read(unit.clean.path).per_example() if unit.clean.exists else None
         zero_grad = None  # the zero-gradient sanity mask, computed by the first attack and reused by the others
         parts = []
         for planned in unit.todo:
             t, path = planned.threat, planned.path
-            with record_lock(path, echo):
-                if not cfg.force and store.exists(path, planned.key):  # another run wrote it meanwhile
+            # process 0 takes the record's lock for the job; the others follow its decision
+            with record_lock(path, echo) if env.is_main else contextlib.nullcontext():
+                written = not cfg.force and env.is_main and store.exists(path, planned.key)
+                if dist_utils.broadcast_object(written, env):  # another run wrote it meanwhile
                     summary.skipped.append(path)
                     if t.is_clean:
                         clean = store.read(path).per_example()
                     parts.append(f"{t.label}: written by another run")
                     continue
                 started = _now()
-                result = evaluate_threat(cfg, unit, setup, planned, clean, zero_grad)
+                result = evaluate_threat(cfg, unit, setup, planned, clean, zero_grad, env)
                 clean = result.clean
                 if result.zero_grad is not None:
                     zero_grad = result.zero_grad
-                record = build_record(cfg, unit, setup, planned, result, started, device)
-                store.write(path, record)
-                partial_path(path).unlink(missing_ok=True)
-                summary.written.append(path)
-                parts.append(_outcome(t, record))
+                if env.is_main:
+                    record = build_record(cfg, unit, setup, planned, result, started, device)
+                    store.write(path, record)
+                    partial_path(path).unlink(missing_ok=True)
+                    summary.written.append(path)
+                    parts.append(_outcome(t, record))
+                dist_utils.barrier(env)  # the record is on disk before any process moves on
         echo(f"{where} (n={unit.subset.n}): " + " | ".join(parts))
     return summary
