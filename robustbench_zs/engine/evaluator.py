@@ -121,7 +121,7 @@ class _State:
             if c not in self.components[slug]:
                 self.components[slug][c] = np.zeros(len(self.indices), dtype=bool)
                 info["components"].append(c)
-            self.components[slug][c][pos] = np.asarray(mask.cpu() if torch.is_tensor(mask) else mask, dtype=bool)
+            self.components[slug][c][pos] = _bools(mask)
 
 
 @dataclass
@@ -177,6 +177,11 @@ class EvalResult:
         return float(mask.mean()) if len(mask) else float("nan")
 
 
+def _bools(mask) -> np.ndarray:
+    """A per-image mask (tensor on any device, or array) as a numpy bool array."""
+    return np.asarray(mask.cpu() if torch.is_tensor(mask) else mask, dtype=bool)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -225,9 +230,7 @@ def _run_batch(
         above[t.slug] = (verdict & ~correct).cpu().numpy()
         if report:
             got = report[t.slug]
-            masks = {
-                c: np.asarray(m.cpu() if torch.is_tensor(m) else m, dtype=bool) for c, m in got.get("masks", {}).items()
-            }
+            masks = {c: _bools(m) for c, m in got.get("masks", {}).items()}
             reports[t.slug] = {**{k: v for k, v in got.items() if k != "masks"}, "masks": masks}
     return _Batch(pos, correct.cpu().numpy(), zero, robust, above, reports, seconds)
 
