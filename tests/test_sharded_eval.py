@@ -108,8 +108,10 @@ def test_a_sharded_run_killed_mid_attack_resumes_with_another_process_count(tmp_
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers
         proc.wait()
+    # between seeing a half-done attack and the kill, the job may have decided the last images (the record not yet
+    # written): either way it was killed inside a record, with per-image progress on disk
     partials = {p.name: _done(p) for p in (out / "records").rglob("*.partial.npz")}
-    assert any(0 < d < 27 for d in partials.values()), partials
+    assert any(d > 0 for d in partials.values()), partials
     printed = _zsbench(3, out, tmp_path).stdout
     _assert_same(_records(out), one)
     assert "already there" in printed and not list(out.rglob("*.partial.npz"))
