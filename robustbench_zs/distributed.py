@@ -41,23 +41,35 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def resolve_device(name: str) -> torch.device:
+    """``--device``: cpu, cuda, cuda:N or auto (a GPU when torch sees one)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ZSBenchError(f"--device {name}: no CUDA GPU is visible to torch; use --device cpu")
+        try:
+            return torch.device(name)
+        except RuntimeError:
+            raise ZSBenchError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
+    if name == "cpu":
+        return torch.device("cpu")
+    raise ZSBenchError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto")
+
+
 def setup(device_name: str = "auto") -> DistEnv:
-    """Join the torchrun job described by the environment (RANK, WORLD_SIZE, LOCAL_RANK), if any."""
+    """This process's place in the torchrun job described by the environment (RANK, WORLD_SIZE, LOCAL_RANK), or one
+    process alone without one, on its device: under torchrun a GPU job's process takes GPU ``LOCAL_RANK``."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and device_name in ("auto", "cuda") or device_name.startswith("cuda")
-    if device_name.startswith("cuda") and not torch.cuda.is_available():
-        raise ZSBenchError(f"--device {device_name}: no CUDA GPU is visible to torch; use --device cpu")
-    if device_name not in ("auto", "cpu") and not device_name.startswith("cuda"):
-        raise ZSBenchError(f"unknown device {device_name!r}; use cpu, cuda, cuda:N or auto")
-    if use_cuda:
-        device = torch.device(f"cuda:{local}" if world > 1 or device_name in ("auto", "cuda") else device_name)
+    device = resolve_device(device_name)
+    if device.type == "cuda":
+        if world > 1 or device.index is None:
+            device = torch.device(f"cuda:{local if world > 1 else 0}")
         torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return DistEnv(rank, world, local, device)
 
 

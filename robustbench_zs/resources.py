@@ -43,6 +43,22 @@ def read_text(package: str, name: str) -> str:
         raise ZSBenchError(f"package data file {where} is not UTF-8 text ({e.reason}); {REINSTALL_HINT}") from None
 
 
+def read_bytes(package: str, name: str) -> bytes:
+    """The bytes of package data file ``name`` as stored: not decoded, line endings untranslated (what a hash of the
+    file covers)."""
+    where = describe(package, name)
+    try:
+        node = resources.files(package)
+        for part in name.split("/"):
+            node = node.joinpath(part)
+        return node.read_bytes()
+    except (ModuleNotFoundError, TypeError) as e:  # no such package, or a module that is not a package
+        raise ZSBenchError(f"cannot read package data file {where}: {e}; {REINSTALL_HINT}") from None
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise ZSBenchError(f"package data file {where} is missing or unreadable ({reason}); {REINSTALL_HINT}") from None
+
+
 @cache  # an lru_cache without a bound: the files are few and small
 def read_json(package: str, name: str):
     """The parsed JSON of package data file ``name`` (see :func:`read_text`), cached."""

@@ -18,6 +18,7 @@ LOCAL_IMPORTS = {
     ("weights/foreign.py", "numpy._core.multiarray"),  # numpy 2 moved it
     ("weights/foreign.py", "numpy.core.multiarray"),  # numpy 1
     ("results/store.py", "fcntl"),  # not on Windows
+    ("launch.py", "submitit"),  # an optional dependency (the cluster extra)
 }
 
 

@@ -107,6 +107,12 @@ def _out_is_a_file(tmp: Path) -> list[str]:
     return [*SMOKE, "--out", str(tmp / "file" / "results")]
 
 
+def _fast_tier_case(tmp: Path) -> list[str]:
+    """``--tier fast`` on a CIFAR-10 whose test split (20 images) is not the one the shipped subset was drawn from."""
+    WRITERS["cifar10"](tmp / "data")
+    return ["run", *TINY, "--tier", "fast", "--datasets", "cifar10", "--data-root", str(tmp / "data")]
+
+
 #: (input, setup(tmp) -> argv, a fragment of the expected line)
 CASES = [
     ("unknown method", lambda t: [*SMOKE, "--methods", "nope"], "unknown method 'nope'; known methods: clip"),
@@ -135,6 +141,18 @@ CASES = [
     ("batch size not an integer", lambda t: [*SMOKE, "--batch-size", "x"], "--batch-size 'x' is not an integer"),
     ("steps with AutoAttack", lambda t: [*SMOKE, "--attack", "autoattack", "--steps", "5"], "--steps has no effect"),
     ("bf16 AutoAttack", lambda t: [*SMOKE, "--attack", "autoattack", "--attack-precision", "bf16"], "not bf16"),
+    ("images chosen besides a tier", lambda t: [*SMOKE, "--tier", "fast"], "--n chooses other images"),
+    (
+        "another attack than the tier's",
+        lambda t: ["run", *TINY, "--tier", "gold", "--attack", "pgd"],
+        "--tier gold runs --attack autoattack; --attack pgd contradicts it",
+    ),
+    (
+        "fast tier on a dataset without a subset",
+        lambda t: ["run", *TINY, "--tier", "fast", "--datasets", "synthetic"],
+        "no shipped fast-tier subset for synthetic",
+    ),
+    ("fast tier on a split of another size", _fast_tier_case, "drawn from 10,000 images, this split has 20"),
     ("missing dataset folder", _dataset_case("missing"), "CIFAR-10 not found"),
     ("partial dataset folder", _dataset_case("partial"), "lacks test_batch"),
     ("corrupt image", _dataset_case("corrupt image"), ".jpg"),
@@ -215,6 +233,26 @@ def test_a_tensor_cache_on_a_full_disk_is_one_line_not_a_crash(tmp_path):
         assert "\n" not in err and "no space left on device while writing" in err and "images.u8" in err, err
         assert "--no-tensor-cache" in err
         assert not temporaries(disk)
+
+
+def test_a_changed_fast_tier_index_file_is_one_line(tmp_path, capsys, monkeypatch):
+    from robustbench_zs.datasets import tiers
+
+    copy_dir = tmp_path / "fast_subsets"
+    shutil.copytree(Path(tiers.__file__).parent / tiers.FOLDER, copy_dir)
+    victim = copy_dir / "cifar10.json"
+    victim.write_bytes(victim.read_bytes().replace(b'"n_total": 10000', b'"n_total": 10001'))
+    monkeypatch.setattr(tiers, "_data_bytes", lambda name: (copy_dir / name).read_bytes())
+    tiers.read_document.cache_clear()
+    argv = ["run", *TINY, "--tier", "fast", "--datasets", "cifar10", "--data-root", str(tmp_path / "data")]
+    WRITERS["cifar10"](tmp_path / "data")
+    try:
+        code = main([*argv, "--out", str(tmp_path / "out")])
+    finally:
+        tiers.read_document.cache_clear()
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err
+    assert "fast_subsets/cifar10.json has sha256" in err and "the manifest says" in err, err
 
 
 def test_a_full_disk_while_writing_a_record_is_one_line(tmp_path, capsys, monkeypatch):
@@ -342,6 +380,7 @@ def test_a_validated_record_round_trips_and_every_reader_field_is_typed(results)
 #: rows of the table tested elsewhere: (row, the test)
 EXTRAS = {"full disk while writing a record": "test_a_full_disk_while_writing_a_record_is_one_line"}
 EXTRAS["tensor cache on a full disk"] = "test_a_tensor_cache_on_a_full_disk_is_one_line_not_a_crash"
+EXTRAS["changed fast-tier index file"] = "test_a_changed_fast_tier_index_file_is_one_line"
 
 
 def test_the_docs_table_and_the_cases_match_both_ways():
@@ -355,3 +394,17 @@ def test_the_docs_table_and_the_cases_match_both_ways():
     assert sorted(set(rows) - set(tested)) == [], "rows of docs/bad_inputs.md that no test tries"
     for test in EXTRAS.values():
         assert callable(globals()[test])
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:abc", "CPU", "", "cuda:-1"])
+@pytest.mark.parametrize("command", ["run", "train"])
+def test_a_device_that_is_no_device_is_one_line(tmp_path, capsys, command, device):
+    """run and train read --device through one resolver (robustbench_zs.distributed.resolve_device)."""
+    if command == "run":
+        argv = ["run", "--preset", "smoke", "--n", "4", "--out", str(tmp_path / "out")]
+    else:
+        argv = ["train", "--method", "ft_standard", "--arch", "zsbench-tiny", "--pretrained", "random"]
+        argv += ["--train-dataset", "synthetic", "--models-dir", str(tmp_path / "models")]
+    assert main([*argv, "--data-root", str(tmp_path / "data"), "--device", device]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "device" in err, err

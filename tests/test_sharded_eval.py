@@ -3,6 +3,7 @@ and a sharded run killed mid-attack resumes under another number of processes to
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -73,6 +74,10 @@ def test_sharded_runs_write_the_records_of_one_process(tmp_path, single, process
     _assert_same(got, one)
     assert {r["run"]["world_size"] for r in got.values()} == {processes}
     assert {r["run"]["world_size"] for r in one.values()} == {1}
+    # the cost counts every process (one thread each: OMP_NUM_THREADS=1)
+    costs = [r["run"]["cost"] for r in got.values()]
+    assert {(c["processes"], c["device_count"], c["attempts"]) for c in costs} == {(processes, processes, 1)}
+    assert all(c["process_s_summed"] >= c["wall_s"] > 0 for c in costs)
     assert (out / "leaderboard.md").read_text() == (one_out / "leaderboard.md").read_text()
     # process 0 speaks for the job: one summary line per unit, one records line
     assert printed.count("records: ") == 1 and printed.count("clip / synthetic (n=27)") == 1, printed
@@ -85,6 +90,23 @@ def _done(partial: Path) -> int:
             return int(f["done"].sum())
     except (OSError, ValueError, KeyError, EOFError):
         return 0
+
+
+def _kill_job(pid: int) -> None:
+    """SIGKILL torchrun's workers and then torchrun: workers run in sessions of their own (torch's elastic agent
+    starts them with ``start_new_session``), so killing torchrun's process group would leave them running on."""
+    workers = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[1]) == pid:  # the parent's pid
+            workers.append(int(stat.parent.name))
+    for w in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(w, signal.SIGKILL)
+    os.killpg(pid, signal.SIGKILL)
 
 
 def test_a_sharded_run_killed_mid_attack_resumes_with_another_process_count(tmp_path, single):
@@ -106,7 +128,7 @@ def test_a_sharded_run_killed_mid_attack_resumes_with_another_process_count(tmp_
             time.sleep(0.05)
         assert proc.poll() is None, "the run ended before it could be killed mid-attack"
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers
+        _kill_job(proc.pid)  # both workers and torchrun
         proc.wait()
     # between seeing a half-done attack and the kill, the job may have decided the last images (the record not yet
     # written): either way it was killed inside a record, with per-image progress on disk
@@ -115,3 +137,6 @@ def test_a_sharded_run_killed_mid_attack_resumes_with_another_process_count(tmp_
     printed = _zsbench(3, out, tmp_path).stdout
     _assert_same(_records(out), one)
     assert "already there" in printed and not list(out.rglob("*.partial.npz"))
+    # the killed record's cost counts both attempts (the killed one's seconds were saved with its progress)
+    resumed = [_records(out)[name.replace(".partial.npz", ".json")]["run"]["cost"] for name in partials]
+    assert all(c["attempts"] == 2 and c["processes"] == 3 for c in resumed), resumed

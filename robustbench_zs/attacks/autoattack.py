@@ -104,6 +104,24 @@ STANDARD: dict[str, dict] = _official_standard()
 ``set_version('standard')``) for L-inf and L2, which the components run with. ``n_target_classes`` is capped at
 n_classes - 1 when run."""
 
+# ------------------------------------------------------------------------- APGD-CE + APGD-T (version='custom')
+APGD_PAIR = "apgd-ce+t"
+APGD_ORDER = ("apgd-ce", "apgd-t")
+#: APGD-CE's restarts under ``version='custom'``: the ``AutoAttack`` constructor builds APGD-CE with
+#: ``n_restarts=5`` and only ``set_version`` (never called for ``custom``) sets it to 1; APGD-T keeps 1 restart
+CUSTOM_APGD_CE_RESTARTS = 5
+APGD_PAIR_IMPLEMENTATION = "robustbench_zs.attacks.apgd"
+APGD_PAIR_PRECISIONS = ("fp32",)  # APGD-T's margin loss needs fp32 logits (see apgd.py)
+
+
+def _apgd_pair(standard: dict[str, dict]) -> dict[str, dict]:
+    """The settings of ``apgd-ce+t`` from AutoAttack's standard ones: APGD-CE with 5 restarts, APGD-T as standard."""
+    return {
+        "apgd-ce": {**standard["apgd-ce"], "n_restarts": CUSTOM_APGD_CE_RESTARTS},
+        "apgd-t": dict(standard["apgd-t"]),
+    }
+
+
 MIN_CLASSES = {"apgd-ce": 2, "apgd-t": MIN_CLASSES_TARGETED_DLR, "fab-t": 2, "square": 2}
 _WHY = {
     "apgd-ce": "the cross-entropy of a 1-class classifier is constant",
@@ -271,6 +289,31 @@ def describe(implementation: str) -> dict:
     )
 
 
+def describe_apgd_pair() -> dict:
+    """The settings that go into every ``apgd-ce+t`` record (JSON-serializable)."""
+    return {
+        "version": "custom",
+        "attacks_to_run": list(APGD_ORDER),
+        "implementation": APGD_PAIR_IMPLEMENTATION,
+        "components": list(APGD_ORDER),
+        "settings": _apgd_pair(_official_standard()),
+        "n_target_classes": "min(9, n_classes - 1)",
+        "fewer_than_4_classes": "APGD-T skipped (targeted DLR undefined): APGD-CE alone, as RobustVLM on PCAM",
+        "cascade": "APGD-T attacks only the points APGD-CE left robust; each APGD-CE restart only those still robust",
+        "robust_if": "correct on the clean image and not fooled by APGD-CE (any restart) nor APGD-T (any target)",
+        "threat_steps_and_step_size": "not used (100 iterations per run, initial step 2 * eps, adapted)",
+        "seed": "per image: random starts seeded from (image seed, component, target, restart), so results do not "
+        "depend on the batch size (RobustVLM's AutoAttack seeds each run from the clock)",
+        "source": "RobustVLM's zero-shot evaluation (chs20/RobustVLM, CLIP_benchmark/clip_benchmark/metrics/"
+        "zeroshot_classification.py and CLIP_eval/clip_robustbench.py): AutoAttack(version='custom', "
+        "attacks_to_run=['apgd-ce', 'apgd-t']), whose constructor gives APGD-CE 5 restarts and APGD-T 1 restart of "
+        "100 iterations and 9 targets",
+    }
+
+
+APGD_PAIR_SETTINGS = describe_apgd_pair()
+
+
 @functools.cache
 def registered_settings() -> dict:
     """The settings of the implementation that runs (official package importable or not), detected at first use."""
@@ -311,13 +354,14 @@ SUPPORTED_VALUES: dict[tuple[str, str], tuple] = {
 """Settings whose overrides these components cannot run with other values (Square, both codes: margin or ce)."""
 
 
-def _merge(overrides: dict | None) -> dict[str, dict]:
-    """``STANDARD`` with per-component overrides; every value is then passed to the code that runs the component,
-    so the settings in a report are the ones that ran. Unknown names and unsupported values are refused up front."""
-    settings = copy.deepcopy(STANDARD)
+def _merge(overrides: dict | None, base: dict[str, dict] | None = None) -> dict[str, dict]:
+    """``base`` (default ``STANDARD``) with per-component overrides; every value is then passed to the code that runs
+    the component, so the settings in a report are the ones that ran. Unknown names and unsupported values are
+    refused up front."""
+    settings = copy.deepcopy(STANDARD if base is None else base)
     for name, values in (overrides or {}).items():
         if name not in settings:
-            raise ZSBenchError(f"unknown AutoAttack component {name!r}; components: {', '.join(ORDER)}")
+            raise ZSBenchError(f"unknown AutoAttack component {name!r}; components: {', '.join(settings)}")
         unknown = set(values) - set(settings[name])
         if unknown:
             raise ZSBenchError(
@@ -405,11 +449,12 @@ def _run_components(
     settings: dict[str, dict],
     entry: dict,
     adv: torch.Tensor | None = None,
+    order: tuple[str, ...] = ORDER,
 ) -> torch.Tensor:
-    """The cascade; with ``adv`` (a copy of x), the image that fooled the model is written there for every point a
-    component breaks (APGD also writes its last iterate for the points it leaves robust)."""
+    """The cascade of the components ``order``; with ``adv`` (a copy of x), the image that fooled the model is written
+    there for every point a component breaks (APGD also writes its last iterate for the points it leaves robust)."""
     robust = clean.clone()
-    for name in ORDER:
+    for name in order:
         s = settings[name]
         if n_classes < MIN_CLASSES[name]:
             entry["skipped"][name] = f"{n_classes} classes: {_WHY[name]}"
@@ -529,15 +574,20 @@ def _autoattack(
     implementation: str | None,
     settings: dict | None,
     track: bool,
+    pair: bool = False,
 ) -> tuple[dict[Threat, torch.Tensor], dict[Threat, torch.Tensor]]:
-    """``run_autoattack``; with ``track`` also the adversarial images per threat."""
-    impl = implementation or registered_settings()["implementation"]
-    if impl not in IMPLEMENTATIONS:
+    """``run_autoattack``; with ``track`` also the adversarial images per threat; with ``pair`` the APGD-CE + APGD-T
+    cascade of ``apgd-ce+t`` (``robustbench_zs.attacks.apgd`` whatever is installed) instead of standard AutoAttack."""
+    if pair:
+        impl, order = APGD_PAIR_IMPLEMENTATION, APGD_ORDER
+    else:
+        impl, order = implementation or registered_settings()["implementation"], ORDER
+    if not pair and impl not in IMPLEMENTATIONS:
         describe(impl)  # raises the one-line error
     if impl == OFFICIAL and settings:
         raise ZSBenchError("setting overrides apply to the torchattacks components only, not to fra31/auto-attack")
-    merged = _merge(settings)
-    require_precision(threats, PRECISIONS)
+    merged = _merge(settings, _apgd_pair(STANDARD) if pair else None)
+    require_precision(threats, APGD_PAIR_PRECISIONS if pair else PRECISIONS)
     seeds = torch.as_tensor(seeds).cpu()
     out: dict[Threat, torch.Tensor] = {}
     advs: dict[Threat, torch.Tensor] = {}
@@ -570,19 +620,19 @@ def _autoattack(
             if t.precision != "fp32":
                 entry["precision"] = t.precision
                 entry["precision_detail"] = PRECISION_DETAIL[t.precision]
-            if impl == COMPONENTS:
+            if impl != OFFICIAL:
                 entry["settings"] = copy.deepcopy(merged)
             adv = x.clone() if track else None
             if t.eps == 0:
-                entry["skipped"] = dict.fromkeys(ORDER, "eps = 0: the ball is the clean image")
+                entry["skipped"] = dict.fromkeys(order, "eps = 0: the ball is the clean image")
                 out[t] = clean.clone()
             elif n_classes < 2:
-                entry["skipped"] = {name: f"{n_classes} class: {_WHY[name]}" for name in ORDER}
+                entry["skipped"] = {name: f"{n_classes} class: {_WHY[name]}" for name in order}
                 out[t] = clean.clone()
             elif impl == OFFICIAL:
                 out[t] = _run_official(fwd, x, y, t, seeds, clean, n_classes, entry, adv)
             else:
-                out[t] = _run_components(fwd, x, y, t, seeds, clean, n_classes, merged, entry, adv)
+                out[t] = _run_components(fwd, x, y, t, seeds, clean, n_classes, merged, entry, adv, order)
             if adv is not None:
                 advs[t] = adv
             last[t.slug] = entry
@@ -676,5 +726,59 @@ ATTACKS.add(
         reports=True,
         precisions=PRECISIONS,
         precision_notes=PRECISION_DETAIL,
+    ),
+)
+
+
+def run_apgd_pair(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    threats: list[Threat],
+    seeds: torch.Tensor,
+    *,
+    report: dict | None = None,
+    settings: dict | None = None,
+) -> dict[Threat, torch.Tensor]:
+    """``apgd-ce+t`` at every threat for one batch: APGD-CE (5 restarts), then APGD-T on the points still robust,
+    as AutoAttack's ``version='custom'`` with ``attacks_to_run=['apgd-ce', 'apgd-t']`` (RobustVLM's zero-shot
+    evaluation). A point is robust only if it survives both; with fewer than 4 classes APGD-T is skipped (recorded).
+
+    Args:
+        report, settings: as in ``run_autoattack`` (``settings`` overrides ``apgd-ce`` and ``apgd-t`` only).
+    """
+    return _autoattack(model, x, y, threats, seeds, report, None, settings, track=False, pair=True)[0]
+
+
+class APGDPair(AutoAttack):
+    """``apgd-ce+t`` at one threat.
+
+    Args:
+        settings: as in ``run_apgd_pair``.
+    """
+
+    def __init__(self, threat: Threat, *, settings: dict | None = None) -> None:
+        super().__init__(threat, settings=settings)
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+        """As ``AutoAttack.perturb``, for the two APGD components."""
+        t = self.threat
+        return _autoattack(model, x, y, [t], seeds, None, None, self.settings, track=True, pair=True)[1][t]
+
+
+ATTACKS.add(
+    APGD_PAIR,
+    AttackEntry(
+        name=APGD_PAIR,
+        description="APGD-CE (5 restarts) then APGD-T (9 targets) on the points still robust, 100 iterations each: "
+        "AutoAttack version='custom' as RobustVLM's zero-shot evaluation (the fast tier's attack; fp32)",
+        run=run_apgd_pair,
+        attack=APGDPair,
+        fixed_settings=APGD_PAIR_SETTINGS,
+        display="APGD-CE+T",
+        default_steps=None,
+        uses_step_size=False,
+        reports=True,
+        precisions=APGD_PAIR_PRECISIONS,
     ),
 )

@@ -39,8 +39,7 @@ from ..attacks import ATTACKS, Threat
 from ..attacks.core import eval_mode_no_param_grad
 from ..datasets import DATASETS
 from ..datasets.spec import load_metadata
-from ..distributed import DistEnv
-from ..engine.runner import resolve_device
+from ..distributed import DistEnv, resolve_device
 from ..errors import ZSBenchError
 from ..methods import METHODS
 from ..models import HeadKnobs, LoadedModel, ModelSpec, ZeroShotClassifier, build_text_head, load_model

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from pathlib import Path
 
 from ..errors import ZSBenchError
+from ..launch import LaunchOptions, parse_time_limit
 from ..progress import DEFAULT_EVERY_S, EVERY_ENV
 from ..provenance import default_results_dir
 
@@ -139,3 +141,76 @@ def results_with_records(out: str | None) -> Path:
     if not (folder / "records").is_dir():
         raise ZSBenchError(f"no records under {folder / 'records'}; run `zsbench run --out {folder}` first")
     return folder
+
+
+#: the options of ``--launcher`` (flag name, attribute), refused without it
+_LAUNCH_FLAGS = (
+    "partition",
+    "account",
+    "qos",
+    "gpus_per_job",
+    "cpus_per_job",
+    "mem_gb",
+    "time_limit",
+    "max_parallel",
+    "wait",
+)
+#: options that only Slurm reads: refused with ``--launcher local``, where they would do nothing
+_SLURM_ONLY = ("partition", "account", "qos", "max_parallel")
+
+
+def add_launcher_flags(parser: argparse.ArgumentParser) -> None:
+    """``--launcher slurm|local`` and its options, the same for ``run`` and ``train``."""
+    g = parser.add_argument_group("cluster (submitit)")
+    g.add_argument(
+        "--launcher",
+        choices=["slurm", "local"],
+        help="submit the work as jobs through submitit instead of running it here: slurm (a job array, one job per "
+        "method and dataset) or local (the same jobs as processes of this machine); zsbench status --out shows them",
+    )
+    g.add_argument("--partition", help="Slurm partition")
+    g.add_argument("--account", help="Slurm account")
+    g.add_argument("--qos", help="Slurm quality of service")
+    g.add_argument("--gpus-per-job", help="GPUs per job, one process each (default 1 with slurm, 0 with local)")
+    g.add_argument("--cpus-per-job", help="CPU cores per job (default: the cluster's)")
+    g.add_argument("--mem-gb", help="memory per job in GB (default: the cluster's)")
+    g.add_argument(
+        "--time-limit",
+        help="wall-clock limit per job (required with slurm): minutes (90), 90m, 4h, 2d, H:MM:SS or D-HH:MM:SS",
+    )
+    g.add_argument("--max-parallel", help="at most N jobs of the array at once (Slurm's array throttle)")
+    g.add_argument("--wait", action="store_true", default=None, help="wait for the jobs, then write the leaderboard")
+
+
+def launch_options(args: argparse.Namespace):
+    """The :class:`~robustbench_zs.launch.LaunchOptions` of ``--launcher`` (None without it); its options without
+    it, or Slurm's options with ``--launcher local``, are refused rather than ignored."""
+    given = [f for f in _LAUNCH_FLAGS if getattr(args, f, None) is not None]
+    if args.launcher is None:
+        if given:
+            raise ZSBenchError(f"--{given[0].replace('_', '-')} needs --launcher slurm (or local); drop it to run here")
+        return None
+    if args.launcher == "local":
+        slurm = [f for f in given if f in _SLURM_ONLY]
+        if slurm:
+            raise ZSBenchError(f"--{slurm[0].replace('_', '-')} is a Slurm option; --launcher local does not use it")
+    for flag in ("partition", "account", "qos"):
+        value = getattr(args, flag)
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.,:+-]{0,127}", value):
+            raise ZSBenchError(f"--{flag} {value!r} is not a Slurm name (letters, digits and _ . , : + - only)")
+    if args.time_limit is None and args.launcher == "slurm":
+        raise ZSBenchError("--launcher slurm needs --time-limit (per job), e.g. --time-limit 4:00:00 or 240")
+    return LaunchOptions(
+        launcher=args.launcher,
+        time_limit_min=parse_time_limit(args.time_limit) if args.time_limit is not None else 7 * 1440,
+        gpus_per_job=positive_int("gpus-per-job", args.gpus_per_job, minimum=0, maximum=64)
+        if args.gpus_per_job is not None
+        else (1 if args.launcher == "slurm" else 0),
+        cpus_per_job=positive_int("cpus-per-job", args.cpus_per_job, maximum=1024),
+        mem_gb=positive_int("mem-gb", args.mem_gb, maximum=65536),
+        partition=args.partition,
+        account=args.account,
+        qos=args.qos,
+        max_parallel=positive_int("max-parallel", args.max_parallel, maximum=100000),
+        wait=bool(args.wait),
+    )

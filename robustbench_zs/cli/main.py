@@ -13,11 +13,11 @@ import warnings
 from ..errors import ZSBenchError
 from ..paths import not_utf8
 from ..version import __version__
-from . import bench, compare, datasets, leaderboard, listing, models, reproduce, run, train, world
+from . import bench, compare, datasets, leaderboard, listing, models, reproduce, run, status, train, world
 from .args import EXIT_USAGE, Parser
 
 #: the subcommands in the order ``zsbench --help`` lists them
-SUBCOMMANDS = (run, train, listing, datasets, leaderboard, compare, reproduce, models, bench, world)
+SUBCOMMANDS = (run, train, status, listing, datasets, leaderboard, compare, reproduce, models, bench, world)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +44,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded with a sweep (zsbench run --launcher)
     handler = args.handler
     refused = not_utf8(vars(args))
     if refused:

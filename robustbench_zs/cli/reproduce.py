@@ -38,7 +38,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help=f"evaluation and training profile, one of {', '.join(PROFILES)} (default: paper for the paper's tables "
         "and figures, the official code's knobs; standard for the world target)",
     )
-    rp.add_argument("--dry-run", action="store_true", help="list the missing runs and trainings with a cost estimate")
+    rp.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list the missing runs and trainings with a cost estimate (time and GPU-hours from the records of this "
+        "machine's hardware where there are some, else time from any device's)",
+    )
     rp.add_argument(
         "--json",
         action="store_true",
@@ -137,7 +142,9 @@ def _reproduce(args: argparse.Namespace) -> int:
             doc = dry_run_plan(args.target, out, args.profile, models_dir=models_dir, batch_size=batch_size, **common)
             print(json.dumps(doc, indent=1, ensure_ascii=False))
             return 0
-        text = dry_run_report(args.target, out, args.profile, models_dir=models_dir, batch_size=batch_size, **common)
+        text = dry_run_report(
+            args.target, out, args.profile, models_dir=models_dir, batch_size=batch_size, device=args.device, **common
+        )
         print(text, end="")
         return 0
     result = reproduce(

@@ -9,17 +9,30 @@ from pathlib import Path
 from ..attacks import ATTACKS, Threat
 from ..attacks.base import PRECISIONS
 from ..datasets.prompts import load_overrides
+from ..datasets.tiers import FAST_DATASETS, TIER_ATTACK, TIERS, check_choices
 from ..distributed import is_main_process
 from ..engine import runner
 from ..engine.runner import RunConfig
 from ..errors import ZSBenchError
+from ..launch import plan_run_jobs
 from ..methods import METHODS
 from ..models import ModelSpec
 from ..profiles import PROFILES, get_profile, run_config_fields
 from ..provenance import default_cache_dir, default_data_root, default_models_dir, default_results_dir
 from ..report import write_leaderboard
 from ..zoo import resolve_zoo_checkpoint
-from .args import MAX_BATCH, add_progress_flag, parse_eps, parse_sets, parse_step_size, positive_int, split_list
+from .args import (
+    MAX_BATCH,
+    add_launcher_flags,
+    add_progress_flag,
+    launch_options,
+    parse_eps,
+    parse_sets,
+    parse_step_size,
+    positive_int,
+    split_list,
+)
+from .sweep import submit_and_report
 
 #: ``--preset smoke``: offline, tiny random-weight model, generated data, clean + PGD at two eps, ~1 minute on 2 cores.
 PRESETS = {
@@ -47,6 +60,14 @@ PRESETS = {
         "batch_size": 256,
         "n": 256,
     },
+}
+
+#: ``--tier``: a protocol tier's defaults (robustbench_zs.datasets.tiers), layered under a preset's: the paper's 16
+#: datasets, and for ``fast`` RobustVLM's radii (its zero-shot tables: 2/255 and 4/255). The tier's attack and images
+#: are not defaults: ``handle`` sets them and refuses flags that contradict them.
+TIER_DEFAULTS = {
+    "fast": {"datasets": ",".join(FAST_DATASETS), "eps": "2,4"},
+    "gold": {"datasets": ",".join(FAST_DATASETS)},
 }
 
 DEFAULTS = {
@@ -93,7 +114,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     r.add_argument("--pretrained", help="open_clip pretrained tag (default openai), a checkpoint file, or 'random'")
     r.add_argument(
         "--attack",
-        help="comma-separated attack ids (pgd, apgd-ce, apgd-t, cw, autoattack; see zsbench list attacks), "
+        help="comma-separated attack ids (pgd, apgd-ce, apgd-t, cw, autoattack, apgd-ce+t; see zsbench list attacks), "
         "or 'none' for clean accuracy only (default pgd)",
     )
     r.add_argument(
@@ -120,6 +141,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "--paper-subsample",
         action="store_true",
         help="evaluate only every 20th batch of 256 images, as the paper's validation loop did (recorded)",
+    )
+    r.add_argument(
+        "--tier",
+        choices=list(TIERS),
+        help="a protocol tier: fast (APGD-CE + APGD-T as RobustVLM ran them, on the 1,000 shipped images per dataset; "
+        "eps 2,4 unless --eps) or gold (standard AutoAttack on the full test splits); both default to the paper's "
+        "16 datasets, and the tier's images and attack are its own (--n, --paper-subsample, another --attack refused)",
     )
     r.add_argument("--seed", help="seed of the subset and of the attacks' random starts (default 0)")
     r.add_argument(
@@ -198,6 +226,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     r.add_argument("--workers", help="data-loading worker processes (default: 0 on the CPU, up to 8 with a GPU)")
     r.add_argument("--force", action="store_true", help="recompute records that already exist")
     add_progress_flag(r)
+    add_launcher_flags(r)
     r.set_defaults(handler=handle)
     return r
 
@@ -237,8 +266,14 @@ def build_threats(
 def handle(args: argparse.Namespace) -> int:
 
     opts = dict(DEFAULTS)
+    if args.tier:  # the tier's defaults under a preset's, then its own attack and images over both
+        opts.update(TIER_DEFAULTS[args.tier])
     if args.preset:
         opts.update(PRESETS[args.preset])
+    if args.tier:
+        given = split_list(args.attack, "attack") if args.attack is not None else [TIER_ATTACK[args.tier]]
+        check_choices(args.tier, given, n=args.n, paper_subsample=args.paper_subsample)
+        opts.update(attack=TIER_ATTACK[args.tier], n=None)
     opts.update({k: v for k, v in vars(args).items() if k in DEFAULTS and v is not None})
 
     methods = split_list(opts["methods"], "methods")
@@ -293,7 +328,13 @@ def handle(args: argparse.Namespace) -> int:
         models_dir=models_dir,
         train_dataset=args.train_dataset,
         train_missing=args.train_missing,
+        tier=args.tier,
     )
+    launch = launch_options(args)
+    if launch is not None:  # the same plan as jobs on a cluster (or local processes), each unit its own job
+        runner.check_config(cfg)
+        runner.load_datasets(cfg)  # a missing or incomplete dataset is refused here, not in every job
+        return submit_and_report(plan_run_jobs(cfg), launch, out, getattr(args, "argv", []), leaderboard=True)
     main = is_main_process()  # under torchrun, process 0 prints and writes for the job
     if args.preset == "smoke" and main:
         print("smoke preset: tiny random-weight CLIP on generated data; accuracies sit near chance (10%).")

@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..launch import JobSpec
+from ..methods import METHODS
 from ..models import ModelSpec
 from ..profiles import TRAIN_PROFILES, get_train_profile
 from ..provenance import default_cache_dir, default_data_root, default_models_dir
 from ..train import TrainConfig, train
-from .args import add_progress_flag, one_radius_255, parse_sets, positive_int
+from .args import add_launcher_flags, add_progress_flag, launch_options, one_radius_255, parse_sets, positive_int
+from .sweep import submit_and_report
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -85,6 +88,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     tr.add_argument("--workers", type=int, help="decoding processes for the first fill of the tensor cache")
     tr.add_argument("--tensor-cache", action=argparse.BooleanOptionalAction, default=True, help="decode once (default)")
     add_progress_flag(tr)
+    add_launcher_flags(tr)
     tr.add_argument(
         "--compile", action="store_true", help="torch.compile the image towers (first step slower; off by default)"
     )
@@ -142,5 +146,10 @@ def handle(args: argparse.Namespace) -> int:
         compile=args.compile,
         fresh=args.fresh,
     )
+    launch = launch_options(args)
+    if launch is not None:  # one job (with --gpus-per-job N: N processes, as torchrun runs them)
+        METHODS.get(cfg.method)
+        job = JobSpec("train", cfg, (cfg.method,), (cfg.train_dataset,))
+        return submit_and_report([job], launch, cfg.out_dir, getattr(args, "argv", []), leaderboard=False)
     train(cfg)
     return 0

@@ -29,11 +29,15 @@ class Subset:
         n_total: size of the split.
         seed: seed that drew the subset (None for the full split).
         sha256: hash of ``indices`` as little-endian int64 (also set for the full split).
-        selection: how the indices were chosen: ``all``, ``random`` (seeded, without replacement) or
-            ``paper_subsample`` (every 20th batch of 256, as the official validation loop).
+        selection: how the indices were chosen: ``all``, ``random`` (seeded, without replacement),
+            ``paper_subsample`` (every 20th batch of 256, as the official validation loop) or ``fast_tier`` (a shipped
+            index file).
         order: for ``paper_subsample``, the image order the batches were counted in: ``split`` (our loader's order,
             :func:`paper_subsample`) or the official loader's order rule (:func:`paper_subsample_of`). Recorded by
             :meth:`to_dict` as ``paper_order`` for paper subsamples only.
+        file, file_sha256, rule: for a subset read from a shipped index file (``selection`` ``fast_tier``,
+            :mod:`robustbench_zs.datasets.tiers`): the file, the sha256 of its bytes and the rule that drew it, recorded
+            by :meth:`to_dict` as ``subset_file``, ``subset_file_sha256`` and ``subset_rule``.
     """
 
     indices: np.ndarray
@@ -42,6 +46,9 @@ class Subset:
     sha256: str
     selection: str = "all"
     order: str = "split"
+    file: str | None = None
+    file_sha256: str | None = None
+    rule: str | None = None
 
     @property
     def n(self) -> int:
@@ -61,6 +68,8 @@ class Subset:
         }
         if self.selection == "paper_subsample":
             out["paper_order"] = self.order
+        if self.file is not None:
+            out.update(subset_file=self.file, subset_file_sha256=self.file_sha256, subset_rule=self.rule)
         return out
 
 

@@ -23,6 +23,7 @@ from ..datasets.subset import Subset, select_subset
 from ..distributed import DistEnv
 from ..errors import writing
 from ..progress import Progress
+from ..results.cost import Spent
 from ..results.store import remove_stale_temps
 
 SEED_STRIDE = 1_000_003
@@ -42,6 +43,7 @@ class _State:
         self.zero_grad = np.zeros(n, dtype=bool)  # all-zero input gradient at the clean image (a sanity check)
         self.components: dict[str, dict[str, np.ndarray]] = {s: {} for s in slugs}  # AutoAttack, per component
         self.info: dict[str, dict] = {}  # AutoAttack: implementation, components run and skipped (per slug)
+        self.spent = Spent()  # the seconds of earlier attempts (a killed evaluation's, read back from the file)
 
     @classmethod
     def open(cls, path: Path | None, indices: np.ndarray, slugs: list[str]) -> _State:
@@ -67,13 +69,16 @@ class _State:
                     for i, s in enumerate(st.slugs):
                         names = st.info.get(s, {}).get("components", [])
                         st.components[s] = {c: f[f"comp_{i}_{j}"].astype(bool) for j, c in enumerate(names)}
+                    st.spent = _spent_in(f)
         except (OSError, ValueError, KeyError, json.JSONDecodeError):
             pass  # unreadable or from another evaluation: start afresh (it is overwritten below)
         return st
 
-    def save(self) -> None:
-        """Write the progress file atomically (temporary file, then rename). A full, read-only or forbidden disk is a
-        one-line :class:`~robustbench_zs.errors.ZSBenchError`; the temporary file never stays behind."""
+    def save(self, spent: Spent | None = None) -> None:
+        """Write the progress file atomically (temporary file, then rename), with ``spent``: the seconds of every
+        attempt so far, this one's included, which a resumed evaluation adds to its own. A full, read-only or
+        forbidden disk is a one-line :class:`~robustbench_zs.errors.ZSBenchError`; the temporary file never stays
+        behind."""
         if self.path is None:
             return
         path = Path(self.path)
@@ -94,6 +99,7 @@ class _State:
                 clean=self.clean,
                 zero_grad=self.zero_grad,
                 info=np.array(json.dumps(self.info)),
+                spent=np.array(json.dumps((spent or self.spent).to_dict())),
                 **arrays,
             )
             os.replace(tmp, path)
@@ -122,6 +128,14 @@ class _State:
                 self.components[slug][c] = np.zeros(len(self.indices), dtype=bool)
                 info["components"].append(c)
             self.components[slug][c][pos] = _bools(mask)
+
+
+def _spent_in(f) -> Spent:
+    """The seconds a progress file counted; none in one from before costs were recorded, or an unreadable one."""
+    try:
+        return Spent.from_dict(json.loads(str(f["spent"])))
+    except (KeyError, ValueError):
+        return Spent()
 
 
 @dataclass
@@ -156,6 +170,9 @@ class EvalResult:
             ``masks`` (component -> per-image robust after it and every earlier one, subset order).
         processes: how many processes computed it (a sharded evaluation under torchrun), and ``process_seconds``
             the seconds per slug summed over them (``seconds`` holds the slowest process's).
+        spent: the wall seconds of the whole evaluation (loading, attacks and saving progress), of this attempt and
+            of every earlier one its progress file counted, with every process's seconds and device-seconds
+            (:class:`~robustbench_zs.results.cost.Spent`).
     """
 
     indices: np.ndarray
@@ -167,6 +184,7 @@ class EvalResult:
     reports: dict[Threat, dict] = field(default_factory=dict)
     processes: int = 1
     process_seconds: dict[str, float] = field(default_factory=dict)
+    spent: Spent = field(default_factory=Spent)
 
     @property
     def n(self) -> int:
@@ -270,8 +288,13 @@ def evaluate(
             process k mod W), each process attacks its own, and every process ends with the merged results; only
             process 0 shows progress and writes ``state_path``. The results equal one process's, bit for bit, and a
             state file written under one number of processes resumes under another.
+
+    The wall seconds of the call, and of the earlier attempts that ``state_path`` counted (saved with every batch),
+    are in ``EvalResult.spent``: a resumed evaluation costs what all its attempts cost.
     """
+    started = time.perf_counter()
     device = next(classifier.parameters()).device
+    per_device = torch.get_num_threads() if device.type == "cpu" else 1  # CPU: threads; else one GPU a process
     subset = subset or select_subset(len(dataset), None, seed)
     threats = [t for t in threats if not t.is_clean]
     known = None if clean is None else np.asarray(clean, dtype=bool)
@@ -287,6 +310,11 @@ def evaluate(
     batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     rank, world = (0, 1) if shard is None else (shard.rank, shard.world_size)
     mine = batches[rank::world]
+
+    def spent_so_far() -> Spent:
+        """Earlier attempts plus this one as process 0 sees it (the processes run in step, each round gathered)."""
+        return state.spent + Spent.of_processes([(device.type, time.perf_counter() - started, per_device)] * world)
+
     loader = DataLoader(
         TorchSubset(dataset, subset.indices[np.concatenate(mine)].tolist() if mine else []),
         batch_size=batch_size,
@@ -311,9 +339,10 @@ def evaluate(
                 if o is not None:
                     state.merge(o)
             if main:
-                state.save()
+                state.save(spent_so_far())
             shown.update(sum(len(o.pos) for o in outs if o is not None))
-    per_process = [seconds] if shard is None else dist_utils.gather_objects(seconds, shard)
+    took = (seconds, (device.type, time.perf_counter() - started, per_device))
+    per_process = [took] if shard is None else dist_utils.gather_objects(took, shard)
     reports = {}
     for t in threats:
         if t.slug in state.info:
@@ -323,10 +352,11 @@ def evaluate(
         indices=subset.indices,
         clean=state.clean.copy(),
         robust={t: state.robust[t.slug].copy() for t in threats},
-        seconds={k: max(p[k] for p in per_process) for k in seconds},
+        seconds={k: max(p[k] for p, _ in per_process) for k in seconds},
         above_clean={t: state.above_clean[t.slug].copy() for t in threats},
         zero_grad=state.zero_grad.copy() if threats else None,
         reports=reports,
         processes=world,
-        process_seconds={k: sum(p[k] for p in per_process) for k in seconds},
+        process_seconds={k: sum(p[k] for p, _ in per_process) for k in seconds},
+        spent=state.spent + Spent.of_processes(t for _, t in per_process),
     )

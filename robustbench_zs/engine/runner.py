@@ -22,14 +22,16 @@ from ..datasets.cache import TensorCache, worth_caching
 from ..datasets.preprocess import Preprocess, PreprocessedDataset, resolve_preprocess
 from ..datasets.prompts import prompt_set
 from ..datasets.subset import paper_subsample_of
+from ..datasets.tiers import FAST_SELECTION, SUBSET_FILE_KEYS, check_run, fast_subset, tier_of
 from ..errors import ZSBenchError
 from ..methods import METHODS
 from ..models import NORMALIZATIONS, HeadKnobs, LoadedModel, ModelSpec, ZeroShotClassifier, build_text_head
 from ..models.loader import model_identity, model_preprocess_cfg
 from ..models.text_head import text_weights_sha256
 from ..profiles import TRAIN_PROFILES, TrainProfile
-from ..provenance import default_cache_dir, device_description, software
+from ..provenance import default_cache_dir, device_description, device_name, software
 from ..results import SCHEMA_VERSION, Record, RecordStore, ensure_writable, record_key, result_block
+from ..results.cost import cost_block
 from ..results.stats import pack_bools
 from ..results.store import record_lock
 from ..train import TrainConfig, train
@@ -69,6 +71,9 @@ class RunConfig:
     train_missing: bool = True
     profile: str = "custom"  # the profile name the knobs came from (robustbench_zs.profiles), recorded
     paper_subsample: bool = False  # evaluate every 20th batch of 256 images only, as the paper's validation did
+    # the protocol tier (robustbench_zs.datasets.tiers): "fast" evaluates the shipped 1,000-image subsets under
+    # apgd-ce+t, "gold" the full test splits under standard AutoAttack; None: the images and attacks given
+    tier: str | None = None
     # the training knobs a checkpoint must have been trained with (and a missing one is trained with); None: any
     # checkpoint, trained with the standard profile when missing
     train_profile: TrainProfile | None = None
@@ -84,18 +89,6 @@ class RunSummary:
     skipped: list[Path] = field(default_factory=list)
     leaderboard: dict[str, Path] = field(default_factory=dict)
     skipped_undefined: list[dict] = field(default_factory=list)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ZSBenchError(f"--device {name}: no CUDA GPU is visible to torch; use --device cpu")
-        return torch.device(name)
-    if name == "cpu":
-        return torch.device("cpu")
-    raise ZSBenchError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto")
 
 
 def _profile(knobs: HeadKnobs, preprocess: dict, prompts: str, classnames: list[str], templates: list[str]) -> dict:
@@ -192,6 +185,8 @@ def load_datasets(cfg: RunConfig) -> dict[str, tuple[DatasetSpec, ImageDataset, 
         data = spec.loader(Path(cfg.data_root), spec.eval_split)
         if len(data.classnames) != spec.num_classes:
             raise ZSBenchError(f"{spec.name}: {len(data.classnames)} class names for {spec.num_classes} classes")
+        if cfg.tier == "fast":  # the shipped subset is checked against the split on disk before any model work
+            fast_subset(ds_id, data, spec.eval_split)
         out[ds_id] = (spec, data, pre)
     return out
 
@@ -308,9 +303,12 @@ def plan_units(
     for variant in variants:
         method_id = variant.method.id
         for ds_id, (spec, data, pre) in datasets.items():
-            subset = (
-                paper_subsample_of(spec, data) if cfg.paper_subsample else select_subset(len(data), cfg.n, cfg.seed)
-            )
+            if cfg.tier == "fast":
+                subset = fast_subset(ds_id, data, spec.eval_split)
+            elif cfg.paper_subsample:
+                subset = paper_subsample_of(spec, data)
+            else:
+                subset = select_subset(len(data), cfg.n, cfg.seed)
             if cfg.paper_subsample:
                 echo(
                     f"note: --paper-subsample: {ds_id} evaluates {subset.n} of {len(data)} images (every 20th batch of "
@@ -348,11 +346,14 @@ def plan_units(
                     "method": method_id,
                     "model": {**model_id, **variant.identity},
                     # the images are identified by their indices' hash; how their order was derived is not identity
-                    "dataset": {k: v for k, v in dataset_block.items() if k not in ("name", "paper_order")},
+                    # (nor which shipped file held them: the tier is recorded, never keyed)
+                    "dataset": {
+                        k: v for k, v in dataset_block.items() if k not in ("name", "paper_order", *SUBSET_FILE_KEYS)
+                    },
                     "attack": attack_settings(t, cfg.batch_size),
                     "profile": profile,
                     # the seed draws the subset and the attacks' random starts; a full clean pass uses neither
-                    "seed": None if t.is_clean and subset.is_full else cfg.seed,
+                    "seed": None if t.is_clean and (subset.is_full or subset.selection == FAST_SELECTION) else cfg.seed,
                 }
                 key = record_key(identity)
                 path = store.path_for(method_id, ds_id, t.slug, key)
@@ -431,8 +432,8 @@ def build_record(
     device: torch.device,
 ) -> Record:
     """The record of one evaluated threat: what was measured (method, model, images, attack, profile, seed), how
-    (software, device, batch size, caches, wall time), the result with its per-image bits, and for an attack its
-    sanity checks (and what AutoAttack ran)."""
+    (software, device, batch size, caches, wall time, and ``run.cost``: :func:`robustbench_zs.results.cost.cost_block`),
+    the result with its per-image bits, and for an attack its sanity checks (and what AutoAttack ran)."""
     t = planned.threat
     variant = unit.variant
     correct = result.clean if t.is_clean else result.robust[t]
@@ -467,6 +468,7 @@ def build_record(
         dataset=unit.dataset_block,
         attack=attack_settings(t, setup.batch_size),
         threat_label=t.label,
+        tier=tier_of(unit.dataset_block, attack_settings(t, setup.batch_size)),
         profile={
             **unit.profile,
             "logit_scale_value": setup.classifier.logit_scale,
@@ -483,6 +485,14 @@ def build_record(
             "workers": setup.workers,
             "text_head_cache_hit": setup.head_info["cache_hit"],
             "tensor_cache": setup.cache_info,
+            "cost": cost_block(
+                result.spent,
+                device_type=device.type,
+                device=device_name(device),
+                processes=result.processes,
+                per_process=torch.get_num_threads() if device.type == "cpu" else 1,
+                images=result.n,
+            ),
         },
         result=result_block(correct, None if t.is_clean else result.clean),
         sanity=sanity,
@@ -503,13 +513,6 @@ def _silent(_: str) -> None:
     pass
 
 
-def _join(device_name: str) -> dist_utils.DistEnv:
-    """This process's place in a torchrun job (one process alone without one), on its device."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        return dist_utils.setup(device_name)
-    return dist_utils.DistEnv(0, 1, 0, resolve_device(device_name))
-
-
 def _prepare_in_turn(cfg, unit, weights, device, workers, echo, env: dist_utils.DistEnv) -> Setup:
     """:func:`prepare_unit`, process 0 first under torchrun, so that it fills the text-head and tensor caches and
     the others read them; every process then uses process 0's batch size (``--batch-size auto``)."""
@@ -520,6 +523,23 @@ def _prepare_in_turn(cfg, unit, weights, device, workers, echo, env: dist_utils.
         dist_utils.barrier(env)
     setup.batch_size = dist_utils.broadcast_object(setup.batch_size, env)
     return setup
+
+
+def check_config(cfg: RunConfig) -> None:
+    """Refuse what no evaluation of ``cfg`` can run (an unknown method, dataset or attack, an attack precision it
+    lacks, two ways of choosing the images, a results folder that cannot be written), before any model work, and
+    before a sweep's jobs are submitted."""
+    for m in cfg.methods:
+        METHODS.get(m)
+    for d in cfg.datasets:
+        DATASETS.get(d)
+    for t in cfg.threats:
+        ATTACKS.get(t.name).check_precision(t.precision)
+    if cfg.paper_subsample and cfg.n is not None:
+        raise ZSBenchError("--paper-subsample and --n both choose the images; drop one of them")
+    if cfg.tier is not None:
+        check_run(cfg.tier, cfg.threats, n=cfg.n, paper_subsample=cfg.paper_subsample, datasets=cfg.datasets)
+    ensure_writable(cfg.out_dir)
 
 
 def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
@@ -535,12 +555,8 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
     prints, and writes the records, which equal a single process's (``run.world_size`` says how many computed
     them). The returned summary is process 0's; the others return an empty one.
     """
-    for m in cfg.methods:
-        METHODS.get(m)
-    for d in cfg.datasets:
-        DATASETS.get(d)
-    ensure_writable(cfg.out_dir)
-    env = _join(cfg.device)
+    check_config(cfg)
+    env = dist_utils.setup(cfg.device)
     device = env.device
     if not env.is_main:  # process 0 speaks for the job
         echo = _silent
@@ -550,10 +566,6 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
     datasets = load_datasets(cfg)
     store = RecordStore(cfg.out_dir)
     summary = RunSummary()
-    for t in cfg.threats:
-        ATTACKS.get(t.name).check_precision(t.precision)
-    if cfg.paper_subsample and cfg.n is not None:
-        raise ZSBenchError("--paper-subsample and --n both choose the images; drop one of them")
 
     variants = resolve_variants(
         cfg.methods,

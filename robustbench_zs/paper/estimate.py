@@ -2,21 +2,26 @@
 
 Evaluation cost: images (protocol.md section 5, ``--n`` or the paper's subsample) times the median measured seconds
 per image of the same attack (name, steps, precision) on the same architecture in the records, plus the clean pass
-where its record is missing too. Training cost: epochs times training images over the median measured training
-images/s of the method on that architecture in the checkpoints' ``meta.json``. Without a measurement a line says
-"no measured throughput yet"; no number is guessed. Nothing is run or written.
+where its record is missing too. Rates come from the records computed on this machine's hardware (the same device
+name and count in their ``run.cost``, :func:`this_hardware`) when there are such records, which also price the
+plan's GPU-hours (or CPU core-hours); otherwise from the records of any device (the fallback: time only, as
+measured). Training cost: epochs times training images over the median measured training images/s of the method on
+that architecture in the checkpoints' ``meta.json``. Without a measurement a line says "no measured throughput
+yet"; no number is guessed. Nothing is run or written.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from tabulate import tabulate
 
 from ..attacks import Threat
@@ -35,7 +40,9 @@ from ..profiles import (
     profile_family,
     train_profile_for,
 )
+from ..provenance import device_name
 from ..results import Record
+from ..results.cost import UNITS, format_device_hours, format_hours, hardware_label, read_cost
 from ..train.engine import effective_profile, resolve_recipe, steps_per_epoch
 from .match import load_records, match, missing_cells
 from .plan import (
@@ -83,6 +90,83 @@ def measured_eval_rates(records: list[Record], arch: str) -> dict[tuple[str, int
         a = r.attack
         samples[_rate_key(a.get("name", "clean"), a.get("steps", 0), a.get("precision", "fp32"))].append(wall / n)
     return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def this_hardware(device: str = "auto") -> tuple[str, str, int] | None:
+    """The hardware a run here would use, as a record's ``run.cost`` names it: (device type, device name, device
+    count). ``cuda``/``auto`` with a GPU: this GPU, one per process (``WORLD_SIZE`` under torchrun); the CPU: its
+    model and torch's threads per process. None where ``device`` names a GPU this machine lacks (or is unknown)."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if device in ("auto", "cuda") or device.startswith("cuda:"):
+        if torch.cuda.is_available():
+            dev = torch.device("cuda" if device == "auto" else device)
+            return ("cuda", device_name(dev), world)
+        if device != "auto":
+            return None
+        device = "cpu"
+    if device == "cpu":
+        return ("cpu", device_name(torch.device("cpu")), world * torch.get_num_threads())
+    return None
+
+
+@dataclass
+class HardwareRates:
+    """Rates measured on one hardware: per (attack, steps, precision), the median seconds per image and the median
+    device hours per image (in ``unit``), from ``records`` records; ``skipped``: records of the architecture whose
+    cost block could not be read (file -> why)."""
+
+    hardware: tuple[str, str, int] | None
+    unit: str
+    seconds: dict[tuple[str, int, str], float]
+    hours: dict[tuple[str, int, str], float]
+    records: int
+    without_cost: int
+    skipped: dict[str, str]
+
+    @property
+    def label(self) -> str:
+        return "unknown" if self.hardware is None else hardware_label(*self.hardware)
+
+
+def hardware_eval_rates(records: list[Record], arch: str, hardware: tuple[str, str, int] | None) -> HardwareRates:
+    """Median seconds and device hours per image of each (attack, steps, precision) in the records of ``arch``
+    computed on ``hardware`` (:func:`this_hardware`), from their ``run.cost`` (wall seconds of every attempt).
+
+    Records without a cost block (written before costs were recorded) are counted in ``without_cost``; records with
+    an unreadable one in ``skipped``, with the reason. Neither stops the estimate.
+    """
+    unit = UNITS["cpu_core_hours"] if hardware is not None and hardware[0] == "cpu" else UNITS["gpu_hours"]
+    seconds: dict[tuple[str, int, str], list[float]] = defaultdict(list)
+    hours: dict[tuple[str, int, str], list[float]] = defaultdict(list)
+    used, without, skipped = 0, 0, {}
+    for r in records:
+        if r.model.get("arch") != arch:
+            continue
+        cost, why = read_cost(r)
+        if cost is None:
+            if why == "no cost block":
+                without += 1
+            else:
+                skipped[str(r.path)] = why or "unreadable"
+            continue
+        if hardware is None or tuple(cost["hardware_key"]) != tuple(hardware) or not cost["images"]:
+            continue
+        if not cost["wall_s"] or unit not in cost["hours"]:
+            continue
+        a = r.attack
+        key = _rate_key(a.get("name", "clean"), a.get("steps", 0), a.get("precision", "fp32"))
+        seconds[key].append(cost["wall_s"] / cost["images"])
+        hours[key].append(cost["hours"][unit] / cost["images"])
+        used += 1
+    return HardwareRates(
+        hardware,
+        unit,
+        {k: statistics.median(v) for k, v in seconds.items()},
+        {k: statistics.median(v) for k, v in hours.items()},
+        used,
+        without,
+        skipped,
+    )
 
 
 def _rate_key(name: str, steps: int | None, precision: str | None) -> tuple[str, int, str]:
@@ -171,13 +255,18 @@ def dry_run_report(
     n: int | None = None,
     paper_subsample: bool | None = None,
     batch_size: int | None = None,
+    device: str = "auto",
+    hardware: tuple[str, str, int] | None = None,
 ) -> str:
     """What ``zsbench reproduce TARGET`` would run, with its estimated cost; reads records and checkpoints only.
 
     Evaluation cost: images times the median measured seconds per image of the same attack (name, steps,
-    precision) on ``arch`` in the records, plus the clean pass where its record is missing too. Training cost:
-    epochs times training images over the median measured images/s of the method on ``arch`` in the checkpoints'
-    ``meta.json``. Without a measurement the line says so; no number is guessed.
+    precision) on ``arch`` in the records, plus the clean pass where its record is missing too. A run whose passes
+    were all measured on ``hardware`` (default: this machine's with ``device``, :func:`this_hardware`) is priced
+    from those records alone, in time and device hours (GPU-hours, or CPU core-hours); the others fall back to the
+    records of any device, in time only, and the report says which is which. Training cost: epochs times training
+    images over the median measured images/s of the method on ``arch`` in the checkpoints' ``meta.json``. Without a
+    measurement the line says so; no number is guessed.
     """
     t = get_target(target)
     prof = resolve_profile(profile, paper_subsample)
@@ -203,23 +292,37 @@ def dry_run_report(
             passes[Threat()] = None
         passes[c.threat] = None
     eval_rates = measured_eval_rates(records, arch)
+    same = hardware_eval_rates(records, arch, hardware if hardware is not None else this_hardware(device))
     train_rates = measured_train_rates(models_dir, arch)
     trainings, waiting = needed_trainings(todo, models_dir, arch, pretrained, train_prof)
 
     labels = {r.key: r.label for r in t.rows}
     total, unmeasured, rows = 0.0, 0, []
+    priced = {"same": [0, 0.0, 0.0], "fallback": [0, 0.0]}  # runs, seconds (and device hours) by where rates came from
     for i, run in enumerate(runs.values(), 1):
         c = run["cell"]
         passes = sorted(run["threats"], key=lambda th: not th.is_clean)
         images = eval_images(c.dataset, n, prof.paper_subsample)
-        rates = [eval_rates.get(_rate_key(p.name, p.steps, p.precision)) for p in passes]
-        if images is None or any(r is None for r in rates):
+        keys = [_rate_key(p.name, p.steps, p.precision) for p in passes]
+        rates = [eval_rates.get(k) for k in keys]
+        source, device_hours = "—", "—"
+        if images is not None and all(k in same.seconds for k in keys):
+            seconds = images * sum(same.seconds[k] for k in keys)
+            hours = images * sum(same.hours[k] for k in keys)
+            total += seconds
+            priced["same"][0] += 1
+            priced["same"][1] += seconds
+            priced["same"][2] += hours
+            source, device_hours, estimate = "this hardware", f"{format_hours(hours)} {same.unit}", _duration(seconds)
+        elif images is None or any(r is None for r in rates):
             estimate = NO_THROUGHPUT
             unmeasured += 1
         else:
             seconds = images * sum(rates)
             total += seconds
-            estimate = _duration(seconds)
+            priced["fallback"][0] += 1
+            priced["fallback"][1] += seconds
+            source, estimate = "fallback", _duration(seconds)
         rows.append(
             [
                 i,
@@ -230,6 +333,8 @@ def dry_run_report(
                 c.dataset,
                 " + ".join(p.label for p in passes),
                 "?" if images is None else f"{images:,}",
+                source,
+                device_hours,
                 estimate,
             ]
         )
@@ -275,7 +380,19 @@ def dry_run_report(
             "",
             tabulate(
                 rows,
-                headers=["#", "row", "method", "options", "trained on", "dataset", "attack", "images", "estimate"],
+                headers=[
+                    "#",
+                    "row",
+                    "method",
+                    "options",
+                    "trained on",
+                    "dataset",
+                    "attack",
+                    "images",
+                    "rates from",
+                    "device hours",
+                    "estimate",
+                ],
                 tablefmt="github",
                 disable_numparse=True,
             ),
@@ -310,11 +427,54 @@ def dry_run_report(
             f"- training: {_duration(train_total)} for the {len(train_rows) - train_unmeasured} trainings with "
             f"measured throughput" + (f"; {train_unmeasured}: {NO_THROUGHPUT}" if train_unmeasured else "") + "."
         )
+    lines += _hardware_lines(same, priced, device)
     lines.append(
         "- rates: median seconds per image of the same attack, steps and precision on this architecture in the "
         "records (device and batch size as measured); training images/s of the same method in the checkpoints."
     )
     return "\n".join(lines) + "\n"
+
+
+def _hardware_lines(same: HardwareRates, priced: dict, device: str) -> list[str]:
+    """Where the evaluation rates came from: this machine's hardware (how many records, time and device hours), or
+    the fallback (records of any device: time only); and the records whose cost could not be used."""
+    runs, seconds, hours = priced["same"]
+    lines = []
+    if same.hardware is None:
+        lines.append(
+            f"- hardware: --device {device} is not on this machine, so no record is matched to its hardware; "
+            "every time above is the fallback (the records of any device), and no device hours are estimated."
+        )
+    elif not same.records:
+        lines.append(
+            f"- hardware: no record of this architecture was computed on this machine's hardware ({same.label}); "
+            "every time above is the fallback (the records of any device, device and batch size as measured), "
+            "and no device hours are estimated."
+        )
+    else:
+        lines.append(
+            f"- hardware: {runs} runs priced from {_n_records(same.records)} computed on this machine's hardware "
+            f"({same.label}): {_duration(seconds)}, {format_device_hours({'hours': {same.unit: hours}})}."
+        )
+        if priced["fallback"][0]:
+            lines.append(
+                f"- fallback: {priced['fallback'][0]} runs whose attack was not measured on this hardware are priced "
+                f"from the records of any device: {_duration(priced['fallback'][1])}, no device hours."
+            )
+    if same.without_cost:
+        lines.append(
+            f"- {_n_records(same.without_cost)} without a cost block (written before costs were recorded) price the "
+            "fallback only."
+        )
+    if same.skipped:
+        shown = "; ".join(f"{p}: {why}" for p, why in sorted(same.skipped.items())[:3])
+        more = f" and {len(same.skipped) - 3} more" if len(same.skipped) > 3 else ""
+        lines.append(f"- {_n_records(len(same.skipped))} with an unreadable cost block skipped ({shown}{more}).")
+    return lines
+
+
+def _n_records(n: int) -> str:
+    return f"{n} record{'s' if n != 1 else ''}"
 
 
 def dry_run_plan(

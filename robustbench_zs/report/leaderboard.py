@@ -9,6 +9,7 @@ other knobs than the table evaluates with (say CLIP normalization, evaluated wit
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +19,11 @@ from tabulate import tabulate
 from ..atomic import write_text
 from ..attacks.sanity import autoattack_above_pgd, leaderboard_flags, robust_rises_with_eps
 from ..datasets import DATASETS
+from ..datasets.tiers import TIER_LINES, tier_of
 from ..methods import METHODS
 from ..profiles import knob_differences, train_eval_differences
 from ..results import RecordStore
+from ..results.cost import UNITS, format_device_hours, read_cost, sum_costs
 from ..results.stats import bootstrap_mean_ci
 
 #: Marks a row trained under other knobs than it is evaluated with (``profiles.train_eval_differences``).
@@ -35,18 +38,20 @@ def _method_order() -> list[str]:
     return METHODS.names()
 
 
-def records_frame(out_dir: Path, mix_profiles: bool = False) -> pd.DataFrame:
+def records_frame(out_dir: Path, mix_profiles: bool = False, cost: bool = False) -> pd.DataFrame:
     """One row per valid record, with the fields that place it in a table.
 
     Args:
         mix_profiles: leave the profile knobs out of the table key, so rows measured under different knobs share a
             table (each row then names its profile); off by default: such numbers are not comparable.
+        cost: add each record's cost (:func:`_cost_columns`: device hours, wall seconds, hardware, or why not).
     """
     rows = []
     for r in RecordStore(out_dir).iter_records():
         attack, profile, d, model = r.attack, r.profile, r.dataset, r.model
         # a table holds one threat under one set of knobs; robust tables also one attack seed (random starts)
-        protocol = r.protocol
+        # and one tier (fast, gold, or none: datasets.tiers.tier_of, from what was measured): tiers never share a table
+        protocol = replace(r.protocol, tier=tier_of(d, attack))
         lo, hi = r.ci95
         sanity = r.sanity or {}
         training = model.get("training") or {}
@@ -64,6 +69,7 @@ def records_frame(out_dir: Path, mix_profiles: bool = False) -> pd.DataFrame:
                 "n": r.n,
                 "n_total": d["n_total"],
                 "indices_sha256": d["indices_sha256"],
+                "tier": protocol.tier or "",
                 "content_sha256": d.get("content_sha256", ""),
                 "accuracy": 100.0 * r.accuracy,
                 "ci95_low": 100.0 * lo,
@@ -83,9 +89,59 @@ def records_frame(out_dir: Path, mix_profiles: bool = False) -> pd.DataFrame:
                 ),
                 "created_utc": r.created_utc,
                 "record": str(r.path),
+                **(_cost_columns(r) if cost else {}),
             }
         )
     return pd.DataFrame(rows)
+
+
+def _cost_columns(record) -> dict:
+    """A record's cost as plain columns: ``gpu_hours``, ``cpu_core_hours`` (NaN where it used none), ``wall_s``,
+    ``hardware`` and ``cost_missing`` (why a record has no readable cost, else empty)."""
+    c, why = read_cost(record)
+    hours = (c or {}).get("hours", {})
+    return {
+        **{k: hours.get(unit, np.nan) for k, unit in UNITS.items()},
+        "wall_s": c["wall_s"] if c else np.nan,
+        "hardware": c["hardware"][0] if c else "",
+        "cost_missing": why or "",
+    }
+
+
+def _row_costs(g: pd.DataFrame, rows: list[str]) -> dict:
+    """The cost column of one table: per row the device hours of its records here, with their unit, ``mixed
+    hardware`` where they ran on different hardware, and how many records had a cost; notes for the others."""
+    cells, hours, notes = {}, {}, []
+    for r in rows:
+        recs = g[g["row"] == r]
+        costs = [
+            {
+                "hours": {unit: rec[k] for k, unit in UNITS.items() if pd.notna(rec[k])},
+                "wall_s": rec["wall_s"],
+                "images": int(rec["n"]),
+                "hardware": [rec["hardware"]],
+                "hardware_key": rec["hardware"],
+            }
+            for _, rec in recs.iterrows()
+            if not rec["cost_missing"]
+        ]
+        total = sum_costs(costs)
+        if total is None:
+            cells[r] = "—"
+            continue
+        text = format_device_hours(total)
+        if len(total["hardware"]) > 1:
+            text += ", mixed hardware"
+            notes.append(f"{r} ran on mixed hardware: {'; '.join(total['hardware'])}.")
+        if len(costs) < len(recs):
+            text += f" ({len(costs)} of {len(recs)} records)"
+        cells[r] = text
+        hours[r] = total["hours"]
+    missing = g[g["cost_missing"] != ""]
+    for why, n in missing["cost_missing"].value_counts(sort=False).items():
+        notes.append(f"{n} record{'s' if n > 1 else ''} left out of the cost ({why}).")
+    hardware = sorted(set(g.loc[g["cost_missing"] == "", "hardware"]))
+    return {"cost": cells, "cost_hours": hours, "cost_hardware": hardware, "cost_notes": notes}
 
 
 def _weights_id(model: dict) -> str:
@@ -159,6 +215,10 @@ def _attack_line(a: dict, seed) -> str:
     if a.get("name") == "autoattack":
         how = f"standard ({', '.join(a.get('components', []))}; {a.get('implementation')}"
         how += f" {a['commit'][:12]})" if a.get("commit") else ")"
+    elif a.get("version") == "custom":  # apgd-ce+t: AutoAttack's APGD components (restarts x iterations each)
+        s = a.get("settings", {})
+        runs = [f"{c} {s.get(c, {}).get('n_restarts')}x{s.get(c, {}).get('n_iter')}" for c in a.get("components", [])]
+        how = f"AutoAttack version custom ({', '.join(runs)} iterations; {a.get('implementation')})"
     elif not a.get("step_size_255"):
         how = f"{a['steps']} iterations, adaptive step"
     else:
@@ -188,6 +248,8 @@ def _protocol_line(protocol: str, names: list[str] | None = None) -> str:
             parts.append("the paper's subsample (every 20th batch of 256 test images)")
     if a.get("name") != "clean":
         parts.append(_attack_line(a, p["attack_seed"]))
+    if p.get("tier"):
+        parts.insert(0, TIER_LINES[p["tier"]])
     return "; ".join(parts)
 
 
@@ -255,7 +317,7 @@ def build_tables(df: pd.DataFrame, checks: pd.DataFrame | None = None) -> list[d
     tables = []
     groups = sorted(
         df.groupby(["table", "protocol"], sort=False),
-        key=lambda g: (g[0][0] != "Clean", g[1]["eps_255"].iloc[0], g[0][0], g[0][1]),
+        key=lambda g: (g[0][0] != "Clean", g[1]["eps_255"].iloc[0], g[0][0], _tier_of_key(g[0][1]), g[0][1]),
     )
     for (title, protocol), g in groups:
         # newest record wins if a cell was measured twice under the same protocol (e.g. --force)
@@ -293,9 +355,10 @@ def build_tables(df: pd.DataFrame, checks: pd.DataFrame | None = None) -> list[d
         )
         flags, failed = _table_flags(g, checks, title, order)
         mismatched = g[g["train_eval"] != ""].drop_duplicates("row").set_index("row")["train_eval"]
+        tier = json.loads(protocol).get("tier")
         tables.append(
             {
-                "title": title,
+                "title": f"{title} ({tier} tier)" if tier else title,
                 "protocol": protocol,
                 "flags": flags,
                 "failed": failed,
@@ -311,8 +374,15 @@ def build_tables(df: pd.DataFrame, checks: pd.DataFrame | None = None) -> list[d
                 "train_eval": {r: mismatched[r] for r in order if r in mismatched.index},
             }
         )
+        if "cost_missing" in g:  # records_frame(cost=True): zsbench leaderboard --cost
+            tables[-1].update(_row_costs(g, order))
     _knob_notes(tables)
     return tables
+
+
+def _tier_of_key(protocol: str) -> str:
+    """A table's tier ("" for none, so that a threat's untiered table comes first)."""
+    return json.loads(protocol).get("tier") or ""
 
 
 def _average_ci(acc: pd.Series, n: pd.Series) -> tuple[float, float]:
@@ -374,16 +444,19 @@ def render_markdown(tables: list[dict]) -> str:
         acc, lo, hi = t["accuracy"], t["ci95_low"], t["ci95_high"]
         cols = list(acc.columns[:-1])
         flags = t.get("flags", {})
+        cost = t.get("cost")
         body = []
         for r in acc.index:
             cells = [_cell(acc.at[r, c], lo.at[r, c], hi.at[r, c]) for c in cols]
             avg = acc.at[r, "Average"]
             ci = t.get("average_ci95", {}).get(r)
             avg_cell = "—" if np.isnan(avg) else _cell(avg, *ci) if ci else f"{avg:.2f}"
-            body.append([r, *cells, avg_cell, *([flags.get(r, "")] if flags else [])])
-        body.append(["*images*", *t["counts"], "", *([""] if flags else [])])
+            cost_cell = [cost.get(r, "—")] if cost is not None else []
+            body.append([r, *cells, avg_cell, *cost_cell, *([flags.get(r, "")] if flags else [])])
+        body.append(["*images*", *t["counts"], "", *([""] if cost is not None else []), *([""] if flags else [])])
         lines += [f"## {t['title']}", "", f"Protocol: {t['protocol_line']}.", ""]
-        headers = ["Method", *t["dataset_names"], "Average", *(["Sanity"] if flags else [])]
+        headers = ["Method", *t["dataset_names"], "Average", *(["Cost"] if cost is not None else [])]
+        headers += ["Sanity"] if flags else []
         lines.append(tabulate(body, headers=headers, tablefmt="github", disable_numparse=True))
         if flags:
             lines += ["", "⚠ marks a failed sanity check (listed at the end): the number needs a second look."]
@@ -400,6 +473,8 @@ def render_markdown(tables: list[dict]) -> str:
             lines += ["", f"No average for rows missing a dataset: {', '.join(t['incomplete'])}."]
         if t["mixed"]:
             lines += ["", f"No averages: rows were evaluated on different images of {', '.join(t['mixed'])}."]
+        if cost is not None:
+            lines += ["", _cost_line(t), *(f"- {note}" for note in t.get("cost_notes", []))]
         lines.append("")
     failed = [(t["title"], d) for t in tables for d in t.get("failed", [])]
     if failed:
@@ -407,6 +482,16 @@ def render_markdown(tables: list[dict]) -> str:
         lines += [f"- {title}: {detail}" for title, detail in failed]
         lines.append("")
     return "\n".join(lines)
+
+
+def _cost_line(t: dict) -> str:
+    """What the Cost column holds, under a table of ``zsbench leaderboard --cost``."""
+    hw = t.get("cost_hardware", [])
+    where = f" on {'; '.join(hw)}" if hw else ""
+    return (
+        "Cost: the GPU-hours (GPU-h) or CPU core-hours (CPU core-h) of each row's records in this table, summed over "
+        f"devices and attempts (the records' `run.cost`){where}."
+    )
 
 
 def wide_frame(tables: list[dict]) -> pd.DataFrame:
@@ -421,18 +506,24 @@ def wide_frame(tables: list[dict]) -> pd.DataFrame:
         w.insert(0, "sanity", [t.get("flags", {}).get(r, "") for r in w.index])
         w.insert(0, "protocol", t["protocol_line"])
         w.insert(0, "table", t["title"])
+        if t.get("cost") is not None:  # zsbench leaderboard --cost
+            w["cost"] = [t["cost"].get(r, "—") for r in w.index]
+            for col, unit in UNITS.items():
+                w[col] = [t["cost_hours"].get(r, {}).get(unit, np.nan) for r in w.index]
         frames.append(w.rename_axis("method").reset_index())
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def write_leaderboard(out_dir: Path, mix_profiles: bool = False) -> dict[str, Path]:
+def write_leaderboard(out_dir: Path, mix_profiles: bool = False, cost: bool = False) -> dict[str, Path]:
     """Write ``leaderboard.md``, ``leaderboard.csv`` (the wide tables) and ``records.csv`` (one row per record).
 
     Args:
         mix_profiles: rank rows measured under different profile knobs in one table (each row names its profile).
+        cost: add a Cost column (each row's GPU-hours or CPU core-hours, from its records' ``run.cost``) to every
+            table, and each record's cost to ``records.csv``; without it the files are as before costs existed.
     """
     out_dir = Path(out_dir)
-    df = records_frame(out_dir, mix_profiles=mix_profiles)
+    df = records_frame(out_dir, mix_profiles=mix_profiles, cost=cost)
     tables = build_tables(df)
     paths = {
         "markdown": out_dir / "leaderboard.md",

@@ -54,6 +54,7 @@ KEYS = (
     "dataset",
     "attack",
     "threat_label",
+    "tier",
     "profile",
     "seed",
     "run",
@@ -88,6 +89,7 @@ FIELDS: tuple[tuple[str, str, bool], ...] = (
     ("method", "str", True),
     ("method_label", "str", False),
     ("threat_label", "str", False),
+    ("tier", "str", False),
     ("model", "dict", True),
     ("model.arch", "str", True),
     ("model.label", "str", True),
@@ -278,23 +280,27 @@ class Protocol:
         knobs: the profile knobs (:func:`profile_knobs`: normalization, logit scale, resize, prompts,
             preprocessing, paper subsample); not the profile's name.
         attack_seed: the seed of the attack's random starts; None for a clean record (no attack draws anything).
+        tier: the protocol tier the number belongs to (``fast``, ``gold``: ``robustbench_zs.datasets.tiers.tier_of``),
+            set by the leaderboard; None (the default) leaves it out of the key, which is then as before tiers existed.
     """
 
     attack: Mapping[str, Any]
     knobs: Mapping[str, Any]
     attack_seed: int | None
+    tier: str | None = None
 
     def key(self, mix_profiles: bool = False) -> str:
         """The protocol as one string (sorted JSON), the leaderboard's table key; ``mix_profiles`` leaves the knobs
-        out (``"profile": "mixed"``), so records measured under different knobs share a table on request."""
-        return json.dumps(
-            {
-                "attack": dict(self.attack),
-                "profile": "mixed" if mix_profiles else dict(self.knobs),
-                "attack_seed": self.attack_seed,
-            },
-            sort_keys=True,
-        )
+        out (``"profile": "mixed"``), so records measured under different knobs share a table on request. A tier is
+        in the key whenever it is set, mixed profiles or not: numbers of two tiers never share a table."""
+        key = {
+            "attack": dict(self.attack),
+            "profile": "mixed" if mix_profiles else dict(self.knobs),
+            "attack_seed": self.attack_seed,
+        }
+        if self.tier is not None:
+            key["tier"] = self.tier
+        return json.dumps(key, sort_keys=True)
 
     def __hash__(self) -> int:
         return hash(self.key())
@@ -310,8 +316,9 @@ class Record:
     edit).
 
     Attributes:
-        schema_version .. result: the record's top-level fields; ``method_label``, ``threat_label``, ``sanity`` and
-            ``attack_report`` are None where the record lacks them (a clean record has no sanity checks).
+        schema_version .. result: the record's top-level fields; ``method_label``, ``threat_label``, ``sanity``,
+            ``attack_report`` and ``tier`` are None where the record lacks them (a clean record has no sanity checks;
+            ``tier``, ``fast`` or ``gold``, is written for a number of a protocol tier and is no part of its key).
         extra: top-level keys this version does not know, kept as read so that a round trip loses nothing.
         path: where the record was read from (None for one built in memory); not part of the record.
         key_order: the top-level keys in the order read, so :meth:`to_json` writes them back in it (empty: the
@@ -334,6 +341,7 @@ class Record:
     threat_label: str | None = None
     sanity: dict | None = None
     attack_report: dict | None = None
+    tier: str | None = None
     extra: dict = field(default_factory=dict)
     path: Path | None = field(default=None, compare=False, repr=False)
     key_order: tuple[str, ...] = field(default=(), compare=False, repr=False)
