@@ -3,6 +3,9 @@ pre-training never sees, a tokenizer that covers every word, and a pre-training 
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -225,3 +228,29 @@ def test_reproduce_world_end_to_end_on_a_short_schedule(tmp_path, one_thread) ->
     assert "A = pmg_aft" in comparison and "B = tecoa" in comparison and "| acc A %" in comparison
     for fig in ("fig4", "fig5"):
         assert out[fig]["png"].is_file()
+
+
+def test_check_measures_how_far_pretrained_weights_lie_from_the_shipped_ones(tmp_path, monkeypatch, capsys) -> None:
+    """``world pretrain --check`` on a machine whose kernels round otherwise: not bit-equal, so it exits 1 and says
+    how far the weights lie (rounding drift stays below a percent; several percent is another recipe)."""
+    from safetensors.torch import load_file, save_file
+
+    import robustbench_zs.cli.world as world_cli
+    from robustbench_zs.cli import main
+    from robustbench_zs.world import WORLD_WEIGHTS
+
+    shipped = load_file(str(WORLD_WEIGHTS.path))
+
+    def drifted(cfg, out):  # what 3,000 steps on another CPU model give: the shipped weights, nudged by 0.5%
+        g = torch.Generator().manual_seed(0)
+        save_file({k: v + 0.005 * v.abs().mean() * torch.randn(v.shape, generator=g) for k, v in shipped.items()}, out)
+        return hashlib.sha256(Path(out).read_bytes()).hexdigest()
+
+    monkeypatch.setattr(world_cli, "pretrain", lambda cfg: None)
+    monkeypatch.setattr(world_cli, "save_weights", lambda model, cfg, out: drifted(cfg, out))
+    assert main(["world", "pretrain", "--out", str(tmp_path / "w.safetensors"), "--check"]) == 1
+    printed = capsys.readouterr().out
+    assert "differs from the shipped weights" in printed and "relative L2 distance 0." in printed, printed
+    rel, worst = world_cli.weights_distance(tmp_path / "w.safetensors", WORLD_WEIGHTS.path)
+    assert 0.001 < rel < 0.02 and worst > 0
+    assert world_cli.weights_distance(WORLD_WEIGHTS.path, WORLD_WEIGHTS.path) == (0.0, 0.0)
