@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import errno
 import hashlib
 import json
@@ -700,14 +701,29 @@ def test_package_data_errors_are_one_line(tmp_path, monkeypatch):
         resources.read_json("zsb_no_such_package_here", "x.json")
 
 
-def test_an_entry_whose_method_is_not_registered_says_what_it_can_be_used_for(capsys):
+def test_every_zoo_method_is_registered_tga_zsr_included():
+    import robustbench_zs.methods.tga_zsr  # noqa: F401  (registration, whatever methods/__init__ imports)
+    from robustbench_zs.methods import METHODS
+
+    assert METHODS.get("tga_zsr").id == "tga_zsr"
+    assert all(e.method in METHODS for e in registry.entries()), [e.method for e in registry.entries()]
+    assert "not a method of this" not in registry.get_entry("tga-zsr-vit-b-32").note
+
+
+def test_an_entry_whose_method_is_not_registered_says_what_it_can_be_used_for(capsys, zoo):
+    import robustbench_zs.methods.tga_zsr  # noqa: F401  (registration)
     from robustbench_zs.cli import main
     from robustbench_zs.methods import METHODS
 
+    source = Source(url="https://example.org/w.bin", file="w.bin", format="visual")
+    zoo(dataclasses.replace(_entry("elsewhere-vit", source), method="not_a_method_here"))
+    zoo(dataclasses.replace(_entry("tga-like", source), method="tga_zsr"))
+    zoo(_entry("fare-like", source))
     assert main(["models", "list"]) == 0
     out = capsys.readouterr().out
     unregistered = sorted({e.method for e in registry.entries() if e.method not in METHODS})
-    assert unregistered, "the zoo lists a method that is not registered (tga_zsr) until issue 20 adds it"
+    assert unregistered == ["not_a_method_here"]
+    assert not any(line.startswith(("note: tga_zsr ", "note: fare ")) for line in out.splitlines())
     for method in unregistered:
         (note,) = [line for line in out.splitlines() if line.startswith(f"note: {method} is not a registered method")]
         assert "downloaded and verified" in note and "not evaluated under its name" in note

@@ -18,6 +18,10 @@ The checks and their rationale:
   at the same eps and norm; if it does, one of the two evaluations is broken.
 - ``robust_rises_with_eps``: Carlini et al. (2019, "On Evaluating Adversarial Robustness", the checklist RobustBench
   and AutoAttack refer to) ask that a larger perturbation budget never lowers the attack's success rate.
+- ``robust_rises_with_effort``: more attack steps, or more EOT samples for a randomized defense, must not raise
+  robust accuracy (Carlini et al., 2019; Croce et al., ICML 2022).
+- ``adaptive_above_non_adaptive``: a test-time defense's adaptive attack must break at least what the non-adaptive
+  one (computed on the undefended model) breaks.
 - ``square_beats_gradient``: AutoAttack's flags (after Carlini et al., 2019) treat a black-box attack succeeding where
   the white-box ones failed as a hint that gradients are masked and robustness is overestimated; as its
   ``check_square_sr``, the check fails only when Square breaks more than 0.2% of the images (alpha = 0.002).
@@ -39,8 +43,10 @@ from .base import Threat, fmt255
 from .core import attack_autocast, eval_mode_no_param_grad
 
 __all__ = [
+    "adaptive_above_non_adaptive",
     "autoattack_above_pgd",
     "record_checks",
+    "robust_rises_with_effort",
     "zero_gradient_check",
     "zero_gradient_mask",
     "check_all",
@@ -217,6 +223,73 @@ def robust_rises_with_eps(
     if worst <= 0:
         detail = f"{where}robust accuracy never rises with eps ({len(radii)} radii); {flips} single-example flip(s)"
     return _check("robust_rises_with_eps", worst <= 0, worst, detail)
+
+
+#: the attack's effort knobs whose increase must not raise robust accuracy (``robust_rises_with_effort``)
+EFFORT_KNOBS = {"steps": "attack steps", "eot_samples": "EOT samples"}
+
+
+def robust_rises_with_effort(
+    knob: str, robust_by_value: Mapping[int, Any], *, indices_by_value: Mapping[int, Any] | None = None, label: str = ""
+) -> dict:
+    """Largest rise of robust accuracy from less to more attack effort (``knob``: ``steps``, or ``eot_samples`` for a
+    randomized defense's adaptive attack), everything else equal; fails when above 0.
+
+    An attack given more iterations, or a better estimate of the expected gradient, must not find fewer adversarial
+    points (Carlini et al., 2019; Croce et al., ICML 2022, on randomized test-time defenses): a rise points at a
+    masked gradient or at an attack that does not converge. Compared on the images both were computed on.
+
+    Args:
+        knob: a key of :data:`EFFORT_KNOBS`.
+        robust_by_value: the knob's value -> per-example robustness.
+        indices_by_value: value -> image indices of that mask (the masks must be aligned when omitted).
+        label: the attack and radius, for the detail line.
+    """
+    if knob not in EFFORT_KNOBS:
+        raise ValueError(f"unknown effort knob {knob!r}; one of {', '.join(EFFORT_KNOBS)}")
+    name, what = f"robust_rises_with_{knob}", EFFORT_KNOBS[knob]
+    values = sorted(robust_by_value)
+    worst, worst_pair = 0.0, None
+    for i, lo in enumerate(values):
+        for hi in values[i + 1 :]:
+            ia = None if indices_by_value is None else indices_by_value[lo]
+            ib = None if indices_by_value is None else indices_by_value[hi]
+            a, b, _ = _aligned(robust_by_value[lo], robust_by_value[hi], ia, ib)
+            if not len(a):
+                continue
+            rise = float(b.mean() - a.mean())
+            if worst_pair is None or rise > worst:
+                worst, worst_pair = max(rise, worst), (lo, hi, float(a.mean()), float(b.mean()), len(a))
+    where = f"{label}: " if label else ""
+    if worst_pair is None:
+        return _check(name, True, 0.0, f"{where}fewer than two values of {what} on common images")
+    lo, hi, acc_lo, acc_hi, n = worst_pair
+    if worst <= 0:
+        return _check(name, True, 0.0, f"{where}robust accuracy never rises with {what} ({len(values)} values)")
+    detail = f"{where}robust accuracy {acc_lo:.2%} with {lo} {what} and {acc_hi:.2%} with {hi}, on {n} common images"
+    return _check(name, False, worst, detail)
+
+
+def adaptive_above_non_adaptive(
+    adaptive: Any,
+    non_adaptive: Any,
+    *,
+    adaptive_indices: Any | None = None,
+    non_adaptive_indices: Any | None = None,
+    label: str = "",
+) -> dict:
+    """How many more points a test-time defense keeps robust under the adaptive attack than under the non-adaptive
+    one (same attack, eps and images); fails when that is above 0.
+
+    The adaptive attack differentiates through the defense; the non-adaptive one only transfers from the undefended
+    model. An adaptive attack that does worse than a transfer attack has not seen the defense's gradient (masked,
+    or an EOT too small for its randomness), so its number is not a bound to trust.
+    """
+    a, na, _ = _aligned(adaptive, non_adaptive, adaptive_indices, non_adaptive_indices)
+    n, ka, kn = len(a), int(a.sum()), int(na.sum())
+    where = f"{label}: " if label else ""
+    detail = f"{where}on {n} common images the adaptive attack leaves {ka} robust, the non-adaptive one {kn}"
+    return _check("adaptive_above_non_adaptive", ka <= kn, ka - kn, detail)
 
 
 def _key(name: str) -> str:
@@ -423,6 +496,9 @@ _TAGS = {
     "autoattack_above_pgd": "AA>PGD",
     "robust_rises_with_eps": "robust↑ε",
     "square_beats_gradient": "Square>grad",
+    "robust_rises_with_steps": "robust↑steps",
+    "robust_rises_with_eot_samples": "robust↑EOT",
+    "adaptive_above_non_adaptive": "adaptive>non-adaptive",
 }
 
 

@@ -40,8 +40,10 @@ from ..attacks.core import eval_mode_no_param_grad
 from ..datasets import DATASETS
 from ..datasets.spec import load_metadata
 from ..distributed import DistEnv, resolve_device
+from ..engine.evaluator import attacked_model, defended_verdict
 from ..errors import ZSBenchError
 from ..methods import METHODS
+from ..methods.defense import is_defense
 from ..models import HeadKnobs, LoadedModel, ModelSpec, ZeroShotClassifier, build_text_head, load_model
 from ..profiles import TRAIN_PROFILES
 from ..provenance import software
@@ -76,6 +78,8 @@ class BenchConfig:
     joint_forward: str = "auto"
     seed: int = 0
     peak_size: int | None = None
+    defense: str | None = None  # a test-time defense whose PGD-10 evaluation is timed, adaptive and not
+    eot_samples: int | None = None  # its adaptive attack's EOT samples (None: the defense's)
     argv: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -183,6 +187,9 @@ class Bench:
         if method_cls.trains == "nothing":
             trainable = ", ".join(k for k, m in METHODS.items() if m.trains != "nothing")
             raise ZSBenchError(f"--method {cfg.method} does not train; choose one of {trainable}")
+        if cfg.defense is not None and not is_defense(METHODS.get(cfg.defense)):
+            defenses = ", ".join(k for k, m in METHODS.items() if is_defense(m))
+            raise ZSBenchError(f"--defense {cfg.defense} is not a test-time defense; choose one of {defenses}")
         if cfg.precision not in ("auto", "fp32", "bf16"):
             raise ZSBenchError(f"--precision {cfg.precision}: choose auto, fp32 or bf16")
         self.cfg, self.echo = cfg, echo
@@ -280,6 +287,38 @@ class Bench:
             phase["compiled"] = compiler.active
         return phase
 
+    def eval_defense(self, mode: str) -> dict:
+        """The PGD-10 evaluation of one batch under ``--defense``, as ``zsbench run`` computes it for ``mode``
+        (``adaptive`` or ``non_adaptive``: :func:`robustbench_zs.engine.evaluator.defended_verdict`), clean mask
+        untimed as in :meth:`eval_ours`, so its images/s compare with the undefended evaluation's."""
+        cfg = self.cfg
+        loaded = self.fresh_model()
+        head, _ = build_text_head(loaded.model, loaded.tokenizer, self.names, self.templates, None)
+        classifier = ZeroShotClassifier.from_model(loaded.model, head, loaded.image_size, HeadKnobs()).to(self.device)
+        method = METHODS.get(cfg.defense)()
+
+        def embed_text(names: list[str]) -> torch.Tensor:
+            return build_text_head(loaded.model, loaded.tokenizer, names, self.templates, None)[0]
+
+        defense = method.build_defense(classifier, embed_text).to(self.device)
+        evaluation = type(method).evaluation_block(mode, cfg.eot_samples)
+        attacked = attacked_model(defense, evaluation)
+        x, y, _ = random_batch(self.eval_batch, loaded.image_size, len(self.names), cfg.seed + 1, self.device)
+        seeds = torch.arange(self.eval_batch)
+        threat = Threat("pgd", "linf", EVAL_EPS, EVAL_STEPS, EVAL_STEP)
+        with eval_mode_no_param_grad(defense):
+            defense.reseed(0)
+            clean = self.clean_mask(defense, x, y)
+
+        def run() -> int:
+            with eval_mode_no_param_grad(defense):
+                return int((defended_verdict(defense, attacked, threat, x, y, seeds, cfg.seed) & clean).sum())
+
+        phase = _run_phase(run, self.device, cfg.steps, self.warmup)
+        phase["robust_first_batch"] = phase.pop("first_result")
+        phase["evaluation"] = evaluation
+        return phase
+
     def train_naive(self) -> dict:
         cfg = self.cfg
         x, y, seeds = random_batch(cfg.batch_size, self.base.image_size, len(self.names), cfg.seed, self.device)
@@ -322,6 +361,13 @@ class Bench:
         self.echo(f"bench: PGD-10 evaluation, ours ({cfg.steps} timed batches of {self.eval_batch}) ...")
         phases["eval_ours"] = self.eval_ours()
         self._sample_peak()
+        if cfg.defense is not None:
+            for mode in ("non_adaptive", "adaptive"):
+                self.echo(
+                    f"bench: PGD-10 evaluation of {cfg.defense}, {mode.replace('_', '-')} ({cfg.steps} timed) ..."
+                )
+                phases[f"defense_{mode.replace('_', '-')}"] = self.eval_defense(mode)
+                self._sample_peak()
         naive_ok = cfg.naive and self.method.id in NAIVE_METHODS
         if cfg.naive and not naive_ok:
             self.notes.append(f"no naive baseline for {cfg.method} (it exists for {', '.join(NAIVE_METHODS)})")
@@ -337,7 +383,7 @@ class Bench:
     def report(self, phases: dict[str, dict], started: str) -> dict:
         cfg = self.cfg
         peaks = {k: statistics.median(v) for k, v in self.peak_samples.items() if v}
-        sizes = {"train": cfg.batch_size, "eval": self.eval_batch}
+        sizes = {"train": cfg.batch_size, "eval": self.eval_batch, "defense": self.eval_batch}
         results: dict[str, dict] = {}
         for name, phase in phases.items():
             kind, who = name.split("_")
@@ -348,6 +394,11 @@ class Bench:
                 ours, naive = res["ours"], res["naive"]
                 res["speedup"] = round(ours["images_per_second"] / naive["images_per_second"], 3)
                 res["flops_ratio_naive_over_ours"] = round(naive["flops_per_image"] / ours["flops_per_image"], 3)
+        if "defense" in results:  # what a defense's evaluation costs beside the undefended one, measured in this run
+            plain = results["eval"]["ours"]["median_seconds"]
+            for r in list(results["defense"].values()):
+                r["seconds_over_undefended_eval"] = round(r["median_seconds"] / plain, 3)
+            results["defense"]["name"] = cfg.defense
         if "naive" in results.get("train", {}):
             a, b = results["train"]["ours"]["loss_first_step"], results["train"]["naive"]["loss_first_step"]
             results["train"]["loss_relative_difference"] = abs(a - b) / max(abs(a), 1e-12)
@@ -420,6 +471,22 @@ def table(report: dict) -> str:
                     f"{r['flop_per_second'] / 1e9:.3g}",
                     f"{100 * r['fraction_of_peak']:.0f}%",
                     f"{res['speedup']:.2f}x" if who == "ours" and "speedup" in res else "",
+                ]
+            )
+    defense = report["results"].get("defense", {})
+    for who in ("non-adaptive", "adaptive"):
+        if who in defense:
+            r = defense[who]
+            rows.append(
+                [
+                    f"PGD-10 eval of {defense['name']}",
+                    f"{who} (EOT-{r['evaluation']['eot_samples']})" if who == "adaptive" else who,
+                    f"{r['images_per_second']:.2f}",
+                    f"{r['median_seconds']:.2f}",
+                    f"{r['flops_per_image'] / 1e9:.3g}",
+                    f"{r['flop_per_second'] / 1e9:.3g}",
+                    f"{100 * r['fraction_of_peak']:.0f}%",
+                    f"{r['seconds_over_undefended_eval']:.1f}x the time",
                 ]
             )
     headers = ["", "", "images/s", "s/batch", "GFLOP/image", "GFLOP/s", "of peak", "ours/naive"]

@@ -11,7 +11,8 @@ from .args import positive_int
 #: The options of ``zsbench bench`` in the order the recorded command line lists them.
 _OPTIONS = (
     "method", "arch", "pretrained", "batch_size", "eval_batch_size", "device", "steps", "warmup", "naive_steps",
-    "no_naive", "precision", "compile", "threads", "joint_forward", "peak_size", "seed", "out",
+    "no_naive", "precision", "compile", "threads", "joint_forward", "peak_size", "defense", "eot_samples", "seed",
+    "out",
 )  # fmt: skip
 
 
@@ -56,6 +57,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "does as the training engine, on a GPU only; on or off to compare",
     )
     bp.add_argument("--peak-size", help="largest side of the peak matmul (default 8192 on the CPU, 16384 on a GPU)")
+    bp.add_argument(
+        "--defense",
+        help="also time the PGD-10 evaluation of this test-time defense (ttc, clipure), non-adaptive and adaptive, "
+        "beside the undefended one",
+    )
+    bp.add_argument("--eot-samples", help="EOT samples of the defense's adaptive attack (default: the defense's)")
     bp.add_argument("--seed", default="0", help="seed of the random batch and of the attacks' starts (default 0)")
     bp.add_argument("--out", help="JSON file to write (default bench-<arch>-<device>-b<batch>.json here)")
     bp.set_defaults(handler=_main)
@@ -82,6 +89,8 @@ def _main(args: argparse.Namespace) -> int:
         joint_forward=args.joint_forward,
         seed=positive_int("seed", args.seed, minimum=0, maximum=2**31 - 1),
         peak_size=positive_int("peak-size", args.peak_size, minimum=256),
+        defense=args.defense,
+        eot_samples=positive_int("eot-samples", args.eot_samples, maximum=1000),
         argv=_command_line(args),
     )
     out = Path(args.out) if args.out else Path(f"bench-{cfg.arch}-{resolve_device(cfg.device).type}-b{batch}.json")

@@ -16,6 +16,7 @@ from ..engine.runner import RunConfig
 from ..errors import ZSBenchError
 from ..launch import plan_run_jobs
 from ..methods import METHODS
+from ..methods.defense import DEFENSE_EVALUATIONS
 from ..models import ModelSpec
 from ..profiles import PROFILES, get_profile, run_config_fields
 from ..provenance import default_cache_dir, default_data_root, default_models_dir, default_results_dir
@@ -214,6 +215,18 @@ def add_parser(sub) -> argparse.ArgumentParser:
         default=True,
         help="train methods that have no checkpoint (default on; --no-train-missing makes it an error)",
     )
+    r.add_argument(
+        "--defense-eval",
+        default="adaptive,non_adaptive",
+        help="test-time defenses (ttc, clipure): adaptive (the attack differentiates through the defense, EOT over "
+        "its randomness; ranked), non_adaptive (the attack sees the undefended model, as the defenses' papers did; "
+        "flagged), or both (default adaptive,non_adaptive)",
+    )
+    r.add_argument(
+        "--eot-samples",
+        help="draws of a randomized defense's randomness that the adaptive attack averages over (default: the "
+        "defense's, 20 as AutoAttack's rand version)",
+    )
     r.add_argument("--models-dir", help="checkpoint root (default $ZSBENCH_MODELS or ./models)")
     r.add_argument("--data-root", help="dataset root (default $ZSBENCH_DATA or ./datasets)")
     r.add_argument("--out", help="results folder (default $ZSBENCH_RESULTS or ./results)")
@@ -329,6 +342,8 @@ def handle(args: argparse.Namespace) -> int:
         train_dataset=args.train_dataset,
         train_missing=args.train_missing,
         tier=args.tier,
+        defense_eval=_defense_evals(args.defense_eval),
+        eot_samples=positive_int("eot-samples", args.eot_samples, maximum=1000),
     )
     launch = launch_options(args)
     if launch is not None:  # the same plan as jobs on a cluster (or local processes), each unit its own job
@@ -360,6 +375,15 @@ def handle(args: argparse.Namespace) -> int:
     if paths:
         print(f"leaderboard: {paths['markdown']} and {paths['csv']}")
     return 0
+
+
+def _defense_evals(value: str) -> tuple[str, ...]:
+    """``--defense-eval``: ``adaptive``, ``non_adaptive`` (``non-adaptive`` too) or both, comma-separated."""
+    items = [v.replace("-", "_") for v in split_list(value, "defense-eval")]
+    bad = [v for v in items if v not in DEFENSE_EVALUATIONS]
+    if bad or len(set(items)) != len(items):
+        raise ZSBenchError(f"--defense-eval {value}: give adaptive, non_adaptive or both, comma-separated, each once")
+    return tuple(e for e in DEFENSE_EVALUATIONS if e in items)
 
 
 def _method_sets(items: list[str], methods: list[str]) -> dict[str, dict[str, str]]:

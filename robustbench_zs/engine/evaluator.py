@@ -22,6 +22,7 @@ from ..datasets.spec import ImageDataset
 from ..datasets.subset import Subset, select_subset
 from ..distributed import DistEnv
 from ..errors import writing
+from ..methods.defense import EOT, Defense, HeldSteps, stream_seed
 from ..progress import Progress
 from ..results.cost import Spent
 from ..results.store import remove_stale_temps
@@ -205,6 +206,37 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def attacked_model(defense: Defense, evaluation: dict | None) -> nn.Module:
+    """What the attack differentiates under ``evaluation``: the defense itself, or its expectation over
+    ``eot_samples`` draws (:class:`~robustbench_zs.methods.defense.EOT`), when adaptive; when not, what the defense's
+    paper attacked: the undefended classifier, or the defense with its steps held
+    (:class:`~robustbench_zs.methods.defense.HeldSteps`)."""
+    if evaluation is None:
+        raise ValueError("a test-time defense is attacked under an evaluation block (adaptive or not)")
+    if evaluation["adaptive"]:
+        return EOT(defense, evaluation["eot_samples"])
+    return HeldSteps(defense) if evaluation.get("attack_on") == "held_steps" else defense.classifier
+
+
+def defended_verdict(
+    defense: Defense,
+    attacked: nn.Module,
+    threat: Threat,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    seeds: torch.Tensor,
+    batch_seed: int,
+) -> torch.Tensor:
+    """Per image, whether the deployed defense classifies the attack's image correctly: the attack runs on
+    ``attacked`` (:func:`attacked_model`), then one draw of the defense classifies its images. The defense's
+    randomness is reseeded for each (``stream_seed`` of the batch and the threat)."""
+    defense.reseed(stream_seed(batch_seed, f"attack:{threat.slug}"))
+    x_adv = ATTACKS.get(threat.name).perturb(attacked, x, y, threat, seeds)
+    defense.reseed(stream_seed(batch_seed, f"verdict:{threat.slug}"))
+    with torch.no_grad():
+        return defense(x_adv).argmax(dim=1) == y
+
+
 def _run_batch(
     classifier: nn.Module,
     images: torch.Tensor,
@@ -216,25 +248,49 @@ def _run_batch(
     known: np.ndarray | None,
     known_zero: np.ndarray | None,
     device: torch.device,
+    evaluation: dict | None = None,
 ) -> _Batch:
-    """Clean pass (unless ``known``), zero-gradient mask and every threat on one batch at subset positions ``pos``."""
+    """Clean pass (unless ``known``), zero-gradient mask and every threat on one batch at subset positions ``pos``.
+
+    A test-time defense (``classifier`` a :class:`~robustbench_zs.methods.defense.Defense`) is attacked as its
+    ``evaluation`` says (see :func:`evaluate`); its randomness is reseeded per batch and per use (clean pass,
+    zero-gradient check, each attack, each verdict), so no use's draws depend on which others ran."""
     x = images.to(device, non_blocking=True).float().div_(255)
     y = labels.to(device, non_blocking=True)
     seeds = torch.as_tensor(subset.indices[pos], dtype=torch.long) + seed * SEED_STRIDE
+    defense = classifier if isinstance(classifier, Defense) else None
+    batch_seed = int(seeds[0]) if len(seeds) else 0  # a defense's draws: one stream per batch and use
+
+    def use(what: str) -> None:
+        if defense is not None:
+            defense.reseed(stream_seed(batch_seed, what))
+
     seconds = {"clean": 0.0, **{t.slug: 0.0 for t in threats}}
     if known is not None:
         correct = torch.as_tensor(known[pos], device=device)
     else:
         t0 = time.perf_counter()
+        use("clean")
         with torch.no_grad():
             correct = classifier(x).argmax(dim=1) == y
         _sync(device)
         seconds["clean"] += time.perf_counter() - t0
+    attacked = classifier if defense is None or not threats else attacked_model(defense, evaluation)
     zero = None
     if threats:
-        zero = known_zero[pos] if known_zero is not None else zero_gradient_mask(classifier, x, y).numpy()
+        use("zero_grad")  # the gradient the attack follows: through the defense when adaptive
+        zero = known_zero[pos] if known_zero is not None else zero_gradient_mask(attacked, x, y).numpy()
     robust, above, reports = {}, {}, {}
     for t in threats:
+        if defense is not None:
+            t0 = time.perf_counter()
+            verdict = defended_verdict(defense, attacked, t, x, y, seeds, batch_seed)
+            _sync(device)
+            seconds[t.slug] += time.perf_counter() - t0
+            robust[t.slug] = (verdict & correct).cpu().numpy()
+            # the attack's own verdict (on another model, or on the expectation) is not the defense's: nothing to check
+            above[t.slug] = np.zeros(len(pos), dtype=bool)
+            continue
         entry = ATTACKS.get(t.name)
         report: dict | None = {} if entry.reports else None
         kwargs: dict = {} if report is None else {"report": report}
@@ -268,6 +324,7 @@ def evaluate(
     zero_grad: np.ndarray | None = None,
     state_path: Path | None = None,
     shard: DistEnv | None = None,
+    evaluation: dict | None = None,
 ) -> EvalResult:
     """Evaluate ``classifier`` clean and under each threat.
 
@@ -288,6 +345,10 @@ def evaluate(
             process k mod W), each process attacks its own, and every process ends with the merged results; only
             process 0 shows progress and writes ``state_path``. The results equal one process's, bit for bit, and a
             state file written under one number of processes resumes under another.
+        evaluation: how a test-time defense (``classifier`` a :class:`~robustbench_zs.methods.defense.Defense`) is
+            attacked (``DefenseMethod.evaluation_block``): ``adaptive`` attacks run on the defense itself (on its
+            expectation over ``eot_samples`` draws when that is above 1), non-adaptive ones on the undefended
+            classifier; either way the defense's own forward (one draw) gives the verdict on the attacked image.
 
     The wall seconds of the call, and of the earlier attempts that ``state_path`` counted (saved with every batch),
     are in ``EvalResult.spent``: a resumed evaluation costs what all its attempts cost.
@@ -331,7 +392,9 @@ def evaluate(
             out = None
             if k < len(mine):
                 images, labels = next(it)
-                out = _run_batch(classifier, images, labels, mine[k], subset, seed, threats, known, known_zero, device)
+                out = _run_batch(
+                    classifier, images, labels, mine[k], subset, seed, threats, known, known_zero, device, evaluation
+                )
                 for slug, sec in out.seconds.items():
                     seconds[slug] += sec
             outs = [out] if shard is None else dist_utils.gather_objects(out, shard)

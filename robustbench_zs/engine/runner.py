@@ -25,6 +25,7 @@ from ..datasets.subset import paper_subsample_of
 from ..datasets.tiers import FAST_SELECTION, SUBSET_FILE_KEYS, check_run, fast_subset, tier_of
 from ..errors import ZSBenchError
 from ..methods import METHODS
+from ..methods.defense import DEFENSE_EVALUATIONS, is_defense
 from ..models import NORMALIZATIONS, HeadKnobs, LoadedModel, ModelSpec, ZeroShotClassifier, build_text_head
 from ..models.loader import model_identity, model_preprocess_cfg
 from ..models.text_head import text_weights_sha256
@@ -77,6 +78,10 @@ class RunConfig:
     # the training knobs a checkpoint must have been trained with (and a missing one is trained with); None: any
     # checkpoint, trained with the standard profile when missing
     train_profile: TrainProfile | None = None
+    # test-time defenses: the evaluations to run (adaptive: ranked; non_adaptive: the papers' protocol, flagged), and
+    # the EOT samples of a randomized defense's adaptive attack (None: the method's, at least the literature's)
+    defense_eval: tuple[str, ...] = DEFENSE_EVALUATIONS
+    eot_samples: int | None = None
 
 
 @dataclass
@@ -273,7 +278,7 @@ class Setup:
     them, the loader workers and the batch size (``--batch-size auto`` resolved)."""
 
     weights: Weights
-    classifier: ZeroShotClassifier
+    classifier: torch.nn.Module  # a ZeroShotClassifier, or a test-time defense around one
     head_info: dict
     images: torch.utils.data.Dataset
     workers: int
@@ -344,6 +349,7 @@ def plan_units(
                     continue
                 identity = {
                     "method": method_id,
+                    **defense_identity(variant.method, variant.evaluation, t, cfg.batch_size),
                     "model": {**model_id, **variant.identity},
                     # the images are identified by their indices' hash; how their order was derived is not identity
                     # (nor which shipped file held them: the tier is recorded, never keyed)
@@ -364,6 +370,25 @@ def plan_units(
             yield Unit(variant, ds_id, spec, data, pre, subset, classnames, templates, profile, dataset_block, records)
 
 
+def defense_identity(method, evaluation: dict | None, threat: Threat, batch_size: int | None) -> dict:
+    """What a test-time defense adds to a record's identity (nothing for other methods, whose keys stay as they
+    were): the evaluation of a robust record (adaptive or not, EOT samples, BPDA), and for a defense whose outputs
+    depend on the batch (``DefenseMethod.depends_on_batch``: a randomized one, whose batches are the streams of its
+    draws) the batch size (``--batch-size auto`` is refused: it would not fix them).
+    The clean record is the same for both evaluations."""
+    if not is_defense(method):
+        return {}
+    out = {} if threat.is_clean else {"evaluation": evaluation}
+    if method.depends_on_batch():
+        if batch_size is None:
+            raise ZSBenchError(
+                f"--batch-size auto: {method.id}'s outputs depend on the batch (its random draws follow the batches, "
+                "or its steps see the whole batch); give --batch-size N"
+            )
+        out["defense_batch_size"] = batch_size
+    return out
+
+
 def prepare_unit(
     cfg: RunConfig, unit: Unit, weights: Weights, device: torch.device, workers: int, echo: Callable[[str], None]
 ) -> Setup:
@@ -379,6 +404,16 @@ def prepare_unit(
     )
     loaded = weights.loaded
     classifier = ZeroShotClassifier.from_model(loaded.model, head, loaded.image_size, cfg.knobs, weights.encoder)
+    method = unit.variant.method
+    if is_defense(method):  # the test-time defense runs around the classifier at every forward
+
+        def embed_text(classnames: list[str]) -> torch.Tensor:
+            m = weights.loaded
+            return build_text_head(
+                m.model, m.tokenizer, classnames, unit.templates, cfg.cache_dir, text_sha=weights.text_sha
+            )[0]
+
+        classifier = method.build_defense(classifier, embed_text)
     images, eval_workers, cache_info = eval_dataset(cfg, unit.spec, unit.data, unit.pre, unit.subset.indices, workers)
     batch_size = cfg.batch_size
     if batch_size is None:
@@ -419,6 +454,7 @@ def evaluate_threat(
         zero_grad=zero_grad,
         state_path=partial_path(planned.path),
         shard=env if env is not None and env.distributed else None,
+        evaluation=None if t.is_clean else unit.variant.evaluation,
     )
 
 
@@ -458,7 +494,7 @@ def build_record(
         created_utc=_now(),
         software=software(),
         method=variant.method.id,
-        method_label=variant.label,
+        method_label=variant.clean_label if t.is_clean else variant.label,
         model={
             **setup.weights.loaded.provenance(),
             **variant.identity,
@@ -497,6 +533,8 @@ def build_record(
         result=result_block(correct, None if t.is_clean else result.clean),
         sanity=sanity,
         attack_report=attack_report,
+        defense=type(variant.method).defense_block() if is_defense(variant.method) else None,
+        evaluation=None if t.is_clean else variant.evaluation,
     )
 
 
@@ -577,6 +615,8 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
         echo,
         train_dataset=cfg.train_dataset,
         train_profile=cfg.train_profile,
+        defense_eval=cfg.defense_eval,
+        eot_samples=cfg.eot_samples,
     )
     weights: Weights | None = None
     for unit in plan_units(cfg, variants, datasets, model_id, store, summary, echo):
@@ -587,7 +627,8 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
         if not unit.todo:
             echo(f"{where}: all {len(unit.records)} records exist, skipped (--force recomputes)")
             continue
-        if weights is None or weights.variant is not unit.variant:
+        # a defense's evaluations are variants of one model: it is loaded once for all of them
+        if weights is None or weights.variant.load is not unit.variant.load:
             weights = None  # the previous variant's model goes before the next one is loaded
             weights = Weights.load(unit.variant, device)
         setup = _prepare_in_turn(cfg, unit, weights, device, workers, echo, env)

@@ -7,6 +7,9 @@
   it has one), else it is trained first with the method's recipe and that profile (``--set METHOD.key=value`` sets
   recipe fields and method options).
 - ``interpolation``: one variant per value of a comma-separated ``--set interpolation.alpha=0,0.5,1``.
+- a test-time defense (``ttc``, ``clipure``): one variant per evaluation asked for (``--defense-eval``): ``adaptive``
+  (labelled as the method) and ``non_adaptive`` (labelled ``METHOD (non-adaptive)``, flagged in the leaderboard); see
+  ``robustbench_zs.methods.defense``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from torch import nn
 from ..errors import ZSBenchError
 from ..methods import METHODS, Method, Recipe
 from ..methods.base import recipe_value
+from ..methods.defense import DEFENSE_EVALUATIONS, is_defense
 from ..models import LoadedModel, ModelSpec, load_model
 from ..paths import utf8
 from ..profiles import TrainProfile, training_knobs
@@ -45,6 +49,31 @@ class MethodVariant:
     load: Callable[[torch.device], tuple[LoadedModel, nn.Module]] = field(repr=False)
     model_label: str = ""
     training: dict | None = None  # how the checkpoint was trained (our folders' meta.json); not part of the key
+    # a test-time defense's evaluation (``DefenseMethod.evaluation_block``): keys its robust records; None otherwise
+    evaluation: dict | None = None
+    base_label: str = ""  # the label of its clean records, shared by its evaluations ("" : ``label``)
+
+    @property
+    def clean_label(self) -> str:
+        return self.base_label or self.label
+
+
+NON_ADAPTIVE_SUFFIX = " (non-adaptive)"
+
+
+def defense_variants(variant: MethodVariant, evaluations: tuple[str, ...], eot_samples: int | None) -> list:
+    """A test-time defense's variant once per evaluation in ``evaluations`` (``adaptive``, ``non_adaptive``)."""
+    cls = type(variant.method)
+    out = []
+    for mode in evaluations:
+        block = cls.evaluation_block(mode, eot_samples)
+        label = variant.label
+        if mode == "non_adaptive":
+            label += NON_ADAPTIVE_SUFFIX
+        elif eot_samples is not None and block["eot_samples"] != cls.eot_samples:
+            label += f" (EOT-{block['eot_samples']})"
+        out.append(dataclasses.replace(variant, label=label, evaluation=block, base_label=variant.label))
+    return out
 
 
 def training_summary(meta: dict) -> dict:
@@ -223,14 +252,22 @@ def resolve_variants(
     echo: Callable[[str], None] = print,
     train_dataset: str | None = None,
     train_profile: TrainProfile | None = None,
+    defense_eval: tuple[str, ...] = DEFENSE_EVALUATIONS,
+    eot_samples: int | None = None,
 ) -> list[MethodVariant]:
     """The variants to evaluate, in the order of ``method_ids``; trains missing checkpoints with ``train_fn``.
 
     A trained method without ``--checkpoint`` uses the newest complete checkpoint under ``models_dir`` of the same
     backbone, method options and recipe overrides (and training dataset, when ``train_dataset`` is given, and
     training knobs, when ``train_profile`` is given: under ``paper`` the method's official option values count as
-    asked for).
+    asked for). A test-time defense gets one variant per evaluation in ``defense_eval``; ``eot_samples`` overrides
+    the EOT samples of a randomized defense's adaptive evaluation.
     """
+    bad = [e for e in defense_eval if e not in DEFENSE_EVALUATIONS]
+    if bad or not defense_eval:
+        raise ZSBenchError(
+            f"--defense-eval {','.join(defense_eval)}: choose one or both of {', '.join(DEFENSE_EVALUATIONS)}"
+        )
     unknown = sorted(set(options) - set(method_ids))
     if unknown:
         raise ZSBenchError(f"--set {unknown[0]}.…: {unknown[0]} is not among --methods {','.join(method_ids)}")
@@ -252,7 +289,8 @@ def resolve_variants(
                 cfg = method.config.to_dict()
                 label = mid if not these else f"{mid}({', '.join(f'{k}={v}' for k, v in sorted(these.items()))})"
                 ident = {"method_config": cfg, **method.weights_identity()} if cfg else {}
-                out.append(MethodVariant(method, label, ident, _base_loader(model, method)))
+                variant = MethodVariant(method, label, ident, _base_loader(model, method))
+                out += defense_variants(variant, defense_eval, eot_samples) if is_defense(cls) else [variant]
             continue
         config_opts, recipe_opts = _split_options(cls, opts)
         path = checkpoints.get(mid)

@@ -57,14 +57,18 @@ def _row_name(df: pd.DataFrame) -> pd.Series:
 
 
 def select(df: pd.DataFrame, name: str) -> pd.DataFrame:
-    """The rows of ``records_frame`` whose method label, method id or ``label · model`` equals ``name``.
+    """The rows of ``records_frame`` whose method label or ``label · model`` equals ``name``, else whose method id does
+    (so that a test-time defense's id names its adaptive evaluation, whose label it is).
 
     Raises:
         ZSBenchError: nothing matches; the message lists the method labels present.
     """
     if df.empty:
         raise ZSBenchError("no records to compare; run `zsbench run` first")
-    hit = (df["method"] == name) | (df["method_id"] == name) | (_row_name(df) == name)
+    # a label names its rows first: ``ttc`` is the adaptive evaluation, ``ttc (non-adaptive)`` the other one
+    hit = (df["method"] == name) | (_row_name(df) == name)
+    if not hit.any():
+        hit = df["method_id"] == name
     if not hit.any():
         labels = ", ".join(sorted(df["method"].unique()))
         raise ZSBenchError(f"no records of {name!r}; method labels present: {labels}")

@@ -17,7 +17,13 @@ import pandas as pd
 from tabulate import tabulate
 
 from ..atomic import write_text
-from ..attacks.sanity import autoattack_above_pgd, leaderboard_flags, robust_rises_with_eps
+from ..attacks.sanity import (
+    adaptive_above_non_adaptive,
+    autoattack_above_pgd,
+    leaderboard_flags,
+    robust_rises_with_effort,
+    robust_rises_with_eps,
+)
 from ..datasets import DATASETS
 from ..datasets.tiers import TIER_LINES, tier_of
 from ..methods import METHODS
@@ -28,6 +34,9 @@ from ..results.stats import bootstrap_mean_ci
 
 #: Marks a row trained under other knobs than it is evaluated with (``profiles.train_eval_differences``).
 TRAIN_EVAL_MARK = "⚑"
+#: marks a test-time defense's row attacked non-adaptively (the attack saw the undefended model)
+NON_ADAPTIVE_MARK = "‡"
+NON_ADAPTIVE = "non-adaptive"
 
 
 def _dataset_order() -> list[str]:
@@ -55,6 +64,7 @@ def records_frame(out_dir: Path, mix_profiles: bool = False, cost: bool = False)
         lo, hi = r.ci95
         sanity = r.sanity or {}
         training = model.get("training") or {}
+        evaluation = r.evaluation or {}
         rows.append(
             {
                 "table": r.threat,
@@ -82,6 +92,9 @@ def records_frame(out_dir: Path, mix_profiles: bool = False, cost: bool = False)
                 "seed": r.seed,
                 "knobs": json.dumps(protocol.knobs, sort_keys=True),
                 "profile_name": profile.get("name", "custom"),
+                # a test-time defense's robust records: adaptive or not (empty for every other record)
+                "evaluation": ("adaptive" if evaluation["adaptive"] else NON_ADAPTIVE) if evaluation else "",
+                "eot_samples": evaluation.get("eot_samples", 1) if evaluation else 1,
                 "flags": sanity.get("flags", ""),
                 "failed_checks": json.dumps([c for c in sanity.get("checks", []) if not c.get("passed", True)]),
                 "train_eval": "; ".join(
@@ -196,7 +209,46 @@ def cross_record_checks(df: pd.DataFrame) -> pd.DataFrame:
                 label=f"{fam['attack'].iloc[0]} {fam['norm'].iloc[0]}",
             )
             out.append({**base, "tables": list(fam["table"]), "check": check})
+        for _, fam in g.groupby(["attack", "norm", "eps_255", "precision"], sort=False, dropna=False):
+            fam = fam.dropna(subset=["steps"])
+            if fam["steps"].nunique() < 2 or len(fam) != fam["steps"].nunique():
+                continue
+            check = robust_rises_with_effort(
+                "steps",
+                {int(row["steps"]): mask(row["record"]) for _, row in fam.iterrows()},
+                label=f"{fam['attack'].iloc[0]} {fam['norm'].iloc[0]} eps {fam['eps_255'].iloc[0]:g}/255",
+            )
+            out.append({**base, "tables": list(fam["table"]), "check": check})
+    out += _defense_checks(robust, mask)
     return pd.DataFrame(out)
+
+
+def _defense_checks(robust: pd.DataFrame, mask) -> list[dict]:
+    """A test-time defense's checks across its evaluations of one threat on one set of images: the adaptive attack
+    must break at least what the non-adaptive one breaks (``adaptive_above_non_adaptive``, on the adaptive row), and
+    more EOT samples must not raise robust accuracy (``robust_rises_with_effort``, on the row with more samples)."""
+    if "evaluation" not in robust or not (robust["evaluation"] != "").any():
+        return []
+    out = []
+    cols = ["method_id", "model", "weights", "dataset", "indices_sha256", "content_sha256", "knobs", "seed", "table"]
+    defended = robust[robust["evaluation"] != ""]
+    for key, g in defended.groupby(cols, sort=False, dropna=False):
+        g = g.sort_values("created_utc").drop_duplicates(["row"], keep="last")
+        base = {c: key[cols.index(c)] for c in ("dataset", "indices_sha256", "content_sha256", "knobs", "seed")}
+        adaptive, plain = g[g["evaluation"] == "adaptive"], g[g["evaluation"] == NON_ADAPTIVE]
+        for _, a in adaptive.iterrows():
+            for _, b in plain.iterrows():
+                check = adaptive_above_non_adaptive(mask(a["record"]), mask(b["record"]), label=a["table"])
+                out.append({**base, "row": a["row"], "tables": [a["table"]], "check": check})
+        if adaptive["eot_samples"].nunique() > 1 and len(adaptive) == adaptive["eot_samples"].nunique():
+            check = robust_rises_with_effort(
+                "eot_samples",
+                {int(r["eot_samples"]): mask(r["record"]) for _, r in adaptive.iterrows()},
+                label=adaptive["table"].iloc[0],
+            )
+            rows = adaptive.sort_values("eot_samples")["row"]
+            out += [{**base, "row": r, "tables": [adaptive["table"].iloc[0]], "check": check} for r in rows]
+    return out
 
 
 def _row_labels(df: pd.DataFrame) -> pd.Series:
@@ -309,6 +361,10 @@ def build_tables(df: pd.DataFrame, checks: pd.DataFrame | None = None) -> list[d
         df["train_eval"] = ""
     df["train_eval"] = df["train_eval"].fillna("")
     df["row"] = df["row"].where(df["train_eval"] == "", df["row"] + f" {TRAIN_EVAL_MARK}")
+    if "evaluation" not in df:
+        df["evaluation"] = ""
+    df["evaluation"] = df["evaluation"].fillna("")
+    df["row"] = df["row"].where(df["evaluation"] != NON_ADAPTIVE, df["row"] + f" {NON_ADAPTIVE_MARK}")
     if checks is None:
         checks = cross_record_checks(df)
     df["column"] = df["dataset"] + "|" + df["indices_sha256"] + "|" + df["content_sha256"]
@@ -350,9 +406,19 @@ def build_tables(df: pd.DataFrame, checks: pd.DataFrame | None = None) -> list[d
         n_img = g.pivot(index="row", columns="column", values="n").reindex(columns=cols)
         avg_ci = {r: _average_ci(wide.loc[r, cols], n_img.loc[r, cols]) for r in wide.index if complete[r]}
         method_of = g.drop_duplicates("row").set_index("row")["method_id"]
+        evaluation_of = g.drop_duplicates("row").set_index("row")["evaluation"]
+        # rows attacked non-adaptively are not ranked: they come last, marked, whatever their numbers
         order = sorted(
-            wide.index, key=lambda r: (methods.index(method_of[r]) if method_of[r] in methods else len(methods), r)
+            wide.index,
+            key=lambda r: (
+                evaluation_of[r] == NON_ADAPTIVE,
+                methods.index(method_of[r]) if method_of[r] in methods else len(methods),
+                r,
+            ),
         )
+        non_adaptive = [r for r in order if evaluation_of[r] == NON_ADAPTIVE]
+        adaptive_ids = set(method_of[[r for r in order if evaluation_of[r] == "adaptive"]])
+        only_non_adaptive = sorted({method_of[r] for r in non_adaptive} - adaptive_ids)
         flags, failed = _table_flags(g, checks, title, order)
         mismatched = g[g["train_eval"] != ""].drop_duplicates("row").set_index("row")["train_eval"]
         tier = json.loads(protocol).get("tier")
@@ -372,6 +438,9 @@ def build_tables(df: pd.DataFrame, checks: pd.DataFrame | None = None) -> list[d
                 "incomplete": [] if mixed else [r for r in order if not complete[r]],
                 "mixed": mixed,
                 "train_eval": {r: mismatched[r] for r in order if r in mismatched.index},
+                "non_adaptive": non_adaptive,
+                "only_non_adaptive": only_non_adaptive,
+                "evaluation": {r: evaluation_of[r] for r in order},
             }
         )
         if "cost_missing" in g:  # records_frame(cost=True): zsbench leaderboard --cost
@@ -467,6 +536,19 @@ def render_markdown(tables: list[dict]) -> str:
                 "measure the knob change as well as the method, and do not rank with the other rows.",
             ]
             lines += [f"- {r}: {diff}" for r, diff in t["train_eval"].items()]
+        if t.get("non_adaptive"):
+            lines += [
+                "",
+                f"{NON_ADAPTIVE_MARK} marks a test-time defense attacked non-adaptively: the attack was computed on the "
+                "undefended model and the defense then classified its images, as the defense's paper evaluated it. Such "
+                "a number is not a robustness bound (Croce et al., ICML 2022) and is not ranked: these rows come last; "
+                "the defense's adaptive row is the one to compare.",
+            ]
+            if t.get("only_non_adaptive"):
+                lines.append(
+                    f"No adaptive evaluation in this table for {', '.join(t['only_non_adaptive'])}: run it with "
+                    "`zsbench run --defense-eval adaptive`."
+                )
         for other, note in t.get("knob_notes", []):
             lines += ["", f"Not ranked with the {other} table measured under other knobs ({note})."]
         if t["incomplete"]:
@@ -503,6 +585,8 @@ def wide_frame(tables: list[dict]) -> pd.DataFrame:
         w["Average_ci95_low"] = [ci.get(r, (np.nan, np.nan))[0] for r in w.index]
         w["Average_ci95_high"] = [ci.get(r, (np.nan, np.nan))[1] for r in w.index]
         w.insert(0, "train_eval", [t.get("train_eval", {}).get(r, "") for r in w.index])
+        if any(t.get("evaluation", {}).values() for t in tables):  # a test-time defense's rows: adaptive or not
+            w.insert(0, "evaluation", [t["evaluation"].get(r, "") for r in w.index])
         w.insert(0, "sanity", [t.get("flags", {}).get(r, "") for r in w.index])
         w.insert(0, "protocol", t["protocol_line"])
         w.insert(0, "table", t["title"])

@@ -61,6 +61,8 @@ KEYS = (
     "result",
     "sanity",
     "attack_report",
+    "defense",
+    "evaluation",
 )
 
 
@@ -142,6 +144,12 @@ FIELDS: tuple[tuple[str, str, bool], ...] = (
     ("sanity.flags", "str", False),
     ("sanity.checks", "list", False),
     ("attack_report", "dict", False),
+    ("defense", "dict", False),
+    ("defense.randomized", "bool", False),
+    ("defense.inference_optimization", "bool", False),
+    ("evaluation", "dict", False),
+    ("evaluation.adaptive", "bool", False),
+    ("evaluation.eot_samples", "int", False),
 )
 _MISSING = object()
 
@@ -318,7 +326,9 @@ class Record:
     Attributes:
         schema_version .. result: the record's top-level fields; ``method_label``, ``threat_label``, ``sanity``,
             ``attack_report`` and ``tier`` are None where the record lacks them (a clean record has no sanity checks;
-            ``tier``, ``fast`` or ``gold``, is written for a number of a protocol tier and is no part of its key).
+            ``tier``, ``fast`` or ``gold``, is written for a number of a protocol tier and is no part of its key;
+            ``defense``, a test-time defense's: randomized, inference optimization, BPDA steps; ``evaluation``, how a
+            defense's robust record attacked it: ``adaptive``, ``eot_samples``, ``bpda``).
         extra: top-level keys this version does not know, kept as read so that a round trip loses nothing.
         path: where the record was read from (None for one built in memory); not part of the record.
         key_order: the top-level keys in the order read, so :meth:`to_json` writes them back in it (empty: the
@@ -342,6 +352,8 @@ class Record:
     sanity: dict | None = None
     attack_report: dict | None = None
     tier: str | None = None
+    defense: dict | None = None
+    evaluation: dict | None = None
     extra: dict = field(default_factory=dict)
     path: Path | None = field(default=None, compare=False, repr=False)
     key_order: tuple[str, ...] = field(default=(), compare=False, repr=False)

@@ -94,8 +94,8 @@ class ZooEntry:
 
     Attributes:
         id: the zoo id, used as ``zsbench models download ID`` and ``--checkpoint METHOD=zoo:ID``.
-        method: the method id of this benchmark's registry (``tecoa``, ``fare``, ...), or the paper's own name where
-            the method is not registered here (``tga_zsr``).
+        method: the method id of this benchmark's registry (``tecoa``, ``fare``, ``tga_zsr``, ...), or the paper's
+            own name where the method is not registered here (``zsbench models list`` then says so).
         arch: the open_clip architecture (``ViT-L-14``).
         pretrained: the open_clip pretrained tag it was fine-tuned from; evaluate it with ``--pretrained`` set to
             this, so that the text tower is the one the image encoder was trained against.
