@@ -12,6 +12,7 @@ from .datasets.preprocess import PreprocessedDataset, resolve_preprocess
 from .engine.evaluator import EvalResult, evaluate
 from .engine.variants import resolve_variants
 from .methods import METHODS
+from .methods.defense import Defense, is_defense
 from .models import HeadKnobs, ModelSpec, ZeroShotClassifier, build_text_head
 from .models.loader import model_preprocess_cfg
 from .provenance import default_cache_dir, default_data_root, default_models_dir
@@ -37,8 +38,10 @@ def create_classifier(
     cache_dir: str | Path | None = "default",
     checkpoint: str | Path | None = None,
     options: dict[str, str] | None = None,
-) -> ZeroShotClassifier:
-    """A :class:`ZeroShotClassifier` for ``classnames`` x ``templates`` with the weights of ``method``.
+) -> ZeroShotClassifier | Defense:
+    """A :class:`ZeroShotClassifier` for ``classnames`` x ``templates`` with the weights of ``method``; for a
+    test-time defense (``ttc``, ``clipure``), that classifier under the defense (a
+    :class:`~robustbench_zs.methods.defense.Defense`: the same call, its inference defended).
 
     A trained method takes ``checkpoint`` (our checkpoint folder or a foreign file), else the newest complete
     checkpoint of it for ``model`` under ``$ZSBENCH_MODELS`` (``./models``); ``options`` are method options.
@@ -63,7 +66,15 @@ def create_classifier(
     )
     loaded, encoder = variant.load(torch.device(device))
     head, _ = build_text_head(loaded.model, loaded.tokenizer, list(classnames), list(templates), cache)
-    return ZeroShotClassifier.from_model(loaded.model, head, loaded.image_size, knobs, encoder)
+    classifier = ZeroShotClassifier.from_model(loaded.model, head, loaded.image_size, knobs, encoder)
+    if not is_defense(variant.method):
+        return classifier
+
+    def embed_text(names: list[str]) -> torch.Tensor:
+        return build_text_head(loaded.model, loaded.tokenizer, names, list(templates), cache)[0]
+
+    # a test-time defense: its deployed forward around the classifier (random draws from its own generator)
+    return variant.method.build_defense(classifier, embed_text)
 
 
 def load_dataset(

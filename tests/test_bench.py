@@ -189,6 +189,25 @@ def test_unknown_method_is_one_line(capsys) -> None:
     assert "--steps 0 must be at least 1" in capsys.readouterr().err
 
 
+def test_bench_times_a_defense_adaptive_and_not(tmp_path, capsys) -> None:
+    """``--defense``: the defense's PGD-10 evaluation, non-adaptive and adaptive, timed beside the undefended one in
+    the same run, with each one's time relative to it."""
+    out = tmp_path / "b.json"
+    args = ["bench", "--arch", "zsbench-tiny", "--steps", "1", "--device", "cpu", "--peak-size", "256", "--no-naive"]
+    assert main([*args, "--defense", "ttc", "--eot-samples", "2", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())["results"]["defense"]
+    assert res["name"] == "ttc"
+    assert res["adaptive"]["evaluation"]["eot_samples"] == 2 and not res["non-adaptive"]["evaluation"]["adaptive"]
+    for who in ("adaptive", "non-adaptive"):
+        r = res[who]
+        assert r["seconds_over_undefended_eval"] > 0 and r["flops_per_image"] > 0
+    # the adaptive attack runs the defense (2 draws, its counterattack) at every step: more work per image
+    assert res["adaptive"]["flops_per_image"] > 2 * res["non-adaptive"]["flops_per_image"]
+    assert "PGD-10 eval of ttc" in capsys.readouterr().out
+    assert main([*args, "--defense", "tecoa"]) == 2
+    assert "is not a test-time defense" in capsys.readouterr().err
+
+
 def test_readme_performance_table_is_the_committed_results() -> None:
     """The README's table is ``benchmarks/summarize.py``'s output for the JSONs in ``benchmarks/results/``."""
     from pathlib import Path

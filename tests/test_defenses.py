@@ -247,10 +247,16 @@ def test_only_non_adaptive_is_said_and_eot_runs_are_compared(tmp_path, toys):
         (["--set", "ttc.beta=inf"], "ttc beta"),
         (["--set", "ttc.eps_255=300"], "at most 255"),
         (["--set", "ttc.lr=1"], "no option 'lr'"),
+        (["--methods", "clip", "--defense-eval", "adaptive"], "--defense-eval applies to a test-time defense"),
+        (["--methods", "clip,tecoa", "--eot-samples", "5"], "--eot-samples applies to a randomized"),
+        (["--methods", "clipure", "--eot-samples", "5"], "--eot-samples applies to a randomized"),
+        (["--checkpoint", "ttc=."], "ttc trains nothing"),
     ],
 )
 def test_bad_defense_input_is_one_line(tmp_path, capsys, argv, needle):
-    code = main(["run", "--preset", "smoke", "--methods", "ttc", "--n", "4", "--out", str(tmp_path / "r"), *argv])
+    if "--methods" not in argv:
+        argv = ["--methods", "ttc", *argv]
+    code = main(["run", "--preset", "smoke", "--n", "4", "--out", str(tmp_path / "r"), *argv])
     err = capsys.readouterr().err
     assert code == 2, err
     assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
@@ -313,3 +319,31 @@ def test_ttc_runs_end_to_end_with_both_evaluations(tmp_path, capsys, quick_stand
         == 0
     )
     assert "0 written" in capsys.readouterr().out
+
+
+def test_the_docs_example_defense_runs_both_evaluations(tmp_path, monkeypatch):
+    """docs/test_time_defenses.md's example defense, executed as written, registered, and evaluated by the engine."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "test_time_defenses.md").read_text(encoding="utf-8")
+    block = text.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(block, "test_time_defenses.md", "exec"), namespace)
+    cls = namespace["Noise"]
+    monkeypatch.setitem(METHODS._entries, cls.id, cls)
+    monkeypatch.setitem(METHODS._origin, cls.id, "tests")
+    out = _world_run(tmp_path, ("noise",), eot_samples=2)
+    labels = sorted(json.loads(p.read_text())["method_label"] for p in (out / "records").rglob("*.json"))
+    assert labels == ["noise", "noise (EOT-2)", "noise (non-adaptive)"]
+
+
+def test_the_python_api_returns_the_defended_classifier(synthetic_test):
+    from robustbench_zs import create_classifier
+    from robustbench_zs.errors import ZSBenchError
+
+    names = list(synthetic_test.classnames)
+    clf = create_classifier(names, ["a photo of a {}."], ModelSpec("zsbench-tiny", "random"), method="ttc")
+    assert isinstance(clf, Counterattack)
+    x = synthetic_test.images[:4].float() / 255
+    clf.reseed(0)
+    assert clf(x).shape == (4, len(names))
+    with pytest.raises(ZSBenchError, match="evaluation_block"):
+        evaluate(clf, synthetic_test, [EPS8], subset=select_subset(len(synthetic_test), 4, 0), progress=False)

@@ -190,3 +190,29 @@ def test_knob_notes_name_the_attack_precision(one_run, tmp_path):
         "Not ranked with the PGD-2 L∞ ε=1/255 fp16 table measured under other knobs (attack_precision: 'fp32' vs "
         "'fp16')." in notes
     )
+
+
+def test_robust_accuracy_is_checked_across_attack_steps(tmp_path):
+    """PGD at 1 and 5 steps on the same images: a cross-record check compares them (it passes here: more steps
+    never leave more points robust on this model, and the check says so)."""
+    from robustbench_zs.report.leaderboard import cross_record_checks, records_frame
+
+    for steps in (1, 5):
+        run(
+            RunConfig(
+                methods=("clip",),
+                datasets=("synthetic",),
+                model=ModelSpec("zsbench-tiny", "random"),
+                threats=(Threat("pgd", "linf", 4 / 255, steps, 1 / 255),),
+                data_root=tmp_path / "data",
+                out_dir=tmp_path / "out",
+                cache_dir=tmp_path / "cache",
+                n=32,
+                device="cpu",
+                progress=False,
+            ),
+            echo=lambda s: None,
+        )
+    checks = cross_record_checks(records_frame(tmp_path / "out"))
+    steps = [c for c in checks["check"] if c["name"] == "robust_rises_with_steps"]
+    assert len(steps) == 1 and steps[0]["passed"], steps

@@ -403,3 +403,33 @@ def test_leaderboard_flags_format():
     assert leaderboard_flags(checks[1:2]) == ""
     assert leaderboard_flags([]) == ""
     assert leaderboard_flags([{**checks[0], "value": 0.004}]) == "⚠ zero-grad 0.4%"
+
+
+def test_robust_rising_with_more_attack_effort_is_flagged():
+    from robustbench_zs.attacks.sanity import robust_rises_with_effort
+
+    fewer, more = np.array([1, 1, 0, 0], bool), np.array([1, 0, 0, 0], bool)
+    ok = robust_rises_with_effort("steps", {10: fewer, 100: more}, label="PGD")
+    assert ok["passed"] and ok["name"] == "robust_rises_with_steps"
+    bad = robust_rises_with_effort("eot_samples", {1: more, 20: fewer}, label="PGD")
+    assert not bad["passed"] and bad["value"] == pytest.approx(0.25) and "EOT samples" in bad["detail"]
+    # compared on common images only: the extra image of the larger run does not count
+    aligned = robust_rises_with_effort(
+        "steps",
+        {10: np.array([1, 0], bool), 20: np.array([1, 0, 1], bool)},
+        indices_by_value={10: [5, 6], 20: [5, 6, 7]},
+    )
+    assert aligned["passed"]
+    with pytest.raises(ValueError, match="unknown effort knob"):
+        robust_rises_with_effort("eps", {1: fewer})
+    assert leaderboard_flags([bad]) == "⚠ robust↑EOT"
+
+
+def test_adaptive_above_non_adaptive_is_flagged():
+    from robustbench_zs.attacks.sanity import adaptive_above_non_adaptive
+
+    adaptive, plain = np.array([1, 1, 1, 0], bool), np.array([1, 0, 0, 0], bool)
+    bad = adaptive_above_non_adaptive(adaptive, plain, label="PGD-10")
+    assert not bad["passed"] and bad["value"] == 2
+    assert adaptive_above_non_adaptive(plain, adaptive)["passed"]
+    assert leaderboard_flags([bad]) == "⚠ adaptive>non-adaptive"

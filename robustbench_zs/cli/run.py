@@ -16,7 +16,7 @@ from ..engine.runner import RunConfig
 from ..errors import ZSBenchError
 from ..launch import plan_run_jobs
 from ..methods import METHODS
-from ..methods.defense import DEFENSE_EVALUATIONS
+from ..methods.defense import DEFENSE_EVALUATIONS, is_defense
 from ..models import ModelSpec
 from ..profiles import PROFILES, get_profile, run_config_fields
 from ..provenance import default_cache_dir, default_data_root, default_models_dir, default_results_dir
@@ -217,7 +217,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     r.add_argument(
         "--defense-eval",
-        default="adaptive,non_adaptive",
         help="test-time defenses (ttc, clipure): adaptive (the attack differentiates through the defense, EOT over "
         "its randomness; ranked), non_adaptive (the attack sees the undefended model, as the defenses' papers did; "
         "flagged), or both (default adaptive,non_adaptive)",
@@ -342,8 +341,8 @@ def handle(args: argparse.Namespace) -> int:
         train_dataset=args.train_dataset,
         train_missing=args.train_missing,
         tier=args.tier,
-        defense_eval=_defense_evals(args.defense_eval),
-        eot_samples=positive_int("eot-samples", args.eot_samples, maximum=1000),
+        defense_eval=_defense_evals(args.defense_eval, methods),
+        eot_samples=_eot_samples(args.eot_samples, methods),
     )
     launch = launch_options(args)
     if launch is not None:  # the same plan as jobs on a cluster (or local processes), each unit its own job
@@ -377,8 +376,32 @@ def handle(args: argparse.Namespace) -> int:
     return 0
 
 
-def _defense_evals(value: str) -> tuple[str, ...]:
-    """``--defense-eval``: ``adaptive``, ``non_adaptive`` (``non-adaptive`` too) or both, comma-separated."""
+def _defenses(methods: list[str], flag: str, randomized: bool = False) -> None:
+    """Refuse ``flag`` when no method of ``methods`` is a test-time defense (a randomized one, if ``randomized``):
+    it would change nothing, which a user who gave it does not expect."""
+    wanted = [
+        m for m in methods if is_defense(METHODS.get(m)) and (METHODS.get(m).defense.randomized or not randomized)
+    ]
+    if not wanted:
+        kind = "randomized test-time defense" if randomized else "test-time defense"
+        defenses = [k for k, m in METHODS.items() if is_defense(m) and (m.defense.randomized or not randomized)]
+        raise ZSBenchError(f"{flag} applies to a {kind} ({', '.join(defenses)}), and --methods has none; drop it")
+
+
+def _eot_samples(value: str | None, methods: list[str]) -> int | None:
+    """``--eot-samples``: a whole number from 1 to 1000, for a randomized defense among ``methods``."""
+    if value is None:
+        return None
+    _defenses(methods, "--eot-samples", randomized=True)
+    return positive_int("eot-samples", value, maximum=1000)
+
+
+def _defense_evals(value: str | None, methods: list[str]) -> tuple[str, ...]:
+    """``--defense-eval``: ``adaptive``, ``non_adaptive`` (``non-adaptive`` too) or both, comma-separated; both when
+    not given."""
+    if value is None:
+        return DEFENSE_EVALUATIONS
+    _defenses(methods, "--defense-eval")
     items = [v.replace("-", "_") for v in split_list(value, "defense-eval")]
     bad = [v for v in items if v not in DEFENSE_EVALUATIONS]
     if bad or len(set(items)) != len(items):

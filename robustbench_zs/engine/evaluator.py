@@ -21,7 +21,7 @@ from ..attacks.sanity import zero_gradient_mask
 from ..datasets.spec import ImageDataset
 from ..datasets.subset import Subset, select_subset
 from ..distributed import DistEnv
-from ..errors import writing
+from ..errors import ZSBenchError, writing
 from ..methods.defense import EOT, Defense, HeldSteps, stream_seed
 from ..progress import Progress
 from ..results.cost import Spent
@@ -212,7 +212,10 @@ def attacked_model(defense: Defense, evaluation: dict | None) -> nn.Module:
     paper attacked: the undefended classifier, or the defense with its steps held
     (:class:`~robustbench_zs.methods.defense.HeldSteps`)."""
     if evaluation is None:
-        raise ValueError("a test-time defense is attacked under an evaluation block (adaptive or not)")
+        raise ZSBenchError(
+            "a test-time defense is attacked under an evaluation: pass evaluation=METHOD.evaluation_block('adaptive') "
+            "(or 'non_adaptive') to evaluate"
+        )
     if evaluation["adaptive"]:
         return EOT(defense, evaluation["eot_samples"])
     return HeldSteps(defense) if evaluation.get("attack_on") == "held_steps" else defense.classifier
