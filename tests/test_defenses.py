@@ -263,25 +263,9 @@ def test_bad_defense_input_is_one_line(tmp_path, capsys, argv, needle):
 
 
 def test_ttc_runs_end_to_end_with_both_evaluations(tmp_path, capsys, quick_standard):
-    code = main(
-        [
-            "run",
-            "--preset",
-            "smoke",
-            "--methods",
-            "clip,ttc",
-            "--attack",
-            "pgd,autoattack",
-            "--eps",
-            "1",
-            "--n",
-            "8",
-            "--eot-samples",
-            "2",
-            "--out",
-            str(tmp_path / "r"),
-        ]
-    )
+    argv = ["run", "--preset", "smoke", "--attack", "pgd,autoattack", "--eps", "1", "--n", "8", "--eot-samples", "2"]
+    argv += ["--out", str(tmp_path / "r")]
+    code = main([*argv, "--methods", "clip,ttc"])
     assert code == 0, capsys.readouterr().err
     records = [json.loads(p.read_text()) for p in (tmp_path / "r" / "records").rglob("ttc/**/*.json")]
     robust = [r for r in records if r["attack"]["name"] != "clean"]
@@ -296,28 +280,7 @@ def test_ttc_runs_end_to_end_with_both_evaluations(tmp_path, capsys, quick_stand
     board = (tmp_path / "r" / "leaderboard.md").read_text()
     assert "ttc (non-adaptive) · zsbench-tiny/random(seed=0) ‡" in board
     # the records of one evaluation are found again: a second run computes nothing
-    assert (
-        main(
-            [
-                "run",
-                "--preset",
-                "smoke",
-                "--methods",
-                "ttc",
-                "--attack",
-                "pgd,autoattack",
-                "--eps",
-                "1",
-                "--n",
-                "8",
-                "--eot-samples",
-                "2",
-                "--out",
-                str(tmp_path / "r"),
-            ]
-        )
-        == 0
-    )
+    assert main([*argv, "--methods", "ttc"]) == 0
     assert "0 written" in capsys.readouterr().out
 
 

@@ -7,7 +7,6 @@ the official code's quirks.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +16,7 @@ from torch import nn
 
 from ..errors import ZSBenchError
 from .base import Method, MethodConfig, Recipe, Step, register_method
+from .tecoa import TeCoA
 
 #: Distances between two batches of flattened attention maps (the official ``--Distance_metric``).
 MAP_DISTANCES = ("l2", "l1", "cos")
@@ -215,9 +215,7 @@ class TGAZSR(Method):
         if why is not None:
             raise ZSBenchError(f"tga_zsr needs an open_clip ViT image tower (e.g. --arch ViT-B-32); {arch}: {why}")
 
-    def attack_loss(self, step: Step) -> Callable[[torch.Tensor], torch.Tensor]:
-        """The training attack's objective: per-image cross-entropy of the model being trained."""
-        return lambda x_adv: F.cross_entropy(step.model(x_adv).float(), step.y, reduction="none")
+    attack_loss = TeCoA.attack_loss  # the training attack's objective: TeCoA's, as the official code
 
     def loss(self, step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         cfg = self.config

@@ -585,7 +585,8 @@ def wide_frame(tables: list[dict]) -> pd.DataFrame:
         w["Average_ci95_low"] = [ci.get(r, (np.nan, np.nan))[0] for r in w.index]
         w["Average_ci95_high"] = [ci.get(r, (np.nan, np.nan))[1] for r in w.index]
         w.insert(0, "train_eval", [t.get("train_eval", {}).get(r, "") for r in w.index])
-        if any(v for t2 in tables for v in t2.get("evaluation", {}).values()):  # a test-time defense's rows: adaptive or not
+        # a test-time defense's rows say whether they were evaluated adaptively
+        if any(v for t2 in tables for v in t2.get("evaluation", {}).values()):
             w.insert(0, "evaluation", [t["evaluation"].get(r, "") for r in w.index])
         w.insert(0, "sanity", [t.get("flags", {}).get(r, "") for r in w.index])
         w.insert(0, "protocol", t["protocol_line"])
