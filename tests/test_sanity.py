@@ -411,8 +411,16 @@ def test_robust_rising_with_more_attack_effort_is_flagged():
     fewer, more = np.array([1, 1, 0, 0], bool), np.array([1, 0, 0, 0], bool)
     ok = robust_rises_with_effort("steps", {10: fewer, 100: more}, label="PGD")
     assert ok["passed"] and ok["name"] == "robust_rises_with_steps"
-    bad = robust_rises_with_effort("eot_samples", {1: more, 20: fewer}, label="PGD")
-    assert not bad["passed"] and bad["value"] == pytest.approx(0.25) and "EOT samples" in bad["detail"]
+    # steps: deterministic, any rise fails
+    assert not robust_rises_with_effort("steps", {10: more, 100: fewer})["passed"]
+    # EOT samples: random runs, so one image more is chance (sign test p = 0.5) and 8 of 8 discordant images is not
+    assert robust_rises_with_effort("eot_samples", {1: more, 20: fewer}, label="PGD")["passed"]
+    few, many = np.zeros(40, bool), np.zeros(40, bool)
+    many[:8] = True
+    bad = robust_rises_with_effort("eot_samples", {1: few, 20: many}, label="PGD")
+    assert not bad["passed"] and bad["value"] == pytest.approx(0.2) and "EOT samples" in bad["detail"]
+    assert "p = 0.00391" in bad["detail"] and "8 images robust only under 20" in bad["detail"]
+    assert not robust_rises_with_effort("eot_samples", {1: more, 20: fewer}, alpha=None)["passed"]
     # compared on common images only: the extra image of the larger run does not count
     aligned = robust_rises_with_effort(
         "steps",
@@ -428,8 +436,26 @@ def test_robust_rising_with_more_attack_effort_is_flagged():
 def test_adaptive_above_non_adaptive_is_flagged():
     from robustbench_zs.attacks.sanity import adaptive_above_non_adaptive
 
-    adaptive, plain = np.array([1, 1, 1, 0], bool), np.array([1, 0, 0, 0], bool)
+    adaptive, plain = np.zeros(50, bool), np.zeros(50, bool)
+    adaptive[:10], plain[:2] = True, True
     bad = adaptive_above_non_adaptive(adaptive, plain, label="PGD-10")
-    assert not bad["passed"] and bad["value"] == 2
+    assert not bad["passed"] and bad["value"] == 8 and "p = 0.00391" in bad["detail"]
     assert adaptive_above_non_adaptive(plain, adaptive)["passed"]
     assert leaderboard_flags([bad]) == "⚠ adaptive>non-adaptive"
+    # a world-model run: 126 against 125 robust of 128, two images each way and one more; chance, not a flag
+    a, na = np.ones(128, bool), np.ones(128, bool)
+    a[[0, 1]], na[[2, 3, 4]] = False, False
+    ok = adaptive_above_non_adaptive(a, na)
+    assert (
+        ok["passed"] and ok["value"] == 1 and "3 images robust only under the adaptive attack, 2 only" in ok["detail"]
+    )
+    assert not adaptive_above_non_adaptive(a, na, alpha=None)["passed"]
+
+
+@pytest.mark.parametrize(
+    "more, fewer, p", [(0, 0, 1.0), (1, 0, 0.5), (3, 3, 0.65625), (5, 0, 1 / 32), (10, 2, 79 / 4096), (0, 7, 1.0)]
+)
+def test_sign_test_is_the_exact_binomial_tail(more, fewer, p):
+    from robustbench_zs.attacks.sanity import _sign_test
+
+    assert _sign_test(more, fewer) == pytest.approx(p)

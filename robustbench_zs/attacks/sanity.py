@@ -21,7 +21,10 @@ The checks and their rationale:
 - ``robust_rises_with_effort``: more attack steps, or more EOT samples for a randomized defense, must not raise
   robust accuracy (Carlini et al., 2019; Croce et al., ICML 2022).
 - ``adaptive_above_non_adaptive``: a test-time defense's adaptive attack must break at least what the non-adaptive
-  one (computed on the undefended model) breaks.
+  one (computed on the undefended model) breaks. This comparison and the one across EOT samples involve randomness
+  (a randomized defense classifies the same image differently from draw to draw, and two attacks break different
+  points), so they fail only when the excess is significant: a one-sided exact sign test (McNemar's) on the images
+  only one of the two evaluations left robust, at ``RANDOM_ALPHA`` = 0.05.
 - ``square_beats_gradient``: AutoAttack's flags (after Carlini et al., 2019) treat a black-box attack succeeding where
   the white-box ones failed as a hint that gradients are masked and robustness is overestimated; as its
   ``check_square_sr``, the check fails only when Square breaks more than 0.2% of the images (alpha = 0.002).
@@ -55,6 +58,7 @@ __all__ = [
     "robust_rises_with_eps",
     "square_beats_gradient",
     "SQUARE_ALPHA",
+    "RANDOM_ALPHA",
     "zero_gradient_fraction",
 ]
 
@@ -228,12 +232,45 @@ def robust_rises_with_eps(
 #: the attack's effort knobs whose increase must not raise robust accuracy (``robust_rises_with_effort``)
 EFFORT_KNOBS = {"steps": "attack steps", "eot_samples": "EOT samples"}
 
+RANDOM_ALPHA = 0.05
+"""Level of the one-sided exact sign test of the checks that compare random evaluations (EOT samples, adaptive
+against non-adaptive): an excess of robust points fails only when its p-value is below this."""
+
+
+def _sign_test(more: int, fewer: int) -> float:
+    """One-sided exact sign test (McNemar's, exact): the probability of ``more`` or more of the ``more + fewer``
+    discordant images falling on one side when either side is equally likely. 1.0 without discordant images."""
+    n = more + fewer
+    if n == 0:
+        return 1.0
+    return min(1.0, sum(math.comb(n, k) for k in range(more, n + 1)) / 2**n)
+
+
+def _excess(a: np.ndarray, b: np.ndarray, alpha: float | None) -> tuple[bool, float, str]:
+    """Does ``b`` keep more points robust than ``a`` (aligned masks) in a way that counts? Strict (any excess) when
+    ``alpha`` is None, else the sign test on the discordant images. Returns (fails, p-value, words)."""
+    up, down = int((b & ~a).sum()), int((a & ~b).sum())
+    if alpha is None:
+        return up > down, float("nan"), ""
+    p = _sign_test(up, down)
+    return (
+        up > down and p < alpha,
+        p,
+        f"; {up} images robust only under the second, {down} only under the first, one-sided sign test p = {p:.3g} (fails below {alpha:g})",
+    )
+
 
 def robust_rises_with_effort(
-    knob: str, robust_by_value: Mapping[int, Any], *, indices_by_value: Mapping[int, Any] | None = None, label: str = ""
+    knob: str,
+    robust_by_value: Mapping[int, Any],
+    *,
+    indices_by_value: Mapping[int, Any] | None = None,
+    label: str = "",
+    alpha: float | None | str = "auto",
 ) -> dict:
     """Largest rise of robust accuracy from less to more attack effort (``knob``: ``steps``, or ``eot_samples`` for a
-    randomized defense's adaptive attack), everything else equal; fails when above 0.
+    randomized defense's adaptive attack), everything else equal; fails when above 0 (for ``steps``) or, for
+    ``eot_samples``, whose runs differ by chance, when the rise is significant (sign test at ``RANDOM_ALPHA``).
 
     An attack given more iterations, or a better estimate of the expected gradient, must not find fewer adversarial
     points (Carlini et al., 2019; Croce et al., ICML 2022, on randomized test-time defenses): a rise points at a
@@ -244,12 +281,16 @@ def robust_rises_with_effort(
         robust_by_value: the knob's value -> per-example robustness.
         indices_by_value: value -> image indices of that mask (the masks must be aligned when omitted).
         label: the attack and radius, for the detail line.
+        alpha: the sign test's level; None for the strict check; "auto": ``RANDOM_ALPHA`` for ``eot_samples``,
+            strict for ``steps``.
     """
     if knob not in EFFORT_KNOBS:
         raise ValueError(f"unknown effort knob {knob!r}; one of {', '.join(EFFORT_KNOBS)}")
+    if alpha == "auto":
+        alpha = RANDOM_ALPHA if knob == "eot_samples" else None
     name, what = f"robust_rises_with_{knob}", EFFORT_KNOBS[knob]
     values = sorted(robust_by_value)
-    worst, worst_pair = 0.0, None
+    worst, worst_pair, compared = 0.0, None, 0
     for i, lo in enumerate(values):
         for hi in values[i + 1 :]:
             ia = None if indices_by_value is None else indices_by_value[lo]
@@ -257,16 +298,22 @@ def robust_rises_with_effort(
             a, b, _ = _aligned(robust_by_value[lo], robust_by_value[hi], ia, ib)
             if not len(a):
                 continue
+            compared += 1
+            fails, _, words = _excess(a, b, alpha)
             rise = float(b.mean() - a.mean())
-            if worst_pair is None or rise > worst:
-                worst, worst_pair = max(rise, worst), (lo, hi, float(a.mean()), float(b.mean()), len(a))
+            if fails and (worst_pair is None or rise > worst):
+                worst, worst_pair = rise, (lo, hi, float(a.mean()), float(b.mean()), len(a), words)
     where = f"{label}: " if label else ""
-    if worst_pair is None:
+    if not compared:
         return _check(name, True, 0.0, f"{where}fewer than two values of {what} on common images")
-    lo, hi, acc_lo, acc_hi, n = worst_pair
-    if worst <= 0:
-        return _check(name, True, 0.0, f"{where}robust accuracy never rises with {what} ({len(values)} values)")
-    detail = f"{where}robust accuracy {acc_lo:.2%} with {lo} {what} and {acc_hi:.2%} with {hi}, on {n} common images"
+    if worst_pair is None:
+        how = "never rises" if alpha is None else "never rises significantly"
+        return _check(name, True, 0.0, f"{where}robust accuracy {how} with {what} ({len(values)} values)")
+    lo, hi, acc_lo, acc_hi, n, words = worst_pair
+    detail = (
+        f"{where}robust accuracy {acc_lo:.2%} with {lo} {what} and {acc_hi:.2%} with {hi}, on {n} common images"
+        + words.replace("the second", f"{hi}").replace("the first", f"{lo}")
+    )
     return _check(name, False, worst, detail)
 
 
@@ -277,9 +324,13 @@ def adaptive_above_non_adaptive(
     adaptive_indices: Any | None = None,
     non_adaptive_indices: Any | None = None,
     label: str = "",
+    alpha: float | None = RANDOM_ALPHA,
 ) -> dict:
     """How many more points a test-time defense keeps robust under the adaptive attack than under the non-adaptive
-    one (same attack, eps and images); fails when that is above 0.
+    one (same attack, eps and images); fails when that excess is significant (one-sided exact sign test on the
+    images only one of the two left robust, at ``alpha``; None: any excess fails). Two attacks break different
+    points, and a randomized defense classifies an image differently from draw to draw, so a difference of an image
+    or two is chance.
 
     The adaptive attack differentiates through the defense; the non-adaptive one only transfers from the undefended
     model. An adaptive attack that does worse than a transfer attack has not seen the defense's gradient (masked,
@@ -287,9 +338,12 @@ def adaptive_above_non_adaptive(
     """
     a, na, _ = _aligned(adaptive, non_adaptive, adaptive_indices, non_adaptive_indices)
     n, ka, kn = len(a), int(a.sum()), int(na.sum())
+    fails, _, words = _excess(na, a, alpha)
     where = f"{label}: " if label else ""
-    detail = f"{where}on {n} common images the adaptive attack leaves {ka} robust, the non-adaptive one {kn}"
-    return _check("adaptive_above_non_adaptive", ka <= kn, ka - kn, detail)
+    detail = f"{where}on {n} common images the adaptive attack leaves {ka} robust, the non-adaptive one {kn}" + (
+        words.replace("the second", "the adaptive attack").replace("the first", "the non-adaptive one")
+    )
+    return _check("adaptive_above_non_adaptive", not fails, ka - kn, detail)
 
 
 def _key(name: str) -> str:
