@@ -70,3 +70,19 @@ def centroid_classifier(tiny):
     head = torch.stack([feats[train.labels == c].mean(0) for c in range(10)])
     head = torch.nn.functional.normalize(head, dim=-1)
     return ZeroShotClassifier(tiny.model.visual, head, tiny.image_size, mean, std, 100.0).to(DEVICE)
+
+
+@pytest.fixture(scope="session")
+def site_world(tmp_path_factory):
+    """Records of clip and of a tecoa checkpoint on the tiny model under the world protocol (site_world.py)."""
+    from site_world import make_world
+
+    return make_world(tmp_path_factory.mktemp("site-world"))
+
+
+@pytest.fixture(scope="session")
+def site_submissions(site_world, tmp_path_factory):
+    """The submissions of those records (tecoa with its checkpoint, clip), each with its archive."""
+    from site_world import make_submissions
+
+    return make_submissions(site_world, tmp_path_factory.mktemp("submissions"))

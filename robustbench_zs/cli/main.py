@@ -13,11 +13,25 @@ import warnings
 from ..errors import ZSBenchError
 from ..paths import not_utf8
 from ..version import __version__
-from . import bench, compare, datasets, leaderboard, listing, models, reproduce, run, status, train, world
+from . import bench, compare, datasets, leaderboard, listing, models, reproduce, run, site, status, submit, train, world
 from .args import EXIT_USAGE, Parser
 
 #: the subcommands in the order ``zsbench --help`` lists them
-SUBCOMMANDS = (run, train, status, listing, datasets, leaderboard, compare, reproduce, models, bench, world)
+SUBCOMMANDS = (
+    run,
+    train,
+    status,
+    listing,
+    datasets,
+    leaderboard,
+    compare,
+    reproduce,
+    submit,
+    site,
+    models,
+    bench,
+    world,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

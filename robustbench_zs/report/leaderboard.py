@@ -9,6 +9,7 @@ other knobs than the table evaluates with (say CLIP normalization, evaluated wit
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from ..methods import METHODS
 from ..profiles import knob_differences, train_eval_differences
 from ..results import RecordStore
 from ..results.cost import UNITS, format_device_hours, read_cost, sum_costs
+from ..results.record import Record
 from ..results.stats import bootstrap_mean_ci
 
 #: Marks a row trained under other knobs than it is evaluated with (``profiles.train_eval_differences``).
@@ -47,16 +49,20 @@ def _method_order() -> list[str]:
     return METHODS.names()
 
 
-def records_frame(out_dir: Path, mix_profiles: bool = False, cost: bool = False) -> pd.DataFrame:
+def records_frame(
+    out_dir: Path | None, mix_profiles: bool = False, cost: bool = False, records: Iterable[Record] | None = None
+) -> pd.DataFrame:
     """One row per valid record, with the fields that place it in a table.
 
     Args:
+        out_dir: the results folder whose records to read (ignored when ``records`` are given).
+        records: the records to tabulate instead of a folder's (``zsbench site``: a submission's and local ones).
         mix_profiles: leave the profile knobs out of the table key, so rows measured under different knobs share a
             table (each row then names its profile); off by default: such numbers are not comparable.
         cost: add each record's cost (:func:`_cost_columns`: device hours, wall seconds, hardware, or why not).
     """
     rows = []
-    for r in RecordStore(out_dir).iter_records():
+    for r in RecordStore(out_dir).iter_records() if records is None else records:
         attack, profile, d, model = r.attack, r.profile, r.dataset, r.model
         # a table holds one threat under one set of knobs; robust tables also one attack seed (random starts)
         # and one tier (fast, gold, or none: datasets.tiers.tier_of, from what was measured): tiers never share a table
