@@ -268,8 +268,14 @@ def test_failed_sanity_checks_need_an_explanation(world, tmp_path, capsys):
     why = "The tiny model's random weights put it at chance; the check is expected to fail here."
     code, _, err = _run(argv + ["--explain", why], capsys)
     assert code == 0, err
-    sub = json.loads(next((tmp_path / "out").glob("*/submission.json")).read_text())
+    f = next((tmp_path / "out").glob("*/submission.json"))
+    sub = json.loads(f.read_text())
     assert sub["sanity"]["explanation"] == why and len(sub["sanity"]["failed"]) == 1
+    # the failure cannot be hidden by editing submission.json: the site reads it from the records
+    sub["sanity"] = {"failed": [], "explanation": None}
+    f.write_text(json.dumps(sub))
+    msg = _refused(["site", "--out", str(tmp_path / "site"), "--submissions", str(tmp_path / "out")], capsys)
+    assert "1 sanity check fails without an explanation" in msg and "robust 3 images above clean" in msg
 
 
 def test_a_tampered_submission_is_refused_by_the_site(world, submitted, tmp_path, capsys):
@@ -387,3 +393,24 @@ def test_the_site_escapes_what_a_card_says(site_world, tmp_path, capsys):
     assert not any("<script>alert" in p or "<img src=x" in p for p in pages)
     assert any("&lt;script&gt;alert(1)&lt;/script&gt;" in p for p in pages)
     assert any("&lt;img src=x onerror=alert(2)&gt;" in p for p in pages)
+
+
+@pytest.mark.parametrize(
+    "edit, expect",
+    [
+        (lambda s: s["records"].pop(), "the records miss 1 cell of"),
+        (lambda s: s["records"].append(dict(s["records"][0])), "1 cell holds two records"),
+        (lambda s: s["checkpoint"].update(sha256="ab" * 32), "not all computed with the checkpoint it states"),
+        (lambda s: s["card"].update(architecture="ViT-B-32"), "card's architecture"),
+    ],
+)
+def test_a_submission_edited_by_hand_is_refused_by_the_site(submitted, tmp_path, capsys, edit, expect):
+    """submission.json is not hashed: what submit checked is checked again from the records."""
+    subs = tmp_path / "subs"
+    shutil.copytree(submitted, subs, ignore=shutil.ignore_patterns("*.tar.gz", "clip-*"))
+    f = next(subs.glob("tecoa-*/submission.json"))
+    sub = json.loads(f.read_text())
+    edit(sub)
+    f.write_text(json.dumps(sub))
+    msg = _refused(["site", "--out", str(tmp_path / "site"), "--submissions", str(subs)], capsys)
+    assert expect in msg

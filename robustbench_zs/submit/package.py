@@ -513,4 +513,35 @@ def check_submission(folder: str | os.PathLike) -> tuple[dict, list[Record]]:
         if cell is None or not tier_fits(proto, cell, r):
             raise ZSBenchError(f"{f}: {e['file']} is not of the {proto.name} protocol")
         records.append(r)
+    # what submit checked, checked again: a submission.json edited by hand cannot drop a cell, hide a failed sanity
+    # check, or name other weights than its records were computed with
+    cells: dict[tuple, int] = {}
+    for r in records:
+        adaptive = (r.evaluation or {}).get("adaptive", True)
+        key = (r.dataset["id"], proto.cell_of(r).label, adaptive)
+        cells[key] = cells.get(key, 0) + 1
+    missing = [(d, c.label) for d in proto.datasets for c in proto.cells if (d, c.label, True) not in cells]
+    if missing:
+        raise ZSBenchError(
+            f"{f}: the records miss {len(missing)} cell{'s' if len(missing) > 1 else ''} of the {proto.name} protocol ({missing[0][0]} "
+            f"{missing[0][1]}{' ...' if len(missing) > 1 else ''})"
+        )
+    twice = [k for k, n in cells.items() if n > 1]
+    if twice:
+        raise ZSBenchError(
+            f"{f}: {len(twice)} cell{'s hold' if len(twice) > 1 else ' holds'} two records ({twice[0][0]} {twice[0][1]})"
+        )
+    weights = {_weights_id(r.model) for r in records}
+    stated = sub["checkpoint"]["sha256"]
+    if len(weights) != 1 or (stated is not None and stated not in weights):
+        raise ZSBenchError(f"{f}: its records were not all computed with the checkpoint it states")
+    if {r.model["arch"] for r in records} != {sub["card"]["architecture"]}:
+        raise ZSBenchError(f"{f}: its card's architecture is not the one its records evaluate")
+    failed = sanity_failures(records)
+    if failed and not sub["sanity"].get("explanation"):
+        raise ZSBenchError(
+            f"{f}: {len(failed)} sanity check{'s fail' if len(failed) > 1 else ' fails'} without an explanation "
+            f"({failed[0]})"
+        )
+    sub["sanity"]["failed"] = failed  # as the records say, not as the file says
     return sub, records
