@@ -330,8 +330,10 @@ def test_the_site_shows_submissions_local_records_and_published_numbers(world, s
             if href.startswith(("http://", "https://")):
                 continue
             assert (html.parent / href).resolve().is_file(), (html, href)
-    # a rebuild replaces the site; a folder that is not a site is never replaced
-    assert main(["site", "--out", str(site), "--submissions", str(submitted)]) == 0
+    # a rebuild replaces the site; the same submissions given twice are shown once
+    assert main(["site", "--out", str(site), "--submissions", str(submitted), "--submissions", str(submitted)]) == 0
+    assert "2 models under world from 64 records" in capsys.readouterr().out
+    # a folder that is not a site is never replaced
     other = tmp_path / "mine"
     other.mkdir()
     (other / "thesis.tex").write_text("x")

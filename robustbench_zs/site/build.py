@@ -88,10 +88,12 @@ def gather(submissions: Sequence[Path], results: Sequence[Path]) -> tuple[list[E
     not shown twice). Returns the entries and what was left out (records of no protocol), for the index."""
     entries: list[Entry] = []
     seen: set[str] = set()
+    ids: set[str] = set()
     for folder in submissions:
         folder = Path(folder)
         if not folder.is_dir():
-            raise ZSBenchError(f"--submissions {folder}: no such folder")
+            what = "not a folder" if folder.exists() else "no such folder"
+            raise ZSBenchError(f"--submissions {folder}: {what} (give the folder zsbench submit --out wrote into)")
         subs = sorted(p.parent for p in folder.glob(f"*/{SUBMISSION_FILE}"))
         if (folder / SUBMISSION_FILE).is_file():
             subs.append(folder)
@@ -99,6 +101,9 @@ def gather(submissions: Sequence[Path], results: Sequence[Path]) -> tuple[list[E
             raise ZSBenchError(f"--submissions {folder}: no submission there (folders holding {SUBMISSION_FILE})")
         for s in subs:
             sub, records = check_submission(s)
+            if sub["submission_id"] in ids:  # the same submission reached twice (a folder given twice, a copy)
+                continue
+            ids.add(sub["submission_id"])
             proto = get_protocol(sub["protocol"]["name"])
             label = sub["card"]["name"]
             entries.append(
