@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -154,6 +155,32 @@ def test_damaged_cache_entry_is_rebuilt(tiny_data, tmp_path) -> None:
     (Path(info["folder"]) / "filled.npy").write_bytes(b"not a numpy file")
     cached2, info2 = cache.prepare(spec, "val", data, pre, np.arange(3))
     assert info2["decoded"] == 3 and torch.equal(cached2[1][0], first)
+
+
+def test_two_processes_creating_one_entry_never_delete_each_others_files(tiny_data, tmp_path, monkeypatch) -> None:
+    """Another process creates and fills the same entry while this one is creating it (between its check and its
+    rename): neither loses a file, and this one uses the entry that won, with every image right. (Before, the second
+    creator deleted the first's half-made folder: `cannot write .../labels.npy` in a run beside another.)"""
+    spec = DATASETS.get("tinyimagenet")
+    data = spec.loader(tiny_data, "val")
+    pre = resolve_preprocess("paper", spec)
+    root = tmp_path / "tensors"
+    real_rename = os.rename
+    raced = []
+
+    def rename(src, dst):
+        if not raced and str(src).endswith(".tmp") and Path(src).is_dir():
+            raced.append(None)  # once: the other process's own rename goes through
+            raced[0] = TensorCache(root).prepare(spec, "val", data, pre, np.arange(4))  # the other process wins
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    cached, info = TensorCache(root).prepare(spec, "val", data, pre, np.arange(6))
+    assert raced and raced[0][1]["folder"] == info["folder"]
+    assert info["decoded"] == 2  # the 4 images the other process decoded are not decoded again
+    direct = PreprocessedDataset(data, pre)
+    assert all(torch.equal(cached[i][0], direct[i][0]) for i in range(6))
+    assert sorted(p.name for p in root.iterdir()) == [Path(info["folder"]).name]  # no temporary folder left
 
 
 def test_interrupted_fill_keeps_finished_rows(tiny_data, tmp_path, monkeypatch) -> None:

@@ -14,10 +14,14 @@ it and a mismatch (or a damaged file) rebuilds the entry.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
+import secrets
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -120,16 +124,40 @@ class TensorCache:
         return labels, filled
 
     def _create(self, folder: Path, key: str, shape: list[int], meta: dict) -> tuple[np.ndarray, np.ndarray]:
-        shutil.rmtree(folder, ignore_errors=True)
-        with writing(folder / "images.u8", instead=CACHE_HINT):
-            folder.mkdir(parents=True, exist_ok=True)
-            with open(folder / "images.u8", "wb") as f:
+        """A new entry, built in a temporary folder beside ``folder`` and renamed into place whole: two processes that
+        create one entry at once never delete or write into each other's files (the loser of the rename takes the
+        winner's entry). An entry that :meth:`_read` refused (another key or shape, torn files) is moved aside first.
+        """
+        if folder.exists():
+            stale = folder.with_name(f".{folder.name}.{os.getpid()}.{secrets.token_hex(4)}.stale")
+            with contextlib.suppress(OSError):  # another process may have moved or replaced it already
+                os.rename(folder, stale)
+                shutil.rmtree(stale, ignore_errors=True)
+        with writing(folder, instead=CACHE_HINT):
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.{os.getpid()}.", suffix=".tmp", dir=folder.parent))
+        try:
+            with writing(tmp / "images.u8", instead=CACHE_HINT), open(tmp / "images.u8", "wb") as f:
                 f.truncate(int(np.prod(shape)))  # sparse: rows cost disk space only once written
-        labels = np.full(shape[0], -1, dtype=np.int64)
-        filled = np.zeros(shape[0], dtype=bool)
-        _save_npy(folder / "labels.npy", labels)
-        _save_npy(folder / "filled.npy", filled)
-        _atomic_write(folder / "meta.json", json.dumps({**meta, "key": key, "shape": shape}, indent=1))
+            labels = np.full(shape[0], -1, dtype=np.int64)
+            filled = np.zeros(shape[0], dtype=bool)
+            _save_npy(tmp / "labels.npy", labels)
+            _save_npy(tmp / "filled.npy", filled)
+            _atomic_write(tmp / "meta.json", json.dumps({**meta, "key": key, "shape": shape}, indent=1))
+            try:
+                os.rename(tmp, folder)
+            except OSError as e:
+                if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+                # another process put its entry in place first: ours goes, theirs is used (it may be filling it)
+                shutil.rmtree(tmp, ignore_errors=True)
+                state = self._read(folder, key, shape)
+                if state is None:
+                    raise OSError(errno.EEXIST, "another process left an entry that cannot be read") from None
+                return state
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         return labels, filled
 
     def prepare(
