@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,3 +54,15 @@ def write_text(path: str | os.PathLike, text: str, *, instead: str = OUT_HINT) -
     with replacing(path, instead=instead) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
     return Path(path)
+
+
+def replace_folder(new: Path, target: Path) -> None:
+    """Put the finished folder ``new`` (made beside ``target``) in ``target``'s place: a folder that was there is
+    moved into a temporary folder, then removed, so a reader sees the old folder or the new one, never a mix."""
+    if target.exists() or target.is_symlink():
+        trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+        os.replace(target, trash / "old")
+        os.replace(new, target)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(new, target)

@@ -29,6 +29,7 @@ import numpy as np
 from matplotlib import colormaps, rc_context
 from matplotlib.figure import Figure
 
+from ..atomic import replace_folder
 from ..errors import ZSBenchError
 from ..results import RecordStore
 from ..results.record import Record, profile_knobs
@@ -168,7 +169,8 @@ def gather(submissions: Sequence[Path], results: Sequence[Path]) -> tuple[list[E
         if seen_labels[(e.label, e.protocol.name)] > 1:
             name = e.records[0].model.get("checkpoint_name")
             e.label = f"{e.label} · {name or e.weights[:12]}"
-    _local_flags(local)
+    for e in local:  # each local entry's failed sanity checks, as a submission's
+        e.flags = sanity_failures(e.records)
     return entries, left_out
 
 
@@ -176,12 +178,6 @@ def _short_paths(label: str) -> str:
     """A local label with each absolute path cut to its last part (the folder of a checkpoint, not the machine's
     layout): ``interpolation(alpha=0.5, theta1=/home/me/models/tecoa-x)`` -> ``...theta1=tecoa-x)``."""
     return re.sub(r"(?<![\w.])/(?:[^/,()\s]+/)+([^/,()\s]+)", r"\1", label)
-
-
-def _local_flags(entries: list[Entry]) -> None:
-    """Each local entry's failed sanity checks: its records' own and the cross-record ones (as a submission's)."""
-    for e in entries:
-        e.flags = sanity_failures(e.records)
 
 
 # ------------------------------------------------------------------------------------------------------- tables
@@ -428,13 +424,7 @@ def build_site(
         _write(tmp, env, entries, left_out, include_published)
         (tmp / MARKER).write_text(f"built by robustbench_zs {__version__}\n", encoding="utf-8")
         tmp.chmod(0o755)
-        if out.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-            os.replace(out, trash / "old")
-            os.replace(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import jsonschema
 
+from ..atomic import replace_folder
 from ..datasets.tiers import tier_of
 from ..errors import ZSBenchError
 from ..profiles import knob_differences
@@ -447,13 +448,7 @@ def submit(
             raise ZSBenchError(f"the submission does not follow {SCHEMA_PATH.name}: {errors[0]}")
         (tmp / SUBMISSION_FILE).write_text(json.dumps(submission, indent=2, ensure_ascii=False) + "\n", "utf-8")
         tmp.chmod(0o755)
-        if final.exists() or final.is_symlink():  # --force
-            trash = Path(tempfile.mkdtemp(prefix=f".{sub_id}.old.", dir=out))
-            os.replace(final, trash / "old")
-            os.replace(tmp, final)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        replace_folder(tmp, final)  # replaces an existing one only under --force (refused above otherwise)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -14,14 +14,13 @@ otherwise. Three protocols:
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..datasets.tiers import FAST_DATASETS, TIER_LINES, tier_of
 from ..errors import ZSBenchError
-from ..results.record import Record, profile_knobs
+from ..results.record import Record
 from ..world.tasks import TASKS
 
 
@@ -166,8 +165,3 @@ def protocol_of(record: Record) -> tuple[SubmissionProtocol, Cell] | None:
         if cell is not None and tier_fits(p, cell, record):
             return p, cell
     return None
-
-
-def knobs_text(record: Record) -> str:
-    """A record's profile knobs as one sorted string (two records of one submission must have equal ones)."""
-    return json.dumps(profile_knobs(record.profile), sort_keys=True)
