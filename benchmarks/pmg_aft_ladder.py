@@ -29,8 +29,8 @@ from tabulate import tabulate
 from robustbench_zs.bench import measure
 from robustbench_zs.bench.naive import FIXES, NaiveTraining
 from robustbench_zs.bench.runner import Bench, BenchConfig, random_batch
-from robustbench_zs.models import build_text_head
 from robustbench_zs.distributed import DistEnv
+from robustbench_zs.models import build_text_head
 from robustbench_zs.train.engine import _optimizer, apply_update, prepare_models, step_loss
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib.util
 import io
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -223,3 +225,33 @@ def test_readme_performance_table_is_the_committed_results() -> None:
     readme = (root / "README.md").read_text(encoding="utf-8")
     table = readme.split("<!-- bench-table:start -->\n", 1)[1].split("\n<!-- bench-table:end -->", 1)[0]
     assert table == markdown_summary(reports)
+
+
+def _benchmark_script(name: str):
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_precision_verdicts_pairs_the_fp32_and_bf16_records_of_one_folder(tmp_path, capsys) -> None:
+    """``benchmarks/precision_verdicts.py`` (the bf16 check of the GPU script) pairs records that differ only in the
+    attack's precision, image by image, and says when there is nothing to pair."""
+    verdicts = _benchmark_script("precision_verdicts")
+    out = tmp_path / "out"
+    args = ["run", "--methods", "clip", "--datasets", "synthetic", "--n", "32", "--attack", "pgd", "--steps", "2"]
+    args += ["--arch", "zsbench-tiny", "--pretrained", "random", "--device", "cpu", "--no-progress", "--out", str(out)]
+    assert main(args) == 0
+    assert verdicts.main([str(out)]) == 2  # fp32 alone: no pair
+    assert "no fp32/bf16 pair" in capsys.readouterr().err
+    assert main([*args, "--attack-precision", "bf16", "--eps", "1,2"]) == 0
+    rows = verdicts.compare(out)
+    assert [(r["threat"], r["n"]) for r in rows] == [("PGD-2 L∞ ε=1/255", 32)]  # eps 2/255 has no fp32 twin
+    (row,) = rows
+    assert row["fp32_only_robust"] + row["bf16_only_robust"] == round((1 - row["agreement"]) * 32)
+    assert row["bf16_inside_fp32_ci"] == (row["fp32_ci95"][0] <= row["bf16"] <= row["fp32_ci95"][1])
+    code = verdicts.main([str(out), "--json", str(tmp_path / "v.json")])
+    assert code == (0 if row["bf16_inside_fp32_ci"] else 1)
+    assert json.loads((tmp_path / "v.json").read_text())["pairs"] == rows
+    assert f"{int(row['bf16_inside_fp32_ci'])} of 1 pairs inside the fp32 interval" in capsys.readouterr().out

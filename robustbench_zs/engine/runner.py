@@ -350,24 +350,37 @@ def plan_units(
                 identity = {
                     "method": method_id,
                     **defense_identity(variant.method, variant.evaluation, t, cfg.batch_size),
-                    "model": {**model_id, **variant.identity},
+                    "model": {**model_id, **variant.key_identity},
                     # the images are identified by their indices' hash; how their order was derived is not identity
                     # (nor which shipped file held them: the tier is recorded, never keyed)
                     "dataset": {
                         k: v for k, v in dataset_block.items() if k not in ("name", "paper_order", *SUBSET_FILE_KEYS)
                     },
                     "attack": attack_settings(t, cfg.batch_size),
-                    "profile": profile,
+                    # the knobs; not the profile's name, nor the run's attack precision (a robust record's attack
+                    # block holds its own, and a clean pass runs in fp32 whatever the attacks do)
+                    "profile": {k: v for k, v in profile.items() if k not in UNKEYED_PROFILE},
                     # the seed draws the subset and the attacks' random starts; a full clean pass uses neither
                     "seed": None if t.is_clean and (subset.is_full or subset.selection == FAST_SELECTION) else cfg.seed,
                 }
                 key = record_key(identity)
                 path = store.path_for(method_id, ds_id, t.slug, key)
                 exists = store.exists(path, key) and not cfg.force
+                if not exists and not cfg.force:
+                    # keyed before names, paths and the profile's name left the key (0.1.0 until 2026-12-06): the
+                    # same number, reused where it is
+                    old = record_key({**identity, "model": {**model_id, **variant.identity}, "profile": profile})
+                    old_path = store.path_for(method_id, ds_id, t.slug, old)
+                    if store.exists(old_path, old):
+                        key, path, exists = old, old_path, True
                 if exists:
                     summary.skipped.append(path)
                 records.append(PlannedRecord(t, key, path, identity["seed"], exists))
             yield Unit(variant, ds_id, spec, data, pre, subset, classnames, templates, profile, dataset_block, records)
+
+
+#: What a record's profile block holds that changes none of its numbers, so is recorded but not keyed.
+UNKEYED_PROFILE = ("name", "attack_precision")
 
 
 def defense_identity(method, evaluation: dict | None, threat: Threat, batch_size: int | None) -> dict:

@@ -57,6 +57,26 @@ class MethodVariant:
     def clean_label(self) -> str:
         return self.base_label or self.label
 
+    @property
+    def key_identity(self) -> dict:
+        """What of :attr:`identity` keys the records: all of it but names and paths, which change no number.
+
+        A checkpoint's folder name (``checkpoint_name``) is recorded and shown but not keyed, and the method's
+        ``weights_options`` (interpolation's ``theta0``/``theta1`` paths) are keyed by the hashes its
+        ``weights_identity`` gives under the same names: a renamed or moved copy of the same weights reuses its
+        records instead of computing them again.
+        """
+        out = {k: v for k, v in self.identity.items() if k not in DISPLAY_ONLY}
+        config = out.get("method_config")
+        hashed = [k for k in type(self.method).weights_options if k in out]  # a hash stands in for the path
+        if isinstance(config, dict) and hashed:
+            out["method_config"] = {k: v for k, v in config.items() if k not in hashed}
+        return out
+
+
+#: Fields of a variant's identity that name its weights without changing them: recorded, never keyed.
+DISPLAY_ONLY = ("checkpoint_name",)
+
 
 NON_ADAPTIVE_SUFFIX = " (non-adaptive)"
 

@@ -232,6 +232,9 @@ class Method:
             it (``eval``: FARE, TWINS); None: the training profile's ``attack_mode``.
         official_options: the option values of the method's official code where they differ from the defaults
             (the paper's equations); the ``paper`` training profile uses them unless an option is given.
+        weights_options: the Config options that name weights files (interpolation's ``theta0``, ``theta1``): record
+            keys hold those files' hashes (:meth:`weights_identity`) instead of their paths, so a moved or renamed
+            copy of the same weights reuses its records.
     """
 
     id: ClassVar[str] = ""
@@ -246,6 +249,7 @@ class Method:
     trains: ClassVar[str] = "image_encoder"
     train_attack_mode: ClassVar[str | None] = None
     official_options: ClassVar[dict[str, str]] = {}
+    weights_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         self.config = config if config is not None else self.Config()
@@ -301,6 +305,9 @@ def check_method(cls: type[Method]) -> None:
     unknown = set(cls.official_options) - {f.name for f in dataclasses.fields(cls.Config)}
     if unknown:
         raise ValueError(f"{cls.__name__}.official_options: {', '.join(sorted(unknown))} are not options of its Config")
+    unknown = set(cls.weights_options) - {f.name for f in dataclasses.fields(cls.Config)}
+    if unknown:
+        raise ValueError(f"{cls.__name__}.weights_options: {', '.join(sorted(unknown))} are not options of its Config")
 
 
 def adopt_method(name: str, obj: object) -> type[Method]:

@@ -100,6 +100,7 @@ class Interpolation(Method):
     paper = "Wortsman et al., Robust fine-tuning of zero-shot models, CVPR 2022 (PMG-AFT paper, Fig. 5)"
     Config = InterpolationConfig
     trains = "nothing"
+    weights_options = ("theta0", "theta1")  # keyed by the endpoints' hashes (weights_identity), not their paths
     needs_labels = False
 
     def __init__(self, config: InterpolationConfig | None = None) -> None:
