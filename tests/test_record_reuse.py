@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from robustbench_zs.cli import main
-from robustbench_zs.engine import runner, variants
+from robustbench_zs.engine import evaluator, runner, variants
 from robustbench_zs.methods.interpolation import Interpolation
 from robustbench_zs.models import ModelSpec, load_model
 
@@ -136,3 +136,41 @@ def test_a_clean_record_is_shared_by_runs_of_other_attack_precisions(tmp_path, c
     both = _records(out)
     assert len(both) == 3 and {n: r for n, r in both.items() if n in first} == first
     assert sorted(r["attack"].get("precision", "-") for r in both.values()) == ["-", "bf16", "fp32"]
+
+
+def test_a_run_killed_before_the_upgrade_goes_on_from_its_images(tmp_path, official, capsys, monkeypatch):
+    """The per-image progress of a run interrupted while records were keyed the old way is picked up under the new
+    key: the rerun attacks only the images not yet decided and ends with the records of an uninterrupted run."""
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+    extra = ("--methods", "pmg_aft", "--checkpoint", f"pmg_aft={official}", "--n", "32", "--batch-size", "8")
+    real_save = evaluator._State.save
+
+    def save_then_stop(self, spent=None):
+        real_save(self, spent)
+        if self.path is not None and self.path.name.startswith("pgd-") and self.done.sum() >= 16:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:  # the old keys, and a run stopped halfway through its attack
+        m.setattr(variants, "DISPLAY_ONLY", ())
+        m.setattr(runner, "UNKEYED_PROFILE", ())
+        m.setattr(evaluator._State, "save", save_then_stop)
+        args = ["run", "--datasets", "synthetic", "--attack", "pgd", "--steps", "2", *extra]
+        assert main([*args, "--out", str(out), "--models-dir", str(out / "none"), *TINY_ARGS]) == 130
+    (old_partial,) = (out / "records").rglob("pgd-*.partial.npz")
+    opened = []
+    real_open = evaluator._State.open.__func__
+
+    def open_(cls, path, indices, slugs):
+        st = real_open(cls, path, indices, slugs)
+        opened.append((Path(path).name, int(st.done.sum())))
+        return st
+
+    monkeypatch.setattr(evaluator._State, "open", classmethod(open_))
+    _run(out, *extra)
+    pgd = [o for o in opened if o[0].startswith("pgd-")]
+    assert len(pgd) == 1 and pgd[0][1] == 16 and pgd[0][0] != old_partial.name, opened  # went on, under the new key
+    assert not list((out / "records").rglob("*.partial.npz"))
+    _run(fresh, *extra)
+    # the clean record finished before the stop and keeps its old key; each record's numbers are the fresh run's
+    got = {r["threat_label"]: r["result"] for r in _records(out).values()}
+    assert got == {r["threat_label"]: r["result"] for r in _records(fresh).values()} and len(got) == 2

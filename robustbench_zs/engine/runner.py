@@ -373,6 +373,10 @@ def plan_units(
                     old_path = store.path_for(method_id, ds_id, t.slug, old)
                     if store.exists(old_path, old):
                         key, path, exists = old, old_path, True
+                    elif old != key and partial_path(old_path).is_file() and not partial_path(path).exists():
+                        # a run killed before the upgrade: its per-image progress goes on under the new key
+                        with contextlib.suppress(FileNotFoundError):  # another process of the job moved it
+                            os.replace(partial_path(old_path), partial_path(path))
                 if exists:
                     summary.skipped.append(path)
                 records.append(PlannedRecord(t, key, path, identity["seed"], exists))
