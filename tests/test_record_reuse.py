@@ -57,6 +57,14 @@ def test_a_renamed_copy_of_a_checkpoint_reuses_its_records_and_a_changed_one_doe
     _run(out, "--methods", "pmg_aft", "--checkpoint", f"pmg_aft={moved}")
     assert "all 2 records exist, skipped" in capsys.readouterr().out
     assert _records(out) == first  # nothing recomputed, nothing rewritten
+    # a second dataset under the new name: the leaderboard keeps one row for the one set of weights, complete,
+    # labelled with the newest name, instead of two half rows
+    _run(out, "--methods", "pmg_aft", "--checkpoint", f"pmg_aft={moved}", "--datasets", "synthetic,world-colour")
+    board = (out / "leaderboard.md").read_text()
+    assert board.count("pmg_aft ·") == 2 and board.count("+renamed.pth.tar") == 2, board  # clean and PGD-2 tables
+    assert official.name not in board
+    first = _records(out)
+    capsys.readouterr()
 
     changed = tmp_path / "changed.pth.tar"
     state = torch.load(official, weights_only=True)["vision_encoder_state_dict"]
@@ -67,8 +75,8 @@ def test_a_renamed_copy_of_a_checkpoint_reuses_its_records_and_a_changed_one_doe
     _run(out, "--methods", "pmg_aft", "--checkpoint", f"pmg_aft={changed}")
     assert "skipped" not in capsys.readouterr().out
     again = _records(out)
-    assert len(again) == 4
-    assert {r["model"]["checkpoint_name"] for r in again.values()} == {official.name, changed.name}
+    assert len(again) == 6 and len(set(again) - set(first)) == 2
+    assert {r["model"]["checkpoint_name"] for r in again.values()} == {official.name, moved.name, changed.name}
 
 
 def test_a_moved_interpolation_endpoint_reuses_its_records(tmp_path, official, capsys):

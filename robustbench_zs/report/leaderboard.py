@@ -109,9 +109,16 @@ def records_frame(
                 "created_utc": r.created_utc,
                 "record": str(r.path),
                 **(_cost_columns(r) if cost else {}),
+                "tuned": bool(model.get("checkpoint")),
             }
         )
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    if not df.empty and df["tuned"].any():
+        # one fine-tuned checkpoint is one row whatever its folder was called when each record was computed (keys
+        # hold its hash, not its name, so a renamed copy reuses them): the newest record's name labels them all
+        tuned = df[df["tuned"]].sort_values("created_utc")
+        df.loc[tuned.index, "model"] = tuned.groupby(["method_id", "weights"])["model"].transform("last")
+    return df.drop(columns="tuned") if not df.empty else df
 
 
 def _cost_columns(record) -> dict:
