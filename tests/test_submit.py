@@ -354,6 +354,27 @@ def test_local_records_of_no_protocol_are_named_not_shown(world, tmp_path, capsy
     assert "not shown: 3 records of clip fit no protocol (3 on synthetic)" in out
 
 
+def test_a_checkpoint_renamed_between_runs_is_one_site_entry(world, tmp_path, capsys):
+    """Records of one checkpoint computed under two folder names (keys hold its hash, not its name, so the renamed
+    copy reused the first ones) make one entry, complete, named after the newest record."""
+    results = tmp_path / "r"
+    shutil.copytree(world["results"], results)
+    renamed = 0
+    for path in sorted((results / "records" / "tecoa").rglob("*.json")):
+        rec = json.loads(path.read_text())
+        if rec["dataset"]["id"] in ("world-colour", "world-shape", "world-size", "world-count"):
+            old = rec["model"]["checkpoint_name"]
+            rec["model"]["checkpoint_name"] = "tecoa-renamed"
+            rec["model"]["label"] = rec["model"]["label"].replace(old, "tecoa-renamed")
+            rec["created_utc"] = "2999-01-01T00:00:00+00:00"
+            path.write_text(json.dumps(rec))
+            renamed += 1
+    assert renamed == 16
+    code, out, err = _run(["site", "--out", str(tmp_path / "s"), "--results", str(results)], capsys)
+    assert code == 0, err
+    assert "2 models under world from 64 records" in out, out
+
+
 def test_protocol_cells_take_only_their_attack_radius_and_images(world):
     records = list(RecordStore(world["results"]).iter_records())
     found = [protocol_of(r) for r in records]

@@ -138,8 +138,10 @@ def gather(submissions: Sequence[Path], results: Sequence[Path]) -> tuple[list[E
                 per = left_out.setdefault(_short_paths(r.label), {})
                 per[r.dataset["id"]] = per.get(r.dataset["id"], 0) + 1
                 continue
-            groups.setdefault((r.label, r.model["label"], _weights_id(r.model), found[0].name), []).append(r)
-    for (label, _model_label, weights, pname), records in sorted(groups.items()):
+            # one set of weights is one entry, whatever folder name each record was computed under (record keys
+            # hold a checkpoint's hash, not its name: a renamed copy reuses its records)
+            groups.setdefault((r.label, _weights_id(r.model), found[0].name), []).append(r)
+    for (label, weights, pname), records in sorted(groups.items()):
         # the newest record of each cell (and evaluation), as the leaderboard takes it
         latest: dict[tuple, Record] = {}
         for r in sorted(records, key=lambda r: r.created_utc):
@@ -147,7 +149,7 @@ def gather(submissions: Sequence[Path], results: Sequence[Path]) -> tuple[list[E
             latest[(r.dataset["id"], r.threat, ev)] = r
         records = list(latest.values())
         arch = records[0].model["arch"]
-        key = hashlib.sha256(json.dumps([label, _model_label, weights, pname]).encode()).hexdigest()[:8]
+        key = hashlib.sha256(json.dumps([label, weights, pname]).encode()).hexdigest()[:8]
         entries.append(
             Entry(
                 id=f"local-{_slug(_short_paths(label))[:40]}-{pname}-{key}",
@@ -167,7 +169,7 @@ def gather(submissions: Sequence[Path], results: Sequence[Path]) -> tuple[list[E
         seen_labels[(e.label, e.protocol.name)] = seen_labels.get((e.label, e.protocol.name), 0) + 1
     for e in local:  # one method evaluated with several checkpoints: rows told apart by their weights
         if seen_labels[(e.label, e.protocol.name)] > 1:
-            name = e.records[0].model.get("checkpoint_name")
+            name = max(e.records, key=lambda r: r.created_utc).model.get("checkpoint_name")  # its newest name
             e.label = f"{e.label} · {name or e.weights[:12]}"
     for e in local:  # each local entry's failed sanity checks, as a submission's
         e.flags = sanity_failures(e.records)
