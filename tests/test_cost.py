@@ -170,10 +170,12 @@ def test_leaderboard_cost_column_and_the_default_output_unchanged(smoke, tmp_pat
 def test_garbled_or_mixed_costs_are_skipped_with_a_note(smoke, tmp_path):
     out = _copy(smoke, tmp_path)
     clean, pgd = sorted((out / "records").rglob("*.json"))
-    # a second row (another model label) of PGD on two datasets, one of them computed on 8 GPUs: mixed hardware
+    # a second row (other weights, another model label) of PGD on two datasets, one of them computed on 8 GPUs:
+    # mixed hardware
     for on_gpu in (False, True):
         r = json.loads(pgd.read_text())
         r["model"]["label"] += "-b"
+        r["model"]["weights_sha256"] = "b" * 64
         if on_gpu:
             r["dataset"].update(id="stl10", name="STL-10")
             r["run"]["cost"].update(device_type="cuda", device=H100[1], device_count=8)

@@ -81,15 +81,8 @@ def test_a_renamed_copy_of_a_checkpoint_reuses_its_records_and_a_changed_one_doe
 
 def test_a_moved_interpolation_endpoint_reuses_its_records(tmp_path, official, capsys):
     out = tmp_path / "out"
-    _run(
-        out,
-        "--methods",
-        "interpolation",
-        "--set",
-        f"interpolation.theta1={official}",
-        "--set",
-        "interpolation.alpha=0.5",
-    )
+    sweep = ("--methods", "interpolation", "--set", "interpolation.alpha=0.5", "--set")
+    _run(out, *sweep, f"interpolation.theta1={official}")
     first = _records(out)
     assert len(first) == 2
     rec = next(iter(first.values()))
@@ -98,11 +91,13 @@ def test_a_moved_interpolation_endpoint_reuses_its_records(tmp_path, official, c
     capsys.readouterr()
     moved = tmp_path / "moved.pth.tar"
     shutil.copyfile(official, moved)
-    _run(
-        out, "--methods", "interpolation", "--set", f"interpolation.theta1={moved}", "--set", "interpolation.alpha=0.5"
-    )
+    _run(out, *sweep, f"interpolation.theta1={moved}")
     assert "all 2 records exist, skipped" in capsys.readouterr().out
     assert _records(out) == first
+    # a second dataset with the moved file: one row per table, named with the newest path, not two half rows
+    _run(out, *sweep, f"interpolation.theta1={moved}", "--datasets", "synthetic,world-colour")
+    board = (out / "leaderboard.md").read_text()
+    assert board.count("interpolation(") == 2 and board.count(f"theta1={moved}") == 2, board
 
 
 def test_records_keyed_with_the_checkpoint_name_are_still_reused(tmp_path, official, capsys, monkeypatch):

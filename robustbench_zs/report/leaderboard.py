@@ -109,16 +109,35 @@ def records_frame(
                 "created_utc": r.created_utc,
                 "record": str(r.path),
                 **(_cost_columns(r) if cost else {}),
-                "tuned": bool(model.get("checkpoint")),
+                "variant": variant_id(r),
             }
         )
     df = pd.DataFrame(rows)
-    if not df.empty and df["tuned"].any():
-        # one fine-tuned checkpoint is one row whatever its folder was called when each record was computed (keys
-        # hold its hash, not its name, so a renamed copy reuses them): the newest record's name labels them all
-        tuned = df[df["tuned"]].sort_values("created_utc")
-        df.loc[tuned.index, "model"] = tuned.groupby(["method_id", "weights"])["model"].transform("last")
-    return df.drop(columns="tuned") if not df.empty else df
+    if df.empty:
+        return df
+    # one variant is one row whatever its weights' files were called when each record was computed (record keys hold
+    # their hashes, not their names or paths, so a renamed copy reuses its records): the newest record's names label
+    # all of its records
+    ordered = df.sort_values("created_utc")
+    for column in ("method", "model"):
+        df.loc[ordered.index, column] = ordered.groupby("variant")[column].transform("last")
+    return df.drop(columns="variant")
+
+
+#: What a record's model block holds that names its weights without changing them (not part of its key).
+_NAMES = ("label", "checkpoint_name", "training", "source")
+
+
+def variant_id(r: Record, evaluation: bool = True) -> str:
+    """What makes a record's row: the method, a defense's evaluation (unless ``evaluation`` is False), and its model
+    block without names and paths (a checkpoint's folder name, the paths of a method's ``weights_options``, whose
+    hashes are beside them)."""
+    model = {k: v for k, v in r.model.items() if k not in _NAMES}
+    config = model.get("method_config")
+    paths = METHODS.get(r.method).weights_options if r.method in METHODS else ()
+    if isinstance(config, dict):
+        model["method_config"] = {k: v for k, v in config.items() if not (k in paths and k in model)}
+    return json.dumps([r.method, r.evaluation if evaluation else None, model], sort_keys=True)
 
 
 def _cost_columns(record) -> dict:

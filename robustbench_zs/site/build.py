@@ -31,6 +31,7 @@ from matplotlib.figure import Figure
 
 from ..atomic import replace_folder
 from ..errors import ZSBenchError
+from ..report.leaderboard import variant_id
 from ..results import RecordStore
 from ..results.record import Record, profile_knobs
 from ..results.stats import bootstrap_mean_ci
@@ -138,18 +139,23 @@ def gather(submissions: Sequence[Path], results: Sequence[Path]) -> tuple[list[E
                 per = left_out.setdefault(_short_paths(r.label), {})
                 per[r.dataset["id"]] = per.get(r.dataset["id"], 0) + 1
                 continue
-            # one set of weights is one entry, whatever folder name each record was computed under (record keys
-            # hold a checkpoint's hash, not its name: a renamed copy reuses its records)
-            groups.setdefault((r.label, _weights_id(r.model), found[0].name), []).append(r)
-    for (label, weights, pname), records in sorted(groups.items()):
+            # one set of weights is one entry whatever its files were called when each record was computed (record
+            # keys hold their hashes, not their names or paths, so a renamed copy reuses its records), named by the
+            # newest record's label; a test-time defense's evaluations stay apart by their labels, which hold no path
+            evaluations = r.label if r.evaluation is not None or r.defense is not None else ""
+            groups.setdefault((variant_id(r, evaluation=False), evaluations, found[0].name), []).append(r)
+    named = {k: k[1] or max(rs, key=lambda r: r.created_utc).label for k, rs in groups.items()}
+    for (variant, evaluations, pname), records in sorted(groups.items(), key=lambda kv: (named[kv[0]], kv[0])):
         # the newest record of each cell (and evaluation), as the leaderboard takes it
         latest: dict[tuple, Record] = {}
         for r in sorted(records, key=lambda r: r.created_utc):
             ev = (r.evaluation or {}).get("adaptive", True)
             latest[(r.dataset["id"], r.threat, ev)] = r
         records = list(latest.values())
+        label = named[(variant, evaluations, pname)]
+        weights = _weights_id(records[0].model)
         arch = records[0].model["arch"]
-        key = hashlib.sha256(json.dumps([label, weights, pname]).encode()).hexdigest()[:8]
+        key = hashlib.sha256(json.dumps([variant, evaluations, pname]).encode()).hexdigest()[:8]
         entries.append(
             Entry(
                 id=f"local-{_slug(_short_paths(label))[:40]}-{pname}-{key}",
