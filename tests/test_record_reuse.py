@@ -177,3 +177,22 @@ def test_a_run_killed_before_the_upgrade_goes_on_from_its_images(tmp_path, offic
     # the clean record finished before the stop and keeps its old key; each record's numbers are the fresh run's
     got = {r["threat_label"]: r["result"] for r in _records(out).values()}
     assert got == {r["threat_label"]: r["result"] for r in _records(fresh).values()} and len(got) == 2
+
+
+def test_a_moved_backbone_file_is_one_leaderboard_row(tmp_path, capsys):
+    """``--pretrained FILE`` is keyed by the file's hash: the same weights from another path reuse their records and
+    share their row."""
+    first, moved = tmp_path / "a" / "clip.pt", tmp_path / "b" / "clip-copy.pt"
+    for p in (first, moved):
+        p.parent.mkdir()
+    torch.save(load_model(ModelSpec("zsbench-tiny", "random", init_seed=0)).model.state_dict(), first)
+    shutil.copyfile(first, moved)
+    out = tmp_path / "out"
+    args = ["run", "--methods", "clip", "--n", "16", "--attack", "pgd", "--steps", "2", "--device", "cpu"]
+    args += ["--arch", "zsbench-tiny", "--no-progress", "--out", str(out)]
+    assert main([*args, "--pretrained", str(first), "--datasets", "synthetic"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--pretrained", str(moved), "--datasets", "synthetic,world-colour"]) == 0
+    assert "synthetic: all 2 records exist, skipped" in capsys.readouterr().out
+    board = (out / "leaderboard.md").read_text()
+    assert board.count("| clip ·") == 2, board  # one row in each of the clean and PGD-2 tables

@@ -130,9 +130,11 @@ _NAMES = ("label", "checkpoint_name", "training", "source")
 
 def variant_id(r: Record, evaluation: bool = True) -> str:
     """What makes a record's row: the method, a defense's evaluation (unless ``evaluation`` is False), and its model
-    block without names and paths (a checkpoint's folder name, the paths of a method's ``weights_options``, whose
-    hashes are beside them)."""
+    block without names and paths (a checkpoint's folder name, the backbone's file path or tag beside the hash of its
+    tensors, the paths of a method's ``weights_options``, whose hashes are beside them)."""
     model = {k: v for k, v in r.model.items() if k not in _NAMES}
+    if model.get("weights_sha256"):  # the backbone's tensors, hashed: its tag or file path only names them
+        model.pop("pretrained", None)
     config = model.get("method_config")
     paths = METHODS.get(r.method).weights_options if r.method in METHODS else ()
     if isinstance(config, dict):
