@@ -66,12 +66,7 @@ class MethodVariant:
         ``weights_identity`` gives under the same names: a renamed or moved copy of the same weights reuses its
         records instead of computing them again.
         """
-        out = {k: v for k, v in self.identity.items() if k not in DISPLAY_ONLY}
-        config = out.get("method_config")
-        hashed = [k for k in type(self.method).weights_options if k in out]  # a hash stands in for the path
-        if isinstance(config, dict) and hashed:
-            out["method_config"] = {k: v for k, v in config.items() if k not in hashed}
-        return out
+        return type(self.method).without_weight_paths({k: v for k, v in self.identity.items() if k not in DISPLAY_ONLY})
 
 
 #: Fields of a variant's identity that name its weights without changing them: recorded, never keyed.

@@ -255,6 +255,17 @@ class Method:
         self.config = config if config is not None else self.Config()
         self.config.validate()
 
+    @classmethod
+    def without_weight_paths(cls, block: dict) -> dict:
+        """``block`` (a variant's identity, or a record's model block) with the paths of :attr:`weights_options` left
+        out of its ``method_config`` wherever their hashes stand beside them, under the same names: what record keys
+        and leaderboard rows go by, so that a moved copy of the same file changes neither."""
+        config = block.get("method_config")
+        hashed = [k for k in cls.weights_options if k in block]
+        if not isinstance(config, dict) or not hashed:
+            return dict(block)
+        return {**block, "method_config": {k: v for k, v in config.items() if k not in hashed}}
+
     # --- model surgery -------------------------------------------------------------------------------------------
     def check_model(self, model: nn.Module, arch: str) -> None:
         """Raise ZSBenchError (one line) if this method cannot train ``model`` (e.g. needs BatchNorm)."""

@@ -135,10 +135,8 @@ def variant_id(r: Record, evaluation: bool = True) -> str:
     model = {k: v for k, v in r.model.items() if k not in _NAMES}
     if model.get("weights_sha256"):  # the backbone's tensors, hashed: its tag or file path only names them
         model.pop("pretrained", None)
-    config = model.get("method_config")
-    paths = METHODS.get(r.method).weights_options if r.method in METHODS else ()
-    if isinstance(config, dict):
-        model["method_config"] = {k: v for k, v in config.items() if not (k in paths and k in model)}
+    if r.method in METHODS:  # a method no longer registered keeps its paths: its rows are told apart by them
+        model = METHODS.get(r.method).without_weight_paths(model)
     return json.dumps([r.method, r.evaluation if evaluation else None, model], sort_keys=True)
 
 
